@@ -1,0 +1,27 @@
+"""keras-margin: margin maximization for robust classification (Matyasko & Chau, IJCNN 2017).
+
+The functional core (`margin_sensitivity`, `multiclass_hinge`, the attacks) works with any Keras
+model or callable that returns logits; `MarginModel` and the baseline trainers wrap it for `fit`.
+"""
+
+import keras as _keras
+
+if _keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        f"keras_margin supports the Keras 'tensorflow' backend only; the active backend is "
+        f"{_keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras."
+    )
+
+from keras_margin.losses import binary_hinge, multiclass_hinge  # noqa: E402
+from keras_margin.sensitivity import margin_sensitivity  # noqa: E402
+from keras_margin.training import MarginModel, RobustModel  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MarginModel",
+    "RobustModel",
+    "binary_hinge",
+    "margin_sensitivity",
+    "multiclass_hinge",
+]
