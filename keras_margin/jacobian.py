@@ -16,7 +16,7 @@ import tensorflow as tf
 
 
 def call_logits(model: Callable, x: tf.Tensor, training: bool = False) -> tf.Tensor:
-    """`model(x)` as float32 logits of shape (batch, k); also for plain callables."""
+    """`model(x)` as logits of shape (batch, k), at least float32; also for plain callables."""
     if isinstance(model, keras.layers.Layer):
         logits = model(x, training=training)
     else:
@@ -28,7 +28,12 @@ def call_logits(model: Callable, x: tf.Tensor, training: bool = False) -> tf.Ten
         raise ValueError(
             f"The model must return logits of shape (batch, k); received shape {logits.shape}."
         )
-    return tf.cast(logits, tf.float32)
+    return at_least_float32(logits)
+
+
+def at_least_float32(t: tf.Tensor) -> tf.Tensor:
+    """Casts half-precision tensors (mixed precision) to float32; float64 stays float64."""
+    return tf.cast(t, tf.float32) if t.dtype in (tf.float16, tf.bfloat16) else t
 
 
 def input_gradient(tape: tf.GradientTape, target: tf.Tensor, x: tf.Tensor,
@@ -36,7 +41,7 @@ def input_gradient(tape: tf.GradientTape, target: tf.Tensor, x: tf.Tensor,
     """`tape.gradient(target, x)`, with zeros instead of None when target ignores x."""
     grad = tape.gradient(target, x, output_gradients=output_gradients,
                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return tf.cast(grad, tf.float32)
+    return at_least_float32(grad)
 
 
 def class_gradients(tape: tf.GradientTape, logits: tf.Tensor, x: tf.Tensor,
@@ -50,7 +55,7 @@ def class_gradients(tape: tf.GradientTape, logits: tf.Tensor, x: tf.Tensor,
         classes: int32 (batch, m), m known statically.
 
     Returns:
-        (batch, m, ...) float32.
+        (batch, m, ...), the dtype of the gradients (at least float32).
     """
     k = logits.shape[-1] or tf.shape(logits)[-1]
     grads = [

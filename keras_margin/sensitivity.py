@@ -58,7 +58,7 @@ def logits_and_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
         cotangent = tf.ones_like(logits)
     else:
         j_star = select_rival(tape, logits, x, labels, rival=rival, norm=norm)
-        cotangent = tf.one_hot(labels, k) - tf.one_hot(j_star, k)
+        cotangent = tf.one_hot(labels, k, dtype=logits.dtype) - tf.one_hot(j_star, k, dtype=logits.dtype)
     grad = input_gradient(tape, logits, x, cotangent)
     del tape
     if norm == "l2":
@@ -88,7 +88,7 @@ def margin_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
         training: passed to the model's call (dropout, batch norm).
 
     Returns:
-        float32 tensor (batch,), differentiable w.r.t. the model's weights.
+        Tensor (batch,) of the logits dtype (at least float32), differentiable w.r.t. the model's weights.
 
     Example:
         >>> base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])

@@ -104,13 +104,12 @@ class RobustModel(keras.Model):
         """Returns the logits of x and the extra term per sample; implemented by subclasses."""
         raise NotImplementedError
 
-    def data_loss(self, labels: tf.Tensor, logits: tf.Tensor,
-                  sample_weight: tf.Tensor | None = None) -> tf.Tensor:
-        """The data loss L(f(x), y) (mean over the batch) on logits."""
+    def data_loss(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        """The data loss L(f(x), y) per sample, on logits (unreduced, not scaled by replicas)."""
         k = logits.shape[-1]
         loss_fn = losses_module.get(self.loss_spec, k)
         target = tf.cast(labels, logits.dtype)[:, None] if k == 1 else labels
-        return loss_fn(target, logits, sample_weight=sample_weight)
+        return tf.reshape(loss_fn.call(target, logits), [-1])
 
     def _objective(self, x: Any, y: Any, sample_weight: Any, training: bool):
         x = check_finite_inputs(as_float_inputs(x))
@@ -118,10 +117,12 @@ class RobustModel(keras.Model):
             self.build(x.shape)
         logits, extra = self.forward(x, y, training=training)
         labels = sparse_labels(y, logits.shape[-1])
-        data = self.data_loss(labels, logits, sample_weight)
+        data = self.data_loss(labels, logits)
         if sample_weight is not None:
-            extra = extra * tf.reshape(tf.cast(sample_weight, extra.dtype), [-1])
-        extra = tf.reduce_mean(extra)
+            weight = tf.reshape(tf.cast(sample_weight, extra.dtype), [-1])
+            data, extra = data * tf.cast(weight, data.dtype), extra * weight
+        # Keras's "sum_over_batch_size": weighted sum over the local batch / its size.
+        data, extra = tf.reduce_mean(data), tf.reduce_mean(extra)
         total = self.data_weight * data + self.extra_weight * extra
         if self.losses:
             total = total + tf.add_n([tf.cast(r, total.dtype) for r in self.losses])

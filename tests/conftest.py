@@ -1,0 +1,51 @@
+"""Test set-up: TensorFlow backend, two logical CPU devices for tf.distribute tests, seeds."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices, so MirroredStrategy can be tested on one CPU. Must run before TF
+# initialises its devices, hence at import time of the conftest.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(0)
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture
+def mnist_t10k_dir():
+    path = os.path.join(SHARED_DATA, "mnist-t10k")
+    if not os.path.exists(os.path.join(path, "t10k-images-idx3-ubyte.gz")):
+        pytest.skip("../shared/data/mnist-t10k is not present")
+    return path
+
+
+def linear_model(w: np.ndarray, b: np.ndarray, dtype: str = "float32") -> keras.Model:
+    """f(x) = W x + b as a Keras model, W given as (k, d)."""
+    k, d = w.shape
+    model = keras.Sequential([keras.Input((d,), dtype=dtype),
+                              keras.layers.Dense(k, dtype=dtype)])
+    model.layers[-1].set_weights([w.T.astype(dtype), b.astype(dtype)])
+    return model
+
+
+def small_mlp(d: int = 6, k: int = 4, hidden: int = 8, activation: str = "tanh",
+              dtype: str = "float32") -> keras.Model:
+    return keras.Sequential([keras.Input((d,), dtype=dtype),
+                             keras.layers.Dense(hidden, activation=activation, dtype=dtype),
+                             keras.layers.Dense(k, dtype=dtype)])

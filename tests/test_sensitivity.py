@@ -1,0 +1,147 @@
+"""margin_sensitivity against closed forms on linear models, finite differences and loops."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import linear_model, small_mlp
+
+from keras_margin import margin_sensitivity, multiclass_hinge
+from keras_margin.sensitivity import select_rival
+
+
+@pytest.fixture
+def linear_problem():
+    rng = np.random.default_rng(1)
+    k, d, n = 5, 7, 12
+    w, b = rng.normal(size=(k, d)), rng.normal(size=k)
+    x, y = rng.normal(size=(n, d)).astype("float32"), rng.integers(0, k, n)
+    return w, b, x, y
+
+
+def _closed_form(w, b, x, y, rival, dist):
+    """Per-sample (j*, distance between w_y and w_j*) computed by hand."""
+    out = []
+    for xi, yi in zip(x, y):
+        if rival == "jacobian":
+            scores = [dist(w[yi] - w[j]) if j != yi else -np.inf for j in range(len(w))]
+        else:
+            f = w @ xi + b
+            scores = [f[j] if j != yi else -np.inf for j in range(len(w))]
+        j = int(np.argmax(scores))
+        out.append((j, dist(w[yi] - w[j])))
+    return out
+
+
+@pytest.mark.parametrize("rival", ["jacobian", "logit"])
+@pytest.mark.parametrize("norm,squared,dist", [
+    ("l2", True, lambda v: np.sum(v ** 2)),
+    ("l2", False, lambda v: np.sqrt(np.sum(v ** 2))),
+    ("l1", False, lambda v: np.sum(np.abs(v))),
+    ("l1", True, lambda v: np.sum(np.abs(v)) ** 2),
+])
+def test_linear_closed_form(linear_problem, rival, norm, squared, dist):
+    w, b, x, y = linear_problem
+    eps = margin_sensitivity(linear_model(w, b), x, y, norm=norm, rival=rival, squared=squared)
+    expected = [d for _, d in _closed_form(w, b, x, y, rival, dist)]
+    np.testing.assert_allclose(eps.numpy(), expected, rtol=1e-5)
+
+
+def test_default_squared_follows_reference(linear_problem):
+    w, b, x, y = linear_problem
+    model = linear_model(w, b)
+    np.testing.assert_allclose(margin_sensitivity(model, x, y, norm="l2"),
+                               margin_sensitivity(model, x, y, norm="l2", squared=True))
+    np.testing.assert_allclose(margin_sensitivity(model, x, y, norm="l1"),
+                               margin_sensitivity(model, x, y, norm="l1", squared=False))
+
+
+def test_binary_linear_is_weight_norm():
+    rng = np.random.default_rng(2)
+    w, b = rng.normal(size=(1, 5)), rng.normal(size=1)
+    x = rng.normal(size=(6, 5)).astype("float32")
+    y = np.array([0, 1, 1, 0, -1, 1])
+    eps = margin_sensitivity(linear_model(w, b), x, y, norm="l2", squared=False)
+    np.testing.assert_allclose(eps, np.full(6, np.linalg.norm(w)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_penalty_gradient_matches_finite_differences(norm):
+    """d/dW of mean eps on a tanh MLP (float64): autodiff through double backprop vs central FD."""
+    model = small_mlp(d=5, k=4, hidden=6, dtype="float64")
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(8, 5)), rng.integers(0, 4, 8)
+    kernel = model.layers[0].kernel
+
+    def penalty():
+        return tf.reduce_mean(margin_sensitivity(model, tf.constant(x), y, norm=norm))
+
+    with tf.GradientTape() as tape:
+        value = penalty()
+    grad = tape.gradient(value, kernel).numpy()
+    assert np.abs(grad).max() > 1e-3  # the penalty really depends on the weights
+
+    w0, h = kernel.numpy(), 1e-6
+    fd = np.zeros_like(w0)
+    for idx in np.ndindex(w0.shape):
+        for sign in (1, -1):
+            w = w0.copy()
+            w[idx] += sign * h
+            kernel.assign(w)
+            fd[idx] += sign * penalty().numpy() / (2 * h)
+    kernel.assign(w0)
+    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-7)
+
+
+def test_jacobian_rival_matches_explicit_loop():
+    model = small_mlp(d=6, k=5, hidden=16, activation="relu")
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=(16, 6)).astype("float32"))
+    y = tf.constant(rng.integers(0, 5, 16), tf.int32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        logits = model(x)
+        per_class = [logits[:, j] for j in range(5)]
+    grads = np.stack([tape.gradient(per_class[j], x).numpy() for j in range(5)], axis=1)
+    expected = []
+    for b in range(16):
+        scores = [np.sum((grads[b, j] - grads[b, y[b]]) ** 2) if j != y[b] else -np.inf
+                  for j in range(5)]
+        expected.append(int(np.argmax(scores)))
+    got = select_rival(tape, logits, x, y, rival="jacobian", norm="l2")
+    np.testing.assert_array_equal(got, expected)
+    runner_up = select_rival(tape, logits, x, y, rival="logit")
+    masked = np.where(np.eye(5)[y.numpy()] > 0, -np.inf, logits.numpy())
+    np.testing.assert_array_equal(runner_up, masked.argmax(axis=1))
+
+
+def test_multiclass_hinge_masks_true_class():
+    logits = np.array([[2.0, 0.5, -1.0], [-3.0, -2.5, -4.0], [0.0, 0.2, 0.1]], "float32")
+    y = np.array([0, 1, 0])
+    expected = [max(0, 1 + 0.5 - 2.0), max(0, 1 - 3.0 + 2.5), max(0, 1 + 0.2 - 0.0)]
+    np.testing.assert_allclose(multiclass_hinge(y, logits), expected, rtol=1e-6)
+    # keras' categorical_hinge zeroes the true logit instead: it gives 1.0 - (-2.5) = 3.5 here.
+    assert keras.losses.categorical_hinge(np.eye(3)[[1]], logits[[1]]).numpy()[0] == 3.5
+
+
+def test_labels_out_of_range_raise():
+    model = small_mlp()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="labels must be in"):
+        margin_sensitivity(model, np.zeros((2, 6)), [0, 4])
+    with pytest.raises(ValueError, match="shape"):
+        margin_sensitivity(model, np.zeros((2, 6)), np.eye(4)[[0, 1]])
+
+
+def test_unknown_options_raise():
+    model = small_mlp()
+    with pytest.raises(ValueError, match="norm"):
+        margin_sensitivity(model, np.zeros((2, 6)), [0, 1], norm="l3")
+    with pytest.raises(ValueError, match="rival"):
+        margin_sensitivity(model, np.zeros((2, 6)), [0, 1], rival="random")
+
+
+def test_uint8_inputs_are_cast():
+    model = small_mlp()
+    x = np.arange(12, dtype="uint8").reshape(2, 6)
+    np.testing.assert_allclose(margin_sensitivity(model, x, [0, 1]),
+                               margin_sensitivity(model, x.astype("float32"), [0, 1]))
