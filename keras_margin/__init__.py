@@ -12,6 +12,8 @@ if _keras.backend.backend() != "tensorflow":
         f"{_keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras."
     )
 
+from keras_margin import attacks  # noqa: E402
+from keras_margin.evaluation import evaluate_robustness, rho_adv  # noqa: E402
 from keras_margin.losses import binary_hinge, multiclass_hinge  # noqa: E402
 from keras_margin.sensitivity import margin_sensitivity  # noqa: E402
 from keras_margin.training import MarginModel, RobustModel  # noqa: E402
@@ -21,7 +23,10 @@ __version__ = "0.1.0"
 __all__ = [
     "MarginModel",
     "RobustModel",
+    "attacks",
     "binary_hinge",
+    "evaluate_robustness",
     "margin_sensitivity",
     "multiclass_hinge",
+    "rho_adv",
 ]
