@@ -12,7 +12,7 @@ if _keras.backend.backend() != "tensorflow":
         f"{_keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras."
     )
 
-from keras_margin import attacks  # noqa: E402
+from keras_margin import architectures, attacks, datasets  # noqa: E402
 from keras_margin.evaluation import evaluate_robustness, rho_adv  # noqa: E402
 from keras_margin.losses import binary_hinge, multiclass_hinge  # noqa: E402
 from keras_margin.sensitivity import margin_sensitivity  # noqa: E402
@@ -23,7 +23,9 @@ __version__ = "0.1.0"
 __all__ = [
     "MarginModel",
     "RobustModel",
+    "architectures",
     "attacks",
+    "datasets",
     "binary_hinge",
     "evaluate_robustness",
     "margin_sensitivity",

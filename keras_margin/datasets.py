@@ -1,0 +1,274 @@
+"""MNIST, Fashion-MNIST and CIFAR-10 as the paper uses them, from local files or tensorflow-datasets.
+
+Source order: local files in `data_dir` (or the environment variable KERAS_MARGIN_DATA) in their
+original formats (IDX gz for the MNISTs, the CIFAR-10 python batches), Debian's
+/usr/share/datasets/fashion-mnist for Fashion-MNIST, then tensorflow-datasets (which keeps its
+downloads in its own data folder, ~/tensorflow_datasets unless configured). Offline with no files,
+`load` raises an error that names the files to provide. Images are float32, NHWC; the MNISTs are
+scaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from typing import Any, Sequence
+
+import numpy as np
+
+NAMES = ("mnist", "fashion_mnist", "cifar10")
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist"
+
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No local files and no tensorflow-datasets copy of a data set."""
+
+
+# -- file formats ------------------------------------------------------------------------------
+def read_idx(path: str) -> np.ndarray:
+    """Reads an IDX file (optionally gzipped) of unsigned bytes, checking magic number and length."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path}: cannot read it as a (gzipped) IDX file: {err}") from err
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path}: wrong IDX magic number {data[:4]!r}; expected 0x0000 08 ndim "
+                         "(unsigned bytes).")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated IDX header.")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape)) if shape else 0
+    if len(data) - header != expected:
+        raise ValueError(f"{path}: IDX header promises {expected} bytes for shape {shape}, the "
+                         f"file holds {len(data) - header}; the file is truncated or corrupt.")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
+def read_idx_pair(images_path: str, labels_path: str) -> Arrays:
+    """MNIST-style images (n, 28, 28, 1) float32 in [0, 1] and int32 labels from two IDX files."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1:
+        raise ValueError(f"{images_path} / {labels_path}: expected images (n, h, w) and labels "
+                         f"(n,); found {images.shape} and {labels.shape}.")
+    if len(images) != len(labels):
+        raise ValueError(f"{images_path} has {len(images)} images but {labels_path} has "
+                         f"{len(labels)} labels.")
+    return (images[..., None].astype(np.float32) / 255.0), labels.astype(np.int32)
+
+
+def read_cifar_batches(paths: Sequence[str]) -> Arrays:
+    """CIFAR-10 python batches as (n, 32, 32, 3) float32 in [0, 255] and int32 labels."""
+    xs, ys = [], []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            data = np.asarray(batch[b"data"], np.uint8)
+            labels = np.asarray(batch[b"labels"], np.int32)
+        except (OSError, pickle.UnpicklingError, KeyError, EOFError, TypeError) as err:
+            raise ValueError(f"{path}: not a CIFAR-10 python batch: {err!r}") from err
+        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+            raise ValueError(f"{path}: expected data (n, 3072) and n labels; found "
+                             f"{data.shape} and {labels.shape}.")
+        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(labels)
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+
+
+# -- finding files -----------------------------------------------------------------------------
+def _candidate_dirs(name: str, data_dir: str | None) -> list[str]:
+    roots = [d for d in (data_dir, os.environ.get("KERAS_MARGIN_DATA")) if d]
+    dirs = []
+    for root in roots:
+        dirs += [root, os.path.join(root, name), os.path.join(root, name.replace("_", "-"))]
+    if name == "fashion_mnist":
+        dirs.append(DEBIAN_FASHION)
+    return dirs
+
+
+def _expected_files(name: str) -> str:
+    if name == "cifar10":
+        return f"{CIFAR_FOLDER}/{{{', '.join(CIFAR_FILES['train'] + CIFAR_FILES['test'])}}}"
+    return ", ".join(IDX_FILES["train"] + IDX_FILES["test"])
+
+
+def load_split(name: str, split: str, data_dir: str | None = None) -> Arrays:
+    """One split ("train" or "test") of a data set from local files.
+
+    Raises `DatasetNotFoundError` when no searched folder holds the split's files.
+    """
+    _check_name(name)
+    if split not in ("train", "test"):
+        raise ValueError(f"Invalid value for argument split: {split!r}. Expected one of "
+                         "{'train', 'test'}.")
+    for folder in _candidate_dirs(name, data_dir):
+        if name == "cifar10":
+            for base in (os.path.join(folder, CIFAR_FOLDER), folder):
+                paths = [os.path.join(base, f) for f in CIFAR_FILES[split]]
+                if all(os.path.exists(p) for p in paths):
+                    return read_cifar_batches(paths)
+        else:
+            images, labels = (os.path.join(folder, f) for f in IDX_FILES[split])
+            for img, lab in ((images, labels), (images[:-3], labels[:-3])):  # gzipped or not
+                if os.path.exists(img) and os.path.exists(lab):
+                    return read_idx_pair(img, lab)
+    raise DatasetNotFoundError(
+        f"No local {split} files of {name!r} in {_candidate_dirs(name, data_dir) or 'any folder'}"
+        f". Put {_expected_files(name)} in a folder and pass data_dir= (or set "
+        "KERAS_MARGIN_DATA), or install tensorflow-datasets with network access.")
+
+
+def _load_tfds(name: str, split: str) -> Arrays:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise DatasetNotFoundError("tensorflow-datasets is not installed "
+                                   "(pip install 'keras-margin[data]').") from err
+    try:
+        x, y = tfds.as_numpy(tfds.load(name, split=split, batch_size=-1, as_supervised=True))
+    except Exception as err:  # noqa: BLE001 - tfds raises many kinds when offline
+        raise DatasetNotFoundError(f"tensorflow-datasets could not provide {name!r}: {err}") \
+            from err
+    x = x.astype(np.float32)
+    if name != "cifar10":
+        x /= 255.0
+    return x, y.astype(np.int32)
+
+
+def _check_name(name: str) -> None:
+    if name not in NAMES:
+        raise ValueError(f"Invalid value for argument name: {name!r}. Expected one of "
+                         f"{set(NAMES)}.")
+
+
+def split_validation(x: np.ndarray, y: np.ndarray, validation: int,
+                     seed: int = 0) -> tuple[Arrays, Arrays]:
+    """A seeded random split of (x, y) into train and the last `validation` samples."""
+    if not 0 <= validation < len(x):
+        raise ValueError(f"validation={validation} must be in [0, {len(x)}).")
+    order = np.random.default_rng(seed).permutation(len(x))
+    train, val = order[: len(x) - validation], order[len(x) - validation:]
+    return (x[train], y[train]), (x[val], y[val])
+
+
+def load(name: str, validation: int = 10000, seed: int = 0,
+         data_dir: str | None = None) -> tuple[Arrays, Arrays, Arrays]:
+    """Train, validation and test arrays of a data set (the paper: 50k/10k/10k on MNIST).
+
+    Args:
+        name: "mnist", "fashion_mnist" or "cifar10".
+        validation: samples of the training split held out for validation (seeded).
+        seed: seed of the validation split.
+        data_dir: folder with the original files; see the module docstring.
+
+    Returns:
+        ((x_train, y_train), (x_val, y_val), (x_test, y_test)).
+
+    Example:
+        >>> (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = load("mnist", data_dir="~/data")
+    """
+    _check_name(name)
+    data_dir = os.path.expanduser(data_dir) if data_dir else None
+    try:
+        train, test = load_split(name, "train", data_dir), load_split(name, "test", data_dir)
+    except DatasetNotFoundError as local_error:
+        try:
+            train, test = _load_tfds(name, "train"), _load_tfds(name, "test")
+        except DatasetNotFoundError as tfds_error:
+            raise DatasetNotFoundError(f"{local_error}\n{tfds_error}") from None
+    train, val = split_validation(*train, validation=validation, seed=seed)
+    return train, val, test
+
+
+# -- preprocessing (CIFAR-10) ------------------------------------------------------------------
+class GlobalContrastNormalization:
+    """Per-image GCN: subtract the image mean, divide by its l2 norm / scale (pylearn2's recipe).
+
+    Stateless: `scale` and `min_divisor` are its whole configuration.
+    """
+
+    def __init__(self, scale: float = 55.0, min_divisor: float = 1e-8) -> None:
+        self.scale, self.min_divisor = float(scale), float(min_divisor)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        flat = x.reshape(len(x), -1).astype(np.float64)
+        flat = flat - flat.mean(axis=1, keepdims=True)
+        norms = np.sqrt((flat ** 2).sum(axis=1, keepdims=True)) / self.scale
+        norms[norms < self.min_divisor] = 1.0
+        return (flat / norms).reshape(x.shape).astype(np.float32)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"scale": self.scale, "min_divisor": self.min_divisor}
+
+
+class ZCAWhitening:
+    """ZCA whitening fitted on training data: (x - mean) U diag(1/sqrt(s + eps)) U^T.
+
+    Fit it on the training split only; `save`/`load` keep its statistics (an .npz file).
+    """
+
+    def __init__(self, eps: float = 1e-2) -> None:
+        self.eps = float(eps)
+        self.mean: np.ndarray | None = None
+        self.matrix: np.ndarray | None = None
+
+    def fit(self, x: np.ndarray) -> "ZCAWhitening":
+        flat = x.reshape(len(x), -1).astype(np.float64)
+        self.mean = flat.mean(axis=0)
+        centred = flat - self.mean
+        s, u = np.linalg.eigh(centred.T @ centred / len(flat))
+        self.matrix = (u * (1.0 / np.sqrt(np.maximum(s, 0) + self.eps))) @ u.T
+        return self
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.mean is None or self.matrix is None:
+            raise ValueError("ZCAWhitening must be fitted (fit(x_train)) or loaded before use.")
+        flat = x.reshape(len(x), -1).astype(np.float64)
+        return ((flat - self.mean) @ self.matrix).reshape(x.shape).astype(np.float32)
+
+    def save(self, path: str) -> None:
+        np.savez(path, eps=self.eps, mean=self.mean, matrix=self.matrix)
+
+    @classmethod
+    def load(cls, path: str) -> "ZCAWhitening":
+        stats = np.load(path)
+        zca = cls(float(stats["eps"]))
+        zca.mean, zca.matrix = stats["mean"], stats["matrix"]
+        return zca
+
+
+def augment(image: Any, label: Any, max_shift: int = 2) -> tuple[Any, Any]:
+    """The paper's CIFAR-10 augmentation for tf.data: random horizontal flip and translation."""
+    import tensorflow as tf
+
+    height, width = image.shape[0], image.shape[1]
+    image = tf.image.random_flip_left_right(image)
+    padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift], [0, 0]],
+                    mode="REFLECT")
+    return tf.image.random_crop(padded, [height, width, image.shape[2]]), label
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = 100, shuffle: bool = True,
+                 augmentation: bool = False, seed: int = 0) -> Any:
+    """A `tf.data.Dataset` of (x, y) batches with optional shuffling and augmentation, prefetched."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if augmentation:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,134 @@
+"""Loaders on files the tests write (and on ../shared MNIST when present); models; ZCA."""
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+
+from keras_margin import architectures, datasets
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_mnist(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("t10k", 20)):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    return tmp_path
+
+
+def test_mnist_from_local_idx_files(fake_mnist):
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = datasets.load("mnist", validation=10,
+                                                               data_dir=str(fake_mnist))
+    assert x_tr.shape == (50, 28, 28, 1) and x_val.shape == (10, 28, 28, 1)
+    assert x_te.shape == (20, 28, 28, 1) and x_tr.dtype == np.float32
+    assert 0.0 <= x_tr.min() and x_tr.max() <= 1.0 and y_tr.dtype == np.int32
+    again = datasets.load("mnist", validation=10, data_dir=str(fake_mnist))
+    np.testing.assert_array_equal(again[1][0], x_val)  # the split is reproducible from its seed
+    other = datasets.load("mnist", validation=10, seed=1, data_dir=str(fake_mnist))
+    assert not np.array_equal(other[1][1], y_val) or not np.array_equal(other[1][0], x_val)
+
+
+def test_environment_variable_is_a_source(fake_mnist, monkeypatch):
+    monkeypatch.setenv("KERAS_MARGIN_DATA", str(fake_mnist))
+    assert datasets.load_split("mnist", "test")[0].shape == (20, 28, 28, 1)
+
+
+def test_corrupt_files_name_the_file(fake_mnist):
+    bad = fake_mnist / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\x00\x00\x09\x03" + b"\x00" * 20)
+    with pytest.raises(ValueError, match="t10k-images.*magic"):
+        datasets.load_split("mnist", "test", str(fake_mnist))
+    _write_idx(bad, np.zeros((20, 28, 28)))
+    with gzip.open(bad, "rb") as f:
+        data = f.read()
+    with gzip.open(bad, "wb") as f:
+        f.write(data[:-100])
+    with pytest.raises(ValueError, match="t10k-images.*truncated"):
+        datasets.load_split("mnist", "test", str(fake_mnist))
+    _write_idx(bad, np.zeros((19, 28, 28)))
+    with pytest.raises(ValueError, match="19 images.*20 labels"):
+        datasets.load_split("mnist", "test", str(fake_mnist))
+
+
+def test_missing_files_and_unknown_names(tmp_path):
+    with pytest.raises(ValueError, match="name"):
+        datasets.load("imagenet")
+    with pytest.raises(datasets.DatasetNotFoundError, match="train-images-idx3-ubyte.gz"):
+        datasets.load_split("mnist", "train", str(tmp_path))
+
+
+def test_cifar10_python_batches(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in datasets.CIFAR_FILES["train"] + datasets.CIFAR_FILES["test"]:
+        batch = {b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
+                 b"labels": list(rng.integers(0, 10, 8))}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    (x_tr, _), (x_val, _), (x_te, y_te) = datasets.load("cifar10", validation=8,
+                                                        data_dir=str(tmp_path))
+    assert x_tr.shape == (32, 32, 32, 3) and x_val.shape == (8, 32, 32, 3)
+    assert x_te.shape == (8, 32, 32, 3) and y_te.shape == (8,)
+    raw = pickle.load(open(folder / "test_batch", "rb"), encoding="bytes")[b"data"]
+    np.testing.assert_array_equal(x_te[0, :, :, 0].ravel(), raw[0, :1024])  # red plane
+    (folder / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="data_batch_3"):
+        datasets.load("cifar10", data_dir=str(tmp_path))
+
+
+def test_real_mnist_test_set(mnist_t10k_dir):
+    x, y = datasets.load_split("mnist", "test", mnist_t10k_dir)
+    assert x.shape == (10000, 28, 28, 1) and y.shape == (10000,)
+    assert x.min() == 0.0 and x.max() == 1.0
+    np.testing.assert_array_equal(np.bincount(y), [980, 1135, 1032, 1010, 982, 892, 958, 1028,
+                                                   974, 1009])
+
+
+def test_zca_whitening_gives_identity_covariance(tmp_path):
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(12, 12))
+    x = (rng.normal(size=(5000, 12)) @ mixing + 3.0).reshape(5000, 2, 2, 3)
+    zca = datasets.ZCAWhitening(eps=1e-8).fit(x)
+    white = zca(x).reshape(5000, -1)
+    np.testing.assert_allclose(np.cov(white, rowvar=False, bias=True), np.eye(12), atol=1e-3)
+    zca.save(str(tmp_path / "zca.npz"))
+    np.testing.assert_allclose(datasets.ZCAWhitening.load(str(tmp_path / "zca.npz"))(x[:5]),
+                               zca(x[:5]))
+
+
+def test_gcn_normalises_each_image():
+    x = np.random.default_rng(0).normal(size=(4, 3, 3, 2)) * 7 + 2
+    out = datasets.GlobalContrastNormalization(scale=55.0)(x).reshape(4, -1)
+    np.testing.assert_allclose(out.mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 55.0, rtol=1e-5)
+
+
+def test_augmented_dataset_keeps_shapes():
+    x = np.random.default_rng(0).normal(size=(10, 32, 32, 3)).astype("float32")
+    batch = next(iter(datasets.make_dataset(x, np.arange(10), batch_size=4, augmentation=True)))
+    assert batch[0].shape == (4, 32, 32, 3)
+
+
+@pytest.mark.parametrize("build,input_shape,params", [
+    (lambda: architectures.mlp(), (28, 28, 1), 2_797_010),
+    # conv 5*5*32+32, conv 5*5*32*64+64, dense 4*4*64*512+512, dense 512*10+10
+    (lambda: architectures.lenet5(dropout=0.5), (28, 28, 1), 582_026),
+    (lambda: architectures.nin(), (32, 32, 3), None),
+])
+def test_architectures_output_logits(build, input_shape, params):
+    model = build()
+    out = model(np.zeros((2,) + input_shape, "float32"))
+    assert out.shape == (2, 10)
+    if params is not None:
+        assert model.count_params() == params
