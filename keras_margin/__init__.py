@@ -12,11 +12,11 @@ if _keras.backend.backend() != "tensorflow":
         f"{_keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras."
     )
 
-from keras_margin import architectures, attacks, datasets  # noqa: E402
-from keras_margin.evaluation import evaluate_robustness, rho_adv  # noqa: E402
-from keras_margin.losses import binary_hinge, multiclass_hinge  # noqa: E402
-from keras_margin.sensitivity import margin_sensitivity  # noqa: E402
-from keras_margin.training import MarginModel, RobustModel  # noqa: E402
+from keras_margin import architectures, attacks, datasets
+from keras_margin.evaluation import evaluate_robustness, rho_adv
+from keras_margin.losses import binary_hinge, multiclass_hinge
+from keras_margin.sensitivity import margin_sensitivity
+from keras_margin.training import MarginModel, RobustModel
 
 __version__ = "0.1.0"
 
@@ -25,8 +25,8 @@ __all__ = [
     "RobustModel",
     "architectures",
     "attacks",
-    "datasets",
     "binary_hinge",
+    "datasets",
     "evaluate_robustness",
     "margin_sensitivity",
     "multiclass_hinge",

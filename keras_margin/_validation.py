@@ -8,7 +8,8 @@ XLA drops graph assertions, so the wrappers repeat the value checks on array dat
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import keras
 import numpy as np
@@ -32,7 +33,9 @@ def check_non_negative(name: str, value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"Invalid value for argument {name}: {value!r}. Expected a number >= 0.")
+        raise ValueError(
+            f"Invalid value for argument {name}: {value!r}. Expected a number >= 0."
+        ) from None
     if not math.isfinite(number) or number < 0:
         raise ValueError(
             f"Invalid value for argument {name}: {value!r}. Expected a finite number >= 0."

@@ -1,4 +1,4 @@
-"""MNIST, Fashion-MNIST and CIFAR-10 as the paper uses them, from local files or tensorflow-datasets.
+"""MNIST, Fashion-MNIST and CIFAR-10 as the paper uses them, from local files or tfds.
 
 Source order: local files in `data_dir` (or the environment variable KERAS_MARGIN_DATA) in their
 original formats (IDX gz for the MNISTs, the CIFAR-10 python batches), Debian's
@@ -13,7 +13,8 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class DatasetNotFoundError(FileNotFoundError):
 
 # -- file formats ------------------------------------------------------------------------------
 def read_idx(path: str) -> np.ndarray:
-    """Reads an IDX file (optionally gzipped) of unsigned bytes, checking magic number and length."""
+    """Reads an IDX file (optionally gzipped) of unsigned bytes; checks magic number and length."""
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
@@ -139,7 +140,7 @@ def _load_tfds(name: str, split: str) -> Arrays:
                                    "(pip install 'keras-margin[data]').") from err
     try:
         x, y = tfds.as_numpy(tfds.load(name, split=split, batch_size=-1, as_supervised=True))
-    except Exception as err:  # noqa: BLE001 - tfds raises many kinds when offline
+    except Exception as err:
         raise DatasetNotFoundError(f"tensorflow-datasets could not provide {name!r}: {err}") \
             from err
     x = x.astype(np.float32)
@@ -225,7 +226,7 @@ class ZCAWhitening:
         self.mean: np.ndarray | None = None
         self.matrix: np.ndarray | None = None
 
-    def fit(self, x: np.ndarray) -> "ZCAWhitening":
+    def fit(self, x: np.ndarray) -> ZCAWhitening:
         flat = x.reshape(len(x), -1).astype(np.float64)
         self.mean = flat.mean(axis=0)
         centred = flat - self.mean
@@ -243,7 +244,7 @@ class ZCAWhitening:
         np.savez(path, eps=self.eps, mean=self.mean, matrix=self.matrix)
 
     @classmethod
-    def load(cls, path: str) -> "ZCAWhitening":
+    def load(cls, path: str) -> ZCAWhitening:
         stats = np.load(path)
         zca = cls(float(stats["eps"]))
         zca.mean, zca.matrix = stats["mean"], stats["matrix"]
@@ -263,7 +264,7 @@ def augment(image: Any, label: Any, max_shift: int = 2) -> tuple[Any, Any]:
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = 100, shuffle: bool = True,
                  augmentation: bool = False, seed: int = 0) -> Any:
-    """A `tf.data.Dataset` of (x, y) batches with optional shuffling and augmentation, prefetched."""
+    """A prefetched `tf.data.Dataset` of (x, y) batches, optionally shuffled and augmented."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))

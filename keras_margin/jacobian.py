@@ -9,7 +9,7 @@ in the graph, which XLA compiles quickly, unlike the `pfor` behind `batch_jacobi
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf

@@ -7,12 +7,19 @@ is taken on a tape nested in the caller's, i.e. double backprop), never stop-gra
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
 
 from keras_margin._validation import as_float_inputs, check_choice, sparse_labels
-from keras_margin.jacobian import all_classes, call_logits, class_gradients, flat_norm, input_gradient
+from keras_margin.jacobian import (
+    all_classes,
+    call_logits,
+    class_gradients,
+    flat_norm,
+    input_gradient,
+)
 
 NORMS = ("l2", "l1")
 RIVALS = ("jacobian", "logit")
@@ -58,7 +65,9 @@ def logits_and_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
         cotangent = tf.ones_like(logits)
     else:
         j_star = select_rival(tape, logits, x, labels, rival=rival, norm=norm)
-        cotangent = tf.one_hot(labels, k, dtype=logits.dtype) - tf.one_hot(j_star, k, dtype=logits.dtype)
+        # d/dx sum_b (f_y - f_j*)(x_b): one backward pass with this cotangent.
+        cotangent = tf.one_hot(labels, k, dtype=logits.dtype) - tf.one_hot(
+            j_star, k, dtype=logits.dtype)
     grad = input_gradient(tape, logits, x, cotangent)
     del tape
     if norm == "l2":
@@ -88,7 +97,8 @@ def margin_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
         training: passed to the model's call (dropout, batch norm).
 
     Returns:
-        Tensor (batch,) of the logits dtype (at least float32), differentiable w.r.t. the model's weights.
+        Tensor (batch,) of the logits dtype (at least float32), differentiable w.r.t. the
+        model's weights.
 
     Example:
         >>> base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])

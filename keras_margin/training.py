@@ -92,7 +92,7 @@ class RobustModel(keras.Model):
                 "base": keras.saving.serialize_keras_object(self.base), "loss": loss}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "RobustModel":
+    def from_config(cls, config: dict[str, Any]) -> RobustModel:
         config = dict(config)
         config["base"] = keras.saving.deserialize_keras_object(config["base"])
         if isinstance(config.get("loss"), dict):

@@ -30,7 +30,7 @@ def test_mnist_from_local_idx_files(fake_mnist):
                                                                data_dir=str(fake_mnist))
     assert x_tr.shape == (50, 28, 28, 1) and x_val.shape == (10, 28, 28, 1)
     assert x_te.shape == (20, 28, 28, 1) and x_tr.dtype == np.float32
-    assert 0.0 <= x_tr.min() and x_tr.max() <= 1.0 and y_tr.dtype == np.int32
+    assert x_tr.min() >= 0.0 and x_tr.max() <= 1.0 and y_tr.dtype == np.int32
     again = datasets.load("mnist", validation=10, data_dir=str(fake_mnist))
     np.testing.assert_array_equal(again[1][0], x_val)  # the split is reproducible from its seed
     other = datasets.load("mnist", validation=10, seed=1, data_dir=str(fake_mnist))
@@ -80,7 +80,8 @@ def test_cifar10_python_batches(tmp_path):
                                                         data_dir=str(tmp_path))
     assert x_tr.shape == (32, 32, 32, 3) and x_val.shape == (8, 32, 32, 3)
     assert x_te.shape == (8, 32, 32, 3) and y_te.shape == (8,)
-    raw = pickle.load(open(folder / "test_batch", "rb"), encoding="bytes")[b"data"]
+    with open(folder / "test_batch", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")[b"data"]
     np.testing.assert_array_equal(x_te[0, :, :, 0].ravel(), raw[0, :1024])  # red plane
     (folder / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="data_batch_3"):

@@ -58,7 +58,8 @@ def test_callback_numbers_land_in_history_csv_and_progress_bar(tmp_path, capsys)
     assert rho[1] > 0 and rho[3] > 0
     assert len(callback.x_val) == 40
     assert callback.last_report["rho_adv"] == pytest.approx(rho[3])
-    rows = list(csv.DictReader(open(log)))
+    with open(log) as f:
+        rows = list(csv.DictReader(f))
     assert float(rows[3]["val_rho_adv"]) == pytest.approx(rho[3])
     assert "val_fgsm_error" in rows[0] and "val_deepfool_success" in rows[0]
     assert "val_rho_adv:" in capsys.readouterr().out

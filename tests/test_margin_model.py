@@ -1,6 +1,5 @@
 """MarginModel: the soft-margin SVM in the linear case, saving, XLA, tf.distribute, bad input."""
 
-import os
 import subprocess
 import sys
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -125,7 +126,7 @@ def _deepfool_loop(model: Callable, x: tf.Tensor, labels: tf.Tensor, *, norm: st
     return perturbation, success, iters
 
 
-_COMPILED: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 
 
 def _compiled(model: Callable, settings: tuple, jit_compile: bool) -> Callable:
