@@ -16,13 +16,20 @@ from keras_margin import architectures, attacks, datasets
 from keras_margin.evaluation import evaluate_robustness, rho_adv
 from keras_margin.losses import binary_hinge, multiclass_hinge
 from keras_margin.sensitivity import margin_sensitivity
-from keras_margin.training import MarginModel, RobustModel
+from keras_margin.training import (
+    AdversarialTrainingModel,
+    MarginModel,
+    RobustModel,
+    VATModel,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdversarialTrainingModel",
     "MarginModel",
     "RobustModel",
+    "VATModel",
     "architectures",
     "attacks",
     "binary_hinge",

@@ -27,6 +27,7 @@ from keras_margin._validation import (
     check_non_negative,
     sparse_labels,
 )
+from keras_margin.jacobian import call_logits, flat_norm, input_gradient
 from keras_margin.sensitivity import NORMS, RIVALS, logits_and_sensitivity
 
 
@@ -236,3 +237,159 @@ class MarginModel(RobustModel):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "C": self.C, "norm": self.norm, "rival": self.rival,
                 "squared": self.squared}
+
+
+@keras.saving.register_keras_serializable(package="keras_margin")
+class AdversarialTrainingModel(RobustModel):
+    """FGSM adversarial training (Goodfellow et al., 2015), the paper's "AT" baseline.
+
+    Minimises alpha * L(x) + (1 - alpha) * L(x + eps * sign(grad_x L(x))), the adversarial
+    example regenerated from the current weights at every step (no gradient through it).
+
+    Args:
+        base: a Keras model that outputs logits.
+        eps: the perturbation budget (the paper: 0.2 on MNIST in [0, 1]).
+        alpha: weight of the clean loss (the paper: 0.5, equal weights).
+        norm: "linf" (the sign of the gradient, FGSM) or "l2" (the normalised gradient).
+        loss: the data loss, also the loss the adversary ascends.
+        clip: optional (min, max) box for the adversarial examples.
+
+    `fit` reports `loss`, `data_loss` (clean) and `adversarial_loss`.
+    """
+
+    extra_name = "adversarial_loss"
+
+    def __init__(self, base: keras.Model, eps: float = 0.2, alpha: float = 0.5,
+                 norm: str = "linf", loss: Any = "crossentropy",
+                 clip: tuple[float, float] | None = None, **kwargs: Any) -> None:
+        eps = check_non_negative("eps", eps)
+        alpha = check_non_negative("alpha", alpha)
+        if alpha > 1:
+            raise ValueError(f"Invalid value for argument alpha: {alpha!r}. Expected 0..1.")
+        check_choice("norm", norm, ("linf", "l2"))
+        super().__init__(base, loss=loss, **kwargs)
+        self.eps, self.alpha, self.norm = eps, alpha, norm
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+
+    @property
+    def data_weight(self) -> float:  # type: ignore[override]
+        return self.alpha
+
+    @property
+    def extra_weight(self) -> float:  # type: ignore[override]
+        return 1.0 - self.alpha
+
+    def adversarial_examples(self, x: Any, y: Any, training: bool = False) -> tf.Tensor:
+        """x + eps * sign(grad_x L(f(x), y)) for the current weights (l2: normalised gradient)."""
+        x = as_float_inputs(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            logits = call_logits(self.base, x, training=training)
+            total = tf.reduce_sum(self.data_loss(sparse_labels(y, logits.shape[-1]), logits))
+        grad = tf.stop_gradient(input_gradient(tape, total, x))
+        if self.norm == "linf":
+            step = tf.sign(grad)
+        else:
+            length = flat_norm(grad, "l2")
+            length = tf.reshape(tf.where(length > 0, length, tf.ones_like(length)),
+                                [-1] + [1] * (grad.shape.rank - 1))
+            step = grad / length
+        x_adv = x + self.eps * step
+        if self.clip is not None:
+            x_adv = tf.clip_by_value(x_adv, self.clip[0], self.clip[1])
+        return x_adv
+
+    def forward(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        x_adv = self.adversarial_examples(x, y, training=training)
+        logits = call_logits(self.base, x, training=training)
+        adv_logits = call_logits(self.base, x_adv, training=training)
+        return logits, self.data_loss(sparse_labels(y, logits.shape[-1]), adv_logits)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "eps": self.eps, "alpha": self.alpha, "norm": self.norm,
+                "clip": self.clip}
+
+
+def _class_log_probabilities(logits: tf.Tensor) -> tf.Tensor:
+    """log softmax over classes; one logit f means the two classes (0, f)."""
+    if logits.shape[-1] == 1:
+        logits = tf.concat([tf.zeros_like(logits), logits], axis=-1)
+    return tf.nn.log_softmax(logits, axis=-1)
+
+
+def _kl_divergence(log_p: tf.Tensor, logits_q: tf.Tensor) -> tf.Tensor:
+    """KL(p || q) per sample, p given by its log-probabilities, q by logits."""
+    log_q = _class_log_probabilities(logits_q)
+    return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def _unit_l2(d: tf.Tensor) -> tf.Tensor:
+    """d / ||d||_2 per sample, scaled by its max first for stability (as Miyato et al.'s code)."""
+    axes = list(range(1, d.shape.rank))
+    d = d / (1e-12 + tf.reduce_max(tf.abs(d), axis=axes, keepdims=True))
+    return d / tf.sqrt(1e-6 + tf.reduce_sum(tf.square(d), axis=axes, keepdims=True))
+
+
+@keras.saving.register_keras_serializable(package="keras_margin")
+class VATModel(RobustModel):
+    """Virtual adversarial training (Miyato et al., 2016), the paper's "VAT" baseline.
+
+    Minimises L(x, y) + alpha * KL(p(x) || p(x + r_vadv)), r_vadv = eps * the direction found by
+    `power_iterations` finite-difference power iterations of step `xi` from a random start.
+
+    Args:
+        base: a Keras model that outputs logits.
+        eps: norm of the virtual adversarial perturbation (the paper: 2.0 on MNIST).
+        xi: finite-difference step of the power iteration (the paper: 1e-6).
+        power_iterations: power iterations (the paper: 1).
+        alpha: weight of the KL term.
+        loss: the data loss.
+        seed: seed of the random start.
+
+    `fit` reports `loss`, `data_loss` and `vat_loss` (the KL term).
+    """
+
+    extra_name = "vat_loss"
+
+    def __init__(self, base: keras.Model, eps: float = 2.0, xi: float = 1e-6,
+                 power_iterations: int = 1, alpha: float = 1.0, loss: Any = "crossentropy",
+                 seed: int | None = None, **kwargs: Any) -> None:
+        eps, xi, alpha = (check_non_negative(name, value)
+                          for name, value in (("eps", eps), ("xi", xi), ("alpha", alpha)))
+        if int(power_iterations) < 0:
+            raise ValueError(f"Invalid value for argument power_iterations: "
+                             f"{power_iterations!r}. Expected an integer >= 0.")
+        super().__init__(base, loss=loss, **kwargs)
+        self.eps, self.xi, self.alpha = eps, xi, alpha
+        self.power_iterations, self.seed = int(power_iterations), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    @property
+    def extra_weight(self) -> float:  # type: ignore[override]
+        return self.alpha
+
+    def virtual_adversarial_perturbation(self, x: tf.Tensor, logits: tf.Tensor,
+                                         training: bool = False) -> tf.Tensor:
+        """r_vadv = eps * d, d from power iterations on KL(p(x) || p(x + xi d))."""
+        log_p = tf.stop_gradient(_class_log_probabilities(logits))
+        d = keras.random.normal(tf.shape(x), seed=self.seed_generator, dtype=x.dtype)
+        for _ in range(self.power_iterations):
+            d = self.xi * _unit_l2(d)
+            with tf.GradientTape() as tape:
+                tape.watch(d)
+                kl = tf.reduce_sum(
+                    _kl_divergence(log_p, call_logits(self.base, x + d, training=training)))
+            d = tf.stop_gradient(input_gradient(tape, kl, d))
+        return self.eps * _unit_l2(d)
+
+    def forward(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        logits = call_logits(self.base, x, training=training)
+        r_vadv = self.virtual_adversarial_perturbation(x, logits, training=training)
+        log_p = tf.stop_gradient(_class_log_probabilities(logits))
+        return logits, _kl_divergence(log_p, call_logits(self.base, x + r_vadv,
+                                                          training=training))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "eps": self.eps, "xi": self.xi,
+                "power_iterations": self.power_iterations, "alpha": self.alpha,
+                "seed": self.seed}

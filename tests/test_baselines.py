@@ -1,0 +1,102 @@
+"""Adversarial training and VAT: their adversaries against independent computations."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import linear_model, small_mlp
+
+from keras_margin import AdversarialTrainingModel, MarginModel, VATModel, attacks
+
+
+def _batch(n=32, d=6, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)).astype("float32"), rng.integers(0, k, n)
+
+
+def test_at_example_equals_attacks_fgsm():
+    x, y = _batch()
+    base = small_mlp()
+    model = AdversarialTrainingModel(base, eps=0.2, clip=(-1.0, 1.0))
+    np.testing.assert_allclose(model.adversarial_examples(x, y),
+                               attacks.fgsm(base, x, y, eps=0.2, clip=(-1.0, 1.0)), atol=1e-6)
+
+
+def test_at_l2_step_has_norm_eps():
+    x, y = _batch()
+    model = AdversarialTrainingModel(small_mlp(), eps=0.3, norm="l2")
+    step = model.adversarial_examples(x, y).numpy() - x
+    np.testing.assert_allclose(np.linalg.norm(step, axis=1), 0.3, rtol=1e-5)
+
+
+def test_vat_direction_is_the_top_eigenvector_of_the_kl_hessian():
+    """For f = Wx + b the Hessian of KL(p(x) || p(x + r)) at r = 0 is W^T (diag p - p p^T) W."""
+    keras.config.set_dtype_policy("float64")
+    rng = np.random.default_rng(3)
+    k, d = 3, 5
+    w, b = rng.normal(size=(k, d)), rng.normal(size=k)
+    x = rng.normal(size=(6, d))
+    model = VATModel(linear_model(w, b, dtype="float64"), eps=1.0, xi=1e-4,
+                     power_iterations=40, seed=1)
+    logits = tf.constant(x @ w.T + b)
+    r = model.virtual_adversarial_perturbation(tf.constant(x), logits).numpy()
+    for xi, ri, fi in zip(x, r, logits.numpy()):
+        p = np.exp(fi - fi.max())
+        p /= p.sum()
+        values, vectors = np.linalg.eigh(w.T @ (np.diag(p) - np.outer(p, p)) @ w)
+        assert values[-1] > 1.5 * values[-2]  # a clear top direction
+        assert abs(ri @ vectors[:, -1]) == pytest.approx(1.0, abs=1e-3)
+        assert np.linalg.norm(ri) == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("make,extra", [
+    (lambda b: AdversarialTrainingModel(b, eps=0.2), "adversarial_loss"),
+    (lambda b: VATModel(b, eps=2.0, seed=0), "vat_loss"),
+    (lambda b: MarginModel(b, C=0.1), "margin_sensitivity"),
+])
+def test_a_step_decreases_its_own_loss_and_reports_its_term(make, extra):
+    x, y = _batch()
+    model = make(small_mlp(hidden=16))
+    model.compile(optimizer=keras.optimizers.SGD(0.05), metrics=["accuracy"])
+    before = model.evaluate(x, y, return_dict=True, verbose=0)
+    model.train_on_batch(x, y)
+    after = model.evaluate(x, y, return_dict=True, verbose=0)
+    assert extra in before and before[extra] > 0
+    assert after["loss"] < before["loss"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda b: AdversarialTrainingModel(b, eps=0.1, alpha=0.3, norm="l2"),
+    lambda b: VATModel(b, eps=1.5, xi=1e-5, power_iterations=2, seed=3),
+])
+def test_trainers_save_and_load(make, tmp_path):
+    x, y = _batch()
+    model = make(small_mlp())
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "trainer.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is type(model)
+    def hyper(m):
+        return {key: value for key, value in m.get_config().items() if key != "base"}
+
+    assert hyper(loaded) == hyper(model)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
+    assert np.isfinite(loaded.fit(x, y, epochs=1, verbose=0).history["loss"][0])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"eps": -0.1}, "eps"), ({"alpha": 1.5}, "alpha"), ({"norm": "l1"}, "norm"),
+])
+def test_at_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AdversarialTrainingModel(small_mlp(), **kwargs)
+
+
+def test_vat_bad_arguments():
+    with pytest.raises(ValueError, match="power_iterations"):
+        VATModel(small_mlp(), power_iterations=-1)
+    with pytest.raises(ValueError, match="xi"):
+        VATModel(small_mlp(), xi=float("nan"))
