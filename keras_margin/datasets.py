@@ -273,3 +273,18 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = 100, shuffle: b
     if augmentation:
         ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def split_test_set(name: str, data_dir: str | None = None, train: int = 8000,
+                   seed: int = 0) -> tuple[Arrays, Arrays]:
+    """The test split alone, cut into `train` samples to train on and the rest to evaluate.
+
+    For machines without the training files (e.g. only MNIST's t10k files at hand): a quick,
+    clearly smaller stand-in for the paper's 50k/10k/10k protocol. The cut is seeded.
+    """
+    x, y = load_split(name, "test", data_dir)
+    if not 0 < train < len(x):
+        raise ValueError(f"train={train} must be in (0, {len(x)}) for {name!r}'s test split.")
+    held_out, kept = split_validation(x, y, validation=len(x) - train, seed=seed)
+    return held_out, kept
+

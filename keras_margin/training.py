@@ -37,6 +37,13 @@ def scale_for_replicas(value: tf.Tensor) -> tf.Tensor:
     return value / replicas if replicas > 1 else value
 
 
+def epoch_decay(learning_rate: float, steps_per_epoch: int,
+                rate: float = 0.95) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The paper's schedule: the learning rate times `rate` after every epoch (Adam, 1e-3)."""
+    return keras.optimizers.schedules.ExponentialDecay(learning_rate, steps_per_epoch, rate,
+                                                       staircase=True)
+
+
 class RobustModel(keras.Model):
     """Base class of the trainers: a base model that outputs logits plus one extra loss term.
 

@@ -40,7 +40,7 @@ def test_vat_direction_is_the_top_eigenvector_of_the_kl_hessian():
                      power_iterations=40, seed=1)
     logits = tf.constant(x @ w.T + b)
     r = model.virtual_adversarial_perturbation(tf.constant(x), logits).numpy()
-    for xi, ri, fi in zip(x, r, logits.numpy()):
+    for ri, fi in zip(r, logits.numpy()):
         p = np.exp(fi - fi.max())
         p /= p.sum()
         values, vectors = np.linalg.eigh(w.T @ (np.diag(p) - np.outer(p, p)) @ w)
