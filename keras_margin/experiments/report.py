@@ -1,0 +1,134 @@
+"""Tables from finished runs: mean ± std over seeds beside the paper's numbers (Markdown, CSV)."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+
+def collect(runs_dir: str) -> list[dict[str, Any]]:
+    """Every finished run's metrics.json under `runs_dir` (unfinished runs have none)."""
+    paths = sorted(glob.glob(os.path.join(runs_dir, "**", "metrics.json"), recursive=True))
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append({**json.load(f), "path": os.path.dirname(path)})
+    return runs
+
+
+def group(runs: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Runs by (table, row, data set, quick, protocol), in the order first seen."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[(run["table"], run["row"], run["dataset"], run["quick"], run["protocol"])] \
+            .append(run)
+    return dict(groups)
+
+
+def _mean_std(values: list[float], scale: float = 1.0) -> tuple[float, float]:
+    arr = np.asarray(values, float) * scale
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def _setting(run: dict[str, Any]) -> tuple:
+    """What a row's effect is measured within: network, data, augmentation, protocol."""
+    return (run["table"], run["architecture"], run["dataset"], run["quick"],
+            run["augmentation"], run["protocol"])
+
+
+def _is_baseline(run: dict[str, Any]) -> bool:
+    return run["trainer"] == "plain" and not run["dropout"]
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per group: means, stds, seeds, the paper's values and rho_adv ratios."""
+    lines = []
+    for (table, row, dataset, quick, protocol), members in group(runs).items():
+        err, err_sd = _mean_std([m["error"] for m in members], 100)
+        fgsm, fgsm_sd = _mean_std([m["fgsm_error"] for m in members], 100)
+        rho, rho_sd = _mean_std([m["rho_adv"] for m in members])
+        lines.append({"table": table, "row": row, "label": members[0]["label"],
+                      "setting": _setting(members[0]), "baseline": _is_baseline(members[0]),
+                      "architecture": members[0]["architecture"],
+                      "dataset": dataset, "quick": quick, "protocol": protocol,
+                      "seeds": len(members), "epochs": members[0]["epochs"],
+                      "error": err, "error_std": err_sd, "fgsm_error": fgsm,
+                      "fgsm_error_std": fgsm_sd, "rho_adv": rho, "rho_adv_std": rho_sd,
+                      "paper": members[0].get("paper") or {},
+                      "trainer_kwargs": members[0].get("trainer_kwargs", {})})
+    baselines = {ln["setting"]: ln for ln in lines if ln["baseline"]}
+    for line in lines:
+        base = baselines.get(line["setting"])
+        line["rho_ratio"] = line["rho_adv"] / base["rho_adv"] if base else math.nan
+        paper_base = base["paper"] if base else {}
+        line["paper_rho_ratio"] = (line["paper"].get("rho_adv", math.nan)
+                                   / paper_base.get("rho_adv", math.nan)
+                                   if paper_base else math.nan)
+    return lines
+
+
+def _fmt(mean: float, std: float, seeds: int, digits: int) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{mean:.{digits}f}"
+
+
+def _paper(value: Any, digits: int) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:.{digits}f}"
+
+
+def markdown(lines: list[dict[str, Any]]) -> str:
+    """Markdown tables, one per (table, protocol), ours beside the paper's."""
+    out = []
+    sections: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for line in lines:
+        sections[(line["table"], line["protocol"], line["epochs"])].append(line)
+    for (table, protocol, epochs), members in sections.items():
+        seeds = sorted({m["seeds"] for m in members})
+        quick = any(m["quick"] for m in members)
+        out.append(f"### {table}{' — QUICK (reduced, see protocol)' if quick else ''}\n")
+        out.append(f"Protocol: {protocol}; {epochs} epochs; seeds per row: "
+                   f"{', '.join(map(str, seeds))}.\n")
+        out.append("| row | error % | paper | FGSM error % | paper | rho_adv | paper | "
+                   "rho_adv vs baseline | paper |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for m in members:
+            p = m["paper"]
+            ratio = "—" if math.isnan(m["rho_ratio"]) else f"x{m['rho_ratio']:.2f}"
+            paper_ratio = "—" if math.isnan(m["paper_rho_ratio"]) \
+                else f"x{m['paper_rho_ratio']:.2f}"
+            out.append(
+                f"| {m['label']} | {_fmt(m['error'], m['error_std'], m['seeds'], 2)} | "
+                f"{_paper(p.get('error'), 2)} | "
+                f"{_fmt(m['fgsm_error'], m['fgsm_error_std'], m['seeds'], 1)} | "
+                f"{_paper(p.get('fgsm_error'), 1)} | "
+                f"{_fmt(m['rho_adv'], m['rho_adv_std'], m['seeds'], 3)} | "
+                f"{_paper(p.get('rho_adv'), 3)} | {ratio} | {paper_ratio} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write(runs_dir: str, out_prefix: str | None = None) -> str:
+    """Writes `<prefix>.md` and `<prefix>.csv` (default: runs_dir/report) and returns the text."""
+    lines = summarize(collect(runs_dir))
+    if not lines:
+        raise FileNotFoundError(f"No finished runs (metrics.json) under {runs_dir}.")
+    prefix = out_prefix or os.path.join(runs_dir, "report")
+    text = markdown(lines)
+    with open(prefix + ".md", "w") as f:
+        f.write(text)
+    fields = ["table", "row", "label", "dataset", "quick", "protocol", "seeds", "epochs",
+              "error", "error_std", "fgsm_error", "fgsm_error_std", "rho_adv", "rho_adv_std",
+              "rho_ratio", "paper_error", "paper_fgsm_error", "paper_rho_adv", "paper_rho_ratio"]
+    with open(prefix + ".csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for line in lines:
+            writer.writerow({**line, **{f"paper_{k}": v for k, v in line["paper"].items()}})
+    return text

@@ -1,0 +1,145 @@
+"""The reproduction runner: resume equals an uninterrupted run, no mixing, CLI, report, figures."""
+
+import dataclasses
+import gzip
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from keras_margin.experiments import TABLES, build_model, cli, get_row, runner
+from keras_margin.experiments.rows import Row
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path):
+    """A learnable fake MNIST: the label is the brightest of ten image bands."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split, n in (("train", 240), ("t10k", 60)):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 60, (n, 28, 28))
+        for i, label in enumerate(y):
+            x[i, label * 2: label * 2 + 3] += 150
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", x)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", y)
+    return str(folder)
+
+
+def _tiny_row(**changes):
+    row = dataclasses.replace(get_row("mlp-l2"), name="tiny-l2", label="tiny l2", hidden=(16,),
+                              epochs=3,
+                              validation=40, batch_size=50,
+                              deepfool={"max_iter": 10, "step_clip": 0.5, "overshoot": 0.02})
+    return dataclasses.replace(row, **changes)
+
+
+def _metrics(out):
+    with open(os.path.join(out, "table1", "tiny-l2", "seed-0", "metrics.json")) as f:
+        return json.load(f)
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(tiny_mnist, tmp_path):
+    row = _tiny_row()
+    whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
+    runner.run(row, 0, whole, data_dir=tiny_mnist, verbose=0)
+    assert runner.run(row, 0, broken, data_dir=tiny_mnist, verbose=0, stop_after=1) is None
+    folder = runner.run_dir(broken, row, 0)
+    assert os.path.exists(os.path.join(folder, "checkpoint.keras"))
+    assert not os.path.exists(os.path.join(folder, "metrics.json"))
+    runner.run(row, 0, broken, data_dir=tiny_mnist, verbose=0)
+    assert _metrics(broken) == _metrics(whole)
+    with open(os.path.join(folder, "history.csv")) as f:
+        assert len(f.read().strip().splitlines()) == 1 + 3  # header + one row per epoch
+    assert not os.path.exists(os.path.join(folder, "checkpoint.keras"))
+    for name in ("model.keras", "distances.npy", "adversarial.npz", "config.json"):
+        assert os.path.exists(os.path.join(folder, name))
+
+
+def test_finished_runs_are_skipped_and_configs_never_mix(tiny_mnist, tmp_path):
+    out = str(tmp_path / "runs")
+    row = _tiny_row(epochs=1)
+    first = runner.run(row, 0, out, data_dir=tiny_mnist, verbose=0)
+    model_path = os.path.join(runner.run_dir(out, row, 0), "model.keras")
+    stamp = os.path.getmtime(model_path)
+    assert runner.run(row, 0, out, data_dir=tiny_mnist, verbose=0) == first
+    assert os.path.getmtime(model_path) == stamp
+    with pytest.raises(runner.ConfigMismatchError, match="row.trainer_kwargs.C"):
+        runner.run(_tiny_row(epochs=1, trainer_kwargs={"C": 0.5, "norm": "l2",
+                                                       "loss": "hinge"}),
+                   0, out, data_dir=tiny_mnist, verbose=0)
+    assert os.path.getmtime(model_path) == stamp
+
+
+def test_report_and_figures_from_runs(tiny_mnist, tmp_path):
+    out = str(tmp_path / "runs")
+    for seed in (0, 1):
+        runner.run(_tiny_row(epochs=1), seed, out, data_dir=tiny_mnist, verbose=0)
+        runner.run(_tiny_row(name="tiny-baseline", label="tiny baseline", trainer="plain",
+                             trainer_kwargs={}, epochs=1, paper=get_row("mlp-baseline").paper),
+                   seed, out, data_dir=tiny_mnist, verbose=0)
+    assert cli.main(["report", out]) == 0
+    with open(os.path.join(out, "report.md")) as f:
+        text = f.read()
+    assert "| tiny l2 |" in text and "±" in text and "0.259" in text
+    assert "seeds per row: 2" in text
+    ratio = [line for line in text.splitlines() if line.startswith("| tiny l2 |")][0]
+    assert ratio.endswith("| x2.27 |")  # the paper's l2 / baseline ratio beside ours
+    with open(os.path.join(out, "report.csv")) as f:
+        assert f.readline().startswith("table,row,label")
+    figures = str(tmp_path / "figures")
+    assert cli.main(["figures", out, "--out", figures]) == 0
+    assert sorted(os.listdir(figures)) == ["fig5_mlp_rho_adv_density.png",
+                                           "fig6_mlp_adversarial_examples.png"]
+
+
+def test_cli_refuses_bad_input_clearly(tmp_path, capsys):
+    assert cli.main(["reproduce", "table1", "--rows", "mlp-l3", "--out", str(tmp_path)]) == 2
+    assert "Unknown row 'mlp-l3'" in capsys.readouterr().err
+    assert cli.main(["reproduce", "table1", "--rows", "nin-baseline"]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["reproduce", "table1", "--rows", "mlp-baseline", "--data-dir", str(empty),
+                     "--out", str(tmp_path / "runs")]) == 2
+    assert "train-images-idx3-ubyte.gz" in capsys.readouterr().err
+    assert cli.main(["report", str(empty)]) == 2
+
+
+def _example(name):
+    path = os.path.join(EXAMPLES, name + ".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _structure(model):
+    """Trainer class and hyper-parameters, then every layer's config without its name."""
+    base = getattr(model, "base", None)
+    hyper = {} if base is None else {k: v for k, v in model.get_config().items()
+                                     if k not in ("name", "base")}
+    layers = [(type(layer).__name__, {k: v for k, v in layer.get_config().items()
+                                      if k != "name"}) for layer in (base or model).layers]
+    return type(model).__name__, hyper, layers
+
+
+@pytest.mark.parametrize("table,row_name", [(t, r) for t in TABLES for r in TABLES[t]])
+def test_every_row_has_an_example_that_builds_what_the_runner_builds(table, row_name):
+    script = f"{table}_{row_name.replace('-', '_').replace('.', '_')}"
+    row: Row = TABLES[table][row_name]
+    module = _example(script)
+    with open(module.__file__) as f:
+        assert f'run_example("{row_name}", build)' in f.read()
+    assert _structure(module.build(row)) == _structure(build_model(row))
