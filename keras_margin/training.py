@@ -44,6 +44,19 @@ def epoch_decay(learning_rate: float, steps_per_epoch: int,
                                                        staircase=True)
 
 
+def _multi_worker_logs(logs: dict[str, Any]) -> dict[str, Any]:
+    """Scalars as shape (1,) under multi-worker MultiWorkerMirroredStrategy.
+
+    Keras 3 reduces each returned log across workers with `strategy.reduce("MEAN", v, axis=0)`,
+    which fails on scalars (keras-team/keras#20585); a (1,) tensor reduces to the scalar mean.
+    """
+    strategy = tf.distribute.get_strategy()
+    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode()):
+        return logs
+    return {key: tf.reshape(value, [1]) for key, value in logs.items()}
+
+
 class RobustModel(keras.Model):
     """Base class of the trainers: a base model that outputs logits plus one extra loss term.
 
@@ -155,7 +168,7 @@ class RobustModel(keras.Model):
             tf.cond(finite, lambda: self._apply(grads, weights), lambda: tf.no_op())
         else:
             self._apply(grads, weights)
-        return self.compute_metrics(x, labels, logits, sample_weight=sample_weight)
+        return _multi_worker_logs(self.compute_metrics(x, labels, logits, sample_weight))
 
     def _apply(self, grads: list, weights: list) -> tf.Operation:
         self.optimizer.apply_gradients(zip(grads, weights))
@@ -164,7 +177,26 @@ class RobustModel(keras.Model):
     def test_step(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, labels, logits, _ = self._objective(x, y, sample_weight, training=False)
-        return self.compute_metrics(x, labels, logits, sample_weight=sample_weight)
+        return _multi_worker_logs(self.compute_metrics(x, labels, logits, sample_weight))
+
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        """Builds from one replica's batch instead of Keras's `strategy.reduce` of it.
+
+        Keras 3's version fails under MultiWorkerMirroredStrategy ("Attempt to convert a value
+        (PerReplica...)", keras-team/keras#20585); building needs shapes only, which any local
+        replica's batch has.
+        """
+        strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is None:
+            return
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+                break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
 
     # -- eager checks on array data (XLA drops graph assertions) --------------------------------
     def _num_outputs(self) -> int | None:

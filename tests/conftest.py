@@ -27,6 +27,15 @@ def _seed():
     keras.config.set_dtype_policy("float32")
 
 
+@pytest.fixture(scope="session")
+def mirrored():
+    """One MirroredStrategy over two logical CPUs for the whole session: strategies created
+    side by side in one process reuse collective instance keys and abort each other."""
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2
+    return tf.distribute.MirroredStrategy(devices)
+
+
 @pytest.fixture
 def mnist_t10k_dir():
     path = os.path.join(SHARED_DATA, "mnist-t10k")
