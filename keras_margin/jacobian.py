@@ -44,30 +44,46 @@ def input_gradient(tape: tf.GradientTape, target: tf.Tensor, x: tf.Tensor,
     return at_least_float32(grad)
 
 
-def class_gradients(tape: tf.GradientTape, logits: tf.Tensor, x: tf.Tensor,
-                    classes: tf.Tensor) -> tf.Tensor:
-    """grad_x logits[b, classes[b, i]] for every sample b and column i.
+def margin_gradients(tape: tf.GradientTape, logits: tf.Tensor, x: tf.Tensor,
+                     labels: tf.Tensor, rivals: tf.Tensor) -> tf.Tensor:
+    """w_bi = grad_x (f_{rivals[b, i]} - f_{labels[b]})(x_b) for every sample b and column i.
+
+    One backward pass per column, with the cotangent e_rival - e_label, so the label's own
+    gradient is never computed separately: k - 1 passes give all the rival directions.
 
     Args:
         tape: a *persistent* tape that watched `x` while `logits` were computed.
         logits: (batch, k).
         x: the watched inputs, (batch, ...).
-        classes: int32 (batch, m), m known statically.
+        labels: int32 (batch,).
+        rivals: int32 (batch, m), m known statically.
 
     Returns:
         (batch, m, ...), the dtype of the gradients (at least float32).
     """
-    k = logits.shape[-1] or tf.shape(logits)[-1]
+    k = logits.shape[-1]
+    label_hot = tf.one_hot(labels, k, dtype=logits.dtype)
     grads = [
-        input_gradient(tape, logits, x, tf.one_hot(classes[:, i], k, dtype=logits.dtype))
-        for i in range(classes.shape[1])
+        input_gradient(tape, logits, x,
+                       tf.one_hot(rivals[:, i], k, dtype=logits.dtype) - label_hot)
+        for i in range(rivals.shape[1])
     ]
     return tf.stack(grads, axis=1)
 
 
-def all_classes(batch_size: tf.Tensor, num_classes: int) -> tf.Tensor:
-    """int32 (batch, k) with every row 0..k-1."""
-    return tf.tile(tf.range(num_classes, dtype=tf.int32)[None], [batch_size, 1])
+def rival_classes(logits: tf.Tensor, labels: tf.Tensor,
+                  candidates: int | None = None) -> tf.Tensor:
+    """int32 (batch, m) of classes other than the label.
+
+    All k - 1 of them (column i holds (y + 1 + i) mod k), or with `candidates` the top
+    `candidates` by logit.
+    """
+    k = logits.shape[-1]
+    if candidates is None or candidates >= k - 1:
+        return (labels[:, None] + 1 + tf.range(k - 1, dtype=tf.int32)[None]) % k
+    masked = tf.where(tf.one_hot(labels, k) > 0, tf.constant(-float("inf"), logits.dtype),
+                      logits)
+    return tf.math.top_k(masked, k=candidates).indices
 
 
 def flat_norm(v: tf.Tensor, norm: str, start_axis: int = 1) -> tf.Tensor:

@@ -14,11 +14,11 @@ import tensorflow as tf
 
 from keras_margin._validation import as_float_inputs, check_choice, sparse_labels
 from keras_margin.jacobian import (
-    all_classes,
     call_logits,
-    class_gradients,
     flat_norm,
     input_gradient,
+    margin_gradients,
+    rival_classes,
 )
 
 NORMS = ("l2", "l1")
@@ -31,30 +31,30 @@ def resolve_squared(norm: str, squared: bool | None) -> bool:
 
 
 def select_rival(tape: tf.GradientTape, logits: tf.Tensor, x: tf.Tensor, labels: tf.Tensor,
-                 rival: str = "jacobian", norm: str = "l2") -> tf.Tensor:
+                 rival: str = "jacobian", norm: str = "l2",
+                 candidates: int | None = None) -> tf.Tensor:
     """The rival class j* != y of each sample, int32 (batch,), with no gradient.
 
-    "jacobian" (reference code): j* = argmax_j ||grad f_j - grad f_y|| from the full input
-    Jacobian (needs a persistent `tape` that watched `x`). "logit": j* = argmax_{j != y} f_j.
+    "jacobian" (reference code): j* = argmax_j ||grad f_j - grad f_y|| from the input Jacobian
+    (k - 1 backward passes on a persistent `tape` that watched `x`), over all classes or, with
+    `candidates`, over the top-`candidates` rival logits. "logit": j* = argmax_{j != y} f_j.
     """
-    k = logits.shape[-1]
-    is_label = tf.one_hot(labels, k) > 0
     if rival == "logit":
-        scores = tf.stop_gradient(logits)
-    else:
-        jac = tf.stop_gradient(class_gradients(tape, logits, x, all_classes(tf.shape(x)[0], k)))
-        jac_label = tf.gather(jac, labels, axis=1, batch_dims=1)
-        scores = flat_norm(jac - jac_label[:, None], norm, start_axis=2)
-    scores = tf.where(is_label, tf.constant(-float("inf"), scores.dtype), scores)
-    return tf.argmax(scores, axis=1, output_type=tf.int32)
+        return rival_classes(tf.stop_gradient(logits), labels, candidates=1)[:, 0]
+    rivals = rival_classes(tf.stop_gradient(logits), labels, candidates)
+    directions = tf.stop_gradient(margin_gradients(tape, logits, x, labels, rivals))
+    best = tf.argmax(flat_norm(directions, norm, start_axis=2), axis=1, output_type=tf.int32)
+    return tf.gather(rivals, best, axis=1, batch_dims=1)
 
 
 def logits_and_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
                            rival: str = "jacobian", squared: bool | None = None,
-                           training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+                           training: bool = False,
+                           candidates: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """One forward pass giving the logits (batch, k) and eps(x, y) (batch,); see module doc."""
     check_choice("norm", norm, NORMS)
     check_choice("rival", rival, RIVALS)
+    check_candidates(candidates)
     x = as_float_inputs(x)
     with tf.GradientTape(persistent=rival == "jacobian") as tape:
         tape.watch(x)
@@ -64,7 +64,8 @@ def logits_and_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
     if k == 1:
         cotangent = tf.ones_like(logits)
     else:
-        j_star = select_rival(tape, logits, x, labels, rival=rival, norm=norm)
+        j_star = select_rival(tape, logits, x, labels, rival=rival, norm=norm,
+                              candidates=candidates)
         # d/dx sum_b (f_y - f_j*)(x_b): one backward pass with this cotangent.
         cotangent = tf.one_hot(labels, k, dtype=logits.dtype) - tf.one_hot(
             j_star, k, dtype=logits.dtype)
@@ -83,7 +84,7 @@ def logits_and_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
 
 def margin_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
                        rival: str = "jacobian", squared: bool | None = None,
-                       training: bool = False) -> tf.Tensor:
+                       training: bool = False, candidates: int | None = None) -> tf.Tensor:
     """Margin sensitivity eps(x, y) per sample (eq. 18; eq. 14 for one logit).
 
     Args:
@@ -95,6 +96,8 @@ def margin_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
             Jacobian) or "logit" (argmax_{j != y} f_j; one input gradient, cheaper).
         squared: None for the reference code's choice (squared l2, plain l1).
         training: passed to the model's call (dropout, batch norm).
+        candidates: with rival="jacobian", search j* among the top-`candidates` rival logits
+            only (that many backward passes instead of k - 1); None searches all classes.
 
     Returns:
         Tensor (batch,) of the logits dtype (at least float32), differentiable w.r.t. the
@@ -106,4 +109,13 @@ def margin_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
         TensorShape([2])
     """
     return logits_and_sensitivity(model, x, y, norm=norm, rival=rival, squared=squared,
-                                  training=training)[1]
+                                  training=training, candidates=candidates)[1]
+
+
+def check_candidates(candidates: int | None) -> int | None:
+    """None or an integer >= 1 (the number of rival classes searched)."""
+    if candidates is not None and (isinstance(candidates, bool) or int(candidates) != candidates
+                                   or candidates < 1):
+        raise ValueError(f"Invalid value for argument candidates: {candidates!r}. Expected "
+                         "None or an integer >= 1.")
+    return candidates

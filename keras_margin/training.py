@@ -28,7 +28,7 @@ from keras_margin._validation import (
     sparse_labels,
 )
 from keras_margin.jacobian import call_logits, flat_norm, input_gradient
-from keras_margin.sensitivity import NORMS, RIVALS, logits_and_sensitivity
+from keras_margin.sensitivity import NORMS, RIVALS, check_candidates, logits_and_sensitivity
 
 
 def scale_for_replicas(value: tf.Tensor) -> tf.Tensor:
@@ -242,6 +242,8 @@ class MarginModel(RobustModel):
             loss on logits.
         rival: "jacobian" (the reference code's j* from the full input Jacobian) or "logit".
         squared: None for the reference code's choice (squared l2, plain l1).
+        candidates: with rival="jacobian", search j* among the top-`candidates` rival logits
+            only (cheaper; None, the reference, searches all k - 1 rivals).
 
     `fit` reports `loss` (the whole objective), `data_loss` and `margin_sensitivity` (batch mean
     of eps). A batch holding NaN or Inf raises `InvalidArgumentError` before any weight changes.
@@ -257,13 +259,15 @@ class MarginModel(RobustModel):
 
     def __init__(self, base: keras.Model, C: float = 0.1, norm: str = "l2",
                  loss: Any = "hinge", rival: str = "jacobian", squared: bool | None = None,
-                 **kwargs: Any) -> None:
+                 candidates: int | None = None, **kwargs: Any) -> None:
         C = check_non_negative("C", C)
         check_choice("norm", norm, NORMS)
         check_choice("rival", rival, RIVALS)
         check_choice("squared", squared, (None, True, False))
+        check_candidates(candidates)
         super().__init__(base, loss=loss, **kwargs)
         self.C, self.norm, self.rival, self.squared = C, norm, rival, squared
+        self.candidates = candidates
 
     @property
     def extra_weight(self) -> float:  # type: ignore[override]
@@ -271,11 +275,12 @@ class MarginModel(RobustModel):
 
     def forward(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         return logits_and_sensitivity(self.base, x, y, norm=self.norm, rival=self.rival,
-                                      squared=self.squared, training=training)
+                                      squared=self.squared, training=training,
+                                      candidates=self.candidates)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "C": self.C, "norm": self.norm, "rival": self.rival,
-                "squared": self.squared}
+                "squared": self.squared, "candidates": self.candidates}
 
 
 @keras.saving.register_keras_serializable(package="keras_margin")

@@ -115,6 +115,22 @@ def test_jacobian_rival_matches_explicit_loop():
     np.testing.assert_array_equal(runner_up, masked.argmax(axis=1))
 
 
+def test_candidates_restrict_the_search_to_the_top_rival_logits(linear_problem):
+    w, b, x, y = linear_problem
+    model = linear_model(w, b)
+    f = x @ w.T + b
+    full = margin_sensitivity(model, x, y, rival="jacobian")
+    np.testing.assert_allclose(margin_sensitivity(model, x, y, candidates=len(w) - 1), full)
+    got = margin_sensitivity(model, x, y, candidates=2).numpy()
+    for i in range(len(x)):
+        masked = np.where(np.arange(len(w)) == y[i], -np.inf, f[i])
+        top2 = np.argsort(masked)[::-1][:2]
+        expected = max(np.sum((w[y[i]] - w[j]) ** 2) for j in top2)
+        assert got[i] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="candidates"):
+        margin_sensitivity(model, x, y, candidates=0)
+
+
 def test_multiclass_hinge_masks_true_class():
     logits = np.array([[2.0, 0.5, -1.0], [-3.0, -2.5, -4.0], [0.0, 0.2, 0.1]], "float32")
     y = np.array([0, 1, 0])

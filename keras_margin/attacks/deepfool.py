@@ -26,7 +26,7 @@ from keras_margin._validation import (
     check_non_negative,
     check_probability_outputs,
 )
-from keras_margin.jacobian import all_classes, call_logits, class_gradients, flat_norm
+from keras_margin.jacobian import call_logits, flat_norm, margin_gradients, rival_classes
 
 NORMS = ("l2", "linf")
 TARGETS = ("label", "prediction")
@@ -48,24 +48,12 @@ class DeepFoolResult:
     iterations: tf.Tensor
 
 
-def candidate_classes(logits: tf.Tensor, labels: tf.Tensor, candidates: int | None) -> tf.Tensor:
-    """int32 (batch, m): all k classes, or the top-m by clean logits with the label included."""
-    k = logits.shape[-1]
-    if candidates is None or candidates >= k:
-        return all_classes(tf.shape(logits)[0], k)
-    top = tf.math.top_k(logits, k=candidates).indices
-    has_label = tf.reduce_any(top == labels[:, None], axis=1, keepdims=True)
-    last = tf.where(has_label, top[:, -1:], labels[:, None])
-    return tf.concat([top[:, :-1], last], axis=1)
-
-
 def _deepfool_loop(model: Callable, x: tf.Tensor, labels: tf.Tensor, *, norm: str,
                    max_iter: int, overshoot: float, step_clip: float | None,
                    candidates: int | None, clip_min: float | None, clip_max: float | None):
     logits0 = call_logits(model, x)
-    classes = candidate_classes(logits0, labels, candidates)
-    is_label = classes == labels[:, None]
-    label_pos = tf.argmax(tf.cast(is_label, tf.int32), axis=1, output_type=tf.int32)
+    # The label plus `candidates - 1` rivals by clean logit, as Foolbox's candidates.
+    rivals = rival_classes(logits0, labels, None if candidates is None else candidates - 1)
     dual = "l2" if norm == "l2" else "l1"
     expand = [-1] + [1] * (x.shape.rank - 1)
 
@@ -86,13 +74,12 @@ def _deepfool_loop(model: Callable, x: tf.Tensor, labels: tf.Tensor, *, norm: st
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x_r)
             logits = call_logits(model, x_r)
-        grads = class_gradients(tape, logits, x_r, classes)  # (batch, m, ...)
+        w = margin_gradients(tape, logits, x_r, labels, rivals)  # (batch, m, ...)
         del tape
         f_label = tf.gather(logits, labels, axis=1, batch_dims=1)
-        f = tf.gather(logits, classes, axis=1, batch_dims=1) - f_label[:, None]
-        w = grads - tf.gather(grads, label_pos, axis=1, batch_dims=1)[:, None]
+        f = tf.gather(logits, rivals, axis=1, batch_dims=1) - f_label[:, None]
         w_norm = flat_norm(w, dual, start_axis=2)
-        blocked = is_label | (w_norm <= 0)
+        blocked = w_norm <= 0
         dist = tf.where(blocked, tf.constant(np.inf, f.dtype), tf.abs(f) / tf.where(
             blocked, tf.ones_like(w_norm), w_norm))
         best = tf.argmin(dist, axis=1, output_type=tf.int32)
