@@ -1,5 +1,7 @@
 """Cost of one training step: plain cross-entropy vs MarginModel(rival="logit"/"jacobian").
 
+"jacobian-top3" is the exact rule searched over the top-3 rival logits only (candidates=3).
+
 All configurations are timed in one process, interleaved round by round, so that a shared,
 noisy machine slows them alike; the ratios to the plain step of the same model, batch and XLA
 setting are medians over rounds. Prints a Markdown table and writes JSON.
@@ -23,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 from keras_margin import MarginModel, architectures  # noqa: E402
 
-MODES = ("plain", "logit", "jacobian")
+MODES = ("plain", "logit", "jacobian", "jacobian-top3")
 
 
 def build(arch: str, mode: str, jit: bool) -> keras.Model:
@@ -34,9 +36,22 @@ def build(arch: str, mode: str, jit: bool) -> keras.Model:
         model.compile(optimizer="adam", jit_compile=jit,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     else:
-        model = MarginModel(base, C=0.1, loss="crossentropy", rival=mode)
+        rival, _, top = mode.partition("-top")
+        model = MarginModel(base, C=0.1, loss="crossentropy", rival=rival,
+                            candidates=int(top) if top else None)
         model.compile(optimizer="adam", jit_compile=jit)
     return model
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _max_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_memory_mb() -> float | None:
@@ -44,6 +59,18 @@ def peak_memory_mb() -> float | None:
     if not tf.config.list_physical_devices("GPU"):
         return None
     return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+
+
+def cpu_step_memory(arch: str, mode: str, batch: int) -> None:
+    """In a fresh process: peak resident memory that a few steps add over the built model."""
+    x = np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32)
+    data = tf.data.Dataset.from_tensors((x, np.zeros(batch, np.int64))).repeat()
+    model = build(arch, mode, False)
+    model(x[:1])
+    before = _rss_mb()
+    time_steps(model, data, 3)
+    print(json.dumps({"model": arch, "mode": mode, "batch": batch,
+                      "step_peak_mb": _max_rss_mb() - before}))
 
 
 def time_steps(model: keras.Model, data: tf.data.Dataset, steps: int) -> float:
@@ -60,7 +87,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument("--memory", action="store_true",
+                        help="on CPU: also the peak memory each step adds (one process each)")
+    parser.add_argument("--_memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._memory_child:
+        cpu_step_memory(args._memory_child[0], args._memory_child[1],
+                        int(args._memory_child[2]))
+        return
     jits = {"off": [False], "on": [True], "both": [False, True]}[args.xla]
 
     rng = np.random.default_rng(0)
@@ -101,9 +135,33 @@ def main() -> None:
         print(_row(row))
     print(f"\ndevice: {tf.config.list_physical_devices()[-1].device_type}, TF {tf.__version__}, "
           f"Keras {keras.__version__}, {args.rounds} rounds x {args.steps} steps")
+    if args.memory and not tf.config.list_physical_devices("GPU"):
+        rows += cpu_memory_table(args.models.split(","), args.batch)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def cpu_memory_table(models: list[str], batches: list[int]) -> list[dict]:
+    """Peak memory per step on CPU, each configuration in its own process (ru_maxrss)."""
+    import subprocess
+    import sys
+
+    rows = []
+    for arch in models:
+        for batch in batches:
+            peaks = {}
+            for mode in MODES:
+                out = subprocess.run([sys.executable, __file__, "--_memory-child", arch, mode,
+                                      str(batch)], capture_output=True, text=True, check=True)
+                peaks[mode] = json.loads(out.stdout.strip().splitlines()[-1])["step_peak_mb"]
+            print(f"\n{arch}, batch {batch}: peak memory a step adds over the built model")
+            print("| step | MB | ratio to plain |\n|---|---|---|")
+            for mode in MODES:
+                print(f"| {mode} | {peaks[mode]:.0f} | {peaks[mode] / peaks['plain']:.2f}x |")
+                rows.append({"model": arch, "batch": batch, "mode": mode, "cpu": True,
+                             "step_peak_mb": peaks[mode]})
+    return rows
 
 
 def _row(r: dict) -> str:
