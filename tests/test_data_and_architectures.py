@@ -133,3 +133,13 @@ def test_architectures_output_logits(build, input_shape, params):
     assert out.shape == (2, 10)
     if params is not None:
         assert model.count_params() == params
+
+
+def test_fashion_mnist_is_found_in_debians_folder():
+    import os
+
+    if not os.path.exists(os.path.join(datasets.DEBIAN_FASHION, "t10k-images-idx3-ubyte.gz")):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    (x_tr, y_tr), (x_val, _), (x_te, _) = datasets.load("fashion_mnist")
+    assert x_tr.shape == (50000, 28, 28, 1) and x_val.shape == (10000, 28, 28, 1)
+    assert x_te.shape == (10000, 28, 28, 1) and set(np.unique(y_tr)) == set(range(10))
