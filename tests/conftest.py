@@ -44,6 +44,16 @@ def mnist_t10k_dir():
     return path
 
 
+def write_idx(path, array: np.ndarray) -> None:
+    """Writes an unsigned-byte array as a gzipped IDX file (MNIST's format)."""
+    import gzip
+
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
 def linear_model(w: np.ndarray, b: np.ndarray, dtype: str = "float32") -> keras.Model:
     """f(x) = W x + b as a Keras model, W given as (k, d)."""
     k, d = w.shape

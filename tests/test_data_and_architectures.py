@@ -5,23 +5,17 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import write_idx
 
 from keras_margin import architectures, datasets
-
-
-def _write_idx(path, array):
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(
-        int(n).to_bytes(4, "big") for n in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
 @pytest.fixture
 def fake_mnist(tmp_path):
     rng = np.random.default_rng(0)
     for split, n in (("train", 60), ("t10k", 20)):
-        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
     return tmp_path
 
 
@@ -48,14 +42,14 @@ def test_corrupt_files_name_the_file(fake_mnist):
         f.write(b"\x00\x00\x09\x03" + b"\x00" * 20)
     with pytest.raises(ValueError, match="t10k-images.*magic"):
         datasets.load_split("mnist", "test", str(fake_mnist))
-    _write_idx(bad, np.zeros((20, 28, 28)))
+    write_idx(bad, np.zeros((20, 28, 28)))
     with gzip.open(bad, "rb") as f:
         data = f.read()
     with gzip.open(bad, "wb") as f:
         f.write(data[:-100])
     with pytest.raises(ValueError, match="t10k-images.*truncated"):
         datasets.load_split("mnist", "test", str(fake_mnist))
-    _write_idx(bad, np.zeros((19, 28, 28)))
+    write_idx(bad, np.zeros((19, 28, 28)))
     with pytest.raises(ValueError, match="19 images.*20 labels"):
         datasets.load_split("mnist", "test", str(fake_mnist))
 

@@ -1,25 +1,18 @@
 """The reproduction runner: resume equals an uninterrupted run, no mixing, CLI, report, figures."""
 
 import dataclasses
-import gzip
 import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
+from conftest import write_idx
 
 from keras_margin.experiments import TABLES, build_model, cli, get_row, runner
 from keras_margin.experiments.rows import Row
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
-
-
-def _write_idx(path, array):
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(
-        int(n).to_bytes(4, "big") for n in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
 @pytest.fixture
@@ -33,8 +26,8 @@ def tiny_mnist(tmp_path):
         x = rng.integers(0, 60, (n, 28, 28))
         for i, label in enumerate(y):
             x[i, label * 2: label * 2 + 3] += 150
-        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", x)
-        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", y)
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", x)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", y)
     return str(folder)
 
 

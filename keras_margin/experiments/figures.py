@@ -35,8 +35,14 @@ def _density(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * z ** 2).sum(axis=1) / (len(values) * bandwidth * np.sqrt(2 * np.pi))
 
 
-def _quick_note(items: list[dict[str, Any]]) -> str:
-    return " (QUICK: reduced data and epochs)" if any(i["quick"] for i in items) else ""
+def _quick_note(quick: bool) -> str:
+    return " (QUICK: reduced data and epochs)" if quick else ""
+
+
+def _save(fig: Any, path: str, **kwargs: Any) -> str:
+    fig.savefig(path, dpi=120, **kwargs)
+    _pyplot().close(fig)
+    return path
 
 
 def error_and_robustness_over_c(runs: list[dict[str, Any]], out: str) -> list[str]:
@@ -60,12 +66,10 @@ def error_and_robustness_over_c(runs: list[dict[str, Any]], out: str) -> list[st
         twin.errorbar(c, [m["rho_adv"] for m in members], [m["rho_adv_std"] for m in members],
                       color="tab:blue", marker="s", label="rho_adv")
         twin.set_ylabel("rho_adv (eq. 20)", color="tab:blue")
-        ax.set_title(f"{arch}: l2 margin maximization over C{_quick_note(members)}")
+        quick = any(m["quick"] for m in members)
+        ax.set_title(f"{arch}: l2 margin maximization over C{_quick_note(quick)}")
         fig.tight_layout()
-        path = os.path.join(out, f"fig4_{arch}_error_robustness_over_C.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, os.path.join(out, f"fig4_{arch}_error_robustness_over_C.png")))
     return written
 
 
@@ -91,14 +95,10 @@ def robustness_densities(runs: list[dict[str, Any]], out: str) -> list[str]:
             ax.plot(grid, _density(values[values > 0], grid), label=label)
         ax.set_xlabel("rho_adv = ||r(x)|| / ||x|| (DeepFool)")
         ax.set_ylabel("density")
-        ax.set_title(f"{arch}: robustness per method"
-                     f"{' (QUICK: reduced data and epochs)' if quick[arch] else ''}")
+        ax.set_title(f"{arch}: robustness per method{_quick_note(quick[arch])}")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = os.path.join(out, f"fig5_{arch}_rho_adv_density.png")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, os.path.join(out, f"fig5_{arch}_rho_adv_density.png")))
     return written
 
 
@@ -125,12 +125,10 @@ def adversarial_grids(runs: list[dict[str, Any]], out: str) -> list[str]:
                 axes[r, c].set_yticks([])
             axes[r, 0].set_ylabel(label, rotation=0, ha="right", fontsize=7)
         quick = any(run["quick"] for _, run in methods.values())
-        fig.suptitle(f"{arch}: DeepFool adversarial examples per method"
-                     f"{' (QUICK)' if quick else ''}", fontsize=9)
-        path = os.path.join(out, f"fig6_{arch}_adversarial_examples.png")
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        fig.suptitle(f"{arch}: DeepFool adversarial examples per method{_quick_note(quick)}",
+                     fontsize=9)
+        written.append(_save(fig, os.path.join(out, f"fig6_{arch}_adversarial_examples.png"),
+                             bbox_inches="tight"))
     return written
 
 
