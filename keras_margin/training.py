@@ -325,7 +325,11 @@ class AdversarialTrainingModel(RobustModel):
 
     def adversarial_examples(self, x: Any, y: Any, training: bool = False) -> tf.Tensor:
         """x + eps * sign(grad_x L(f(x), y)) for the current weights (l2: normalised gradient)."""
-        x = as_float_inputs(x)
+        return self._logits_and_adversarial(as_float_inputs(x), y, training)[1]
+
+    def _logits_and_adversarial(self, x: tf.Tensor, y: Any,
+                                training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """One forward pass gives the clean logits and, by its input gradient, x_adv."""
         with tf.GradientTape() as tape:
             tape.watch(x)
             logits = call_logits(self.base, x, training=training)
@@ -341,11 +345,10 @@ class AdversarialTrainingModel(RobustModel):
         x_adv = x + self.eps * step
         if self.clip is not None:
             x_adv = tf.clip_by_value(x_adv, self.clip[0], self.clip[1])
-        return x_adv
+        return logits, x_adv
 
     def forward(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        x_adv = self.adversarial_examples(x, y, training=training)
-        logits = call_logits(self.base, x, training=training)
+        logits, x_adv = self._logits_and_adversarial(x, y, training)
         adv_logits = call_logits(self.base, x_adv, training=training)
         return logits, self.data_loss(sparse_labels(y, logits.shape[-1]), adv_logits)
 
