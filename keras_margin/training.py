@@ -207,7 +207,7 @@ class RobustModel(keras.Model):
 
     def _check_arrays(self, x: Any, y: Any) -> None:
         if isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise ValueError("x contains NaN or Inf; keras_margin refuses to train on it.")
+            raise ValueError("x contains NaN or Inf; keras_margin refuses to use such inputs.")
         k = self._num_outputs()
         if isinstance(y, (np.ndarray, list, tf.Tensor)):
             if k is not None:
