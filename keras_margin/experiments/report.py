@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_margin.experiments.rows import TABLES
+
 
 def collect(runs_dir: str) -> list[dict[str, Any]]:
     """Every finished run's metrics.json under `runs_dir` (unfinished runs have none)."""
@@ -48,7 +50,7 @@ def _is_baseline(run: dict[str, Any]) -> bool:
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One line per group: means, stds, seeds, the paper's values and rho_adv ratios."""
+    """One line per group, in the paper's row order: means, stds, seeds, paper, rho ratios."""
     lines = []
     for (table, row, dataset, quick, protocol), members in group(runs).items():
         err, err_sd = _mean_std([m["error"] for m in members], 100)
@@ -71,7 +73,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         line["paper_rho_ratio"] = (line["paper"].get("rho_adv", math.nan)
                                    / paper_base.get("rho_adv", math.nan)
                                    if paper_base else math.nan)
-    return lines
+    order = {name: i for table in TABLES.values() for i, name in enumerate(table)}
+    return sorted(lines, key=lambda ln: (ln["table"], order.get(ln["row"], len(order)),
+                                         ln.get("trainer_kwargs", {}).get("C", 0), ln["row"]))
 
 
 def _fmt(mean: float, std: float, seeds: int, digits: int) -> str:
