@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_margin.experiments.report import collect, summarize
+from keras_margin.experiments.report import collect, paper_order, summarize
 
 
 def _pyplot():
@@ -134,7 +134,7 @@ def adversarial_grids(runs: list[dict[str, Any]], out: str) -> list[str]:
 
 def write(runs_dir: str, out: str) -> list[str]:
     """All figures that the finished runs under `runs_dir` allow; returns the PNG paths."""
-    runs = collect(runs_dir)
+    runs = sorted(collect(runs_dir), key=paper_order)
     if not runs:
         raise FileNotFoundError(f"No finished runs (metrics.json) under {runs_dir}.")
     os.makedirs(out, exist_ok=True)

@@ -73,9 +73,14 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         line["paper_rho_ratio"] = (line["paper"].get("rho_adv", math.nan)
                                    / paper_base.get("rho_adv", math.nan)
                                    if paper_base else math.nan)
+    return sorted(lines, key=paper_order)
+
+
+def paper_order(item: dict[str, Any]) -> tuple:
+    """Sort key of a run or report line: table, the paper's row order, C, name."""
     order = {name: i for table in TABLES.values() for i, name in enumerate(table)}
-    return sorted(lines, key=lambda ln: (ln["table"], order.get(ln["row"], len(order)),
-                                         ln.get("trainer_kwargs", {}).get("C", 0), ln["row"]))
+    return (item["table"], order.get(item["row"], len(order)),
+            (item.get("trainer_kwargs") or {}).get("C", 0), item["row"])
 
 
 def _fmt(mean: float, std: float, seeds: int, digits: int) -> str:
