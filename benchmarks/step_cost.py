@@ -26,6 +26,10 @@ import tensorflow as tf  # noqa: E402
 from keras_margin import MarginModel, architectures  # noqa: E402
 
 MODES = ("plain", "logit", "jacobian", "jacobian-top3")
+# Issue targets: step-time ratio to plain (XLA off, batch 100) and the first XLA call in seconds.
+TARGETS = {("mlp", "logit"): 1.8, ("lenet5", "logit"): 1.8, ("mlp", "jacobian"): 4.0,
+           ("lenet5", "jacobian"): 5.0}
+XLA_COMPILE_TARGET_S = 60.0
 
 
 def build(arch: str, mode: str, jit: bool) -> keras.Model:
@@ -135,11 +139,28 @@ def main() -> None:
         print(_row(row))
     print(f"\ndevice: {tf.config.list_physical_devices()[-1].device_type}, TF {tf.__version__}, "
           f"Keras {keras.__version__}, {args.rounds} rounds x {args.steps} steps")
+    print_targets(rows)
     if args.memory and not tf.config.list_physical_devices("GPU"):
         rows += cpu_memory_table(args.models.split(","), args.batch)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def print_targets(rows: list[dict]) -> None:
+    """Each target against what was measured: met, or the gap."""
+    print("\n| target | measured | verdict |\n|---|---|---|")
+    for row in rows:
+        target = TARGETS.get((row["model"], row["mode"]))
+        if target and not row["xla"]:
+            ratio = row["ratio_to_plain"]
+            verdict = "met" if ratio <= target else f"missed: {ratio / target:.2f}x the target"
+            print(f"| {row['model']} {row['mode']} batch {row['batch']}: <= {target}x | "
+                  f"{ratio:.2f}x | {verdict} |")
+        if row["xla"] and row["mode"] == "jacobian":
+            ok = row["first_call_s"] < XLA_COMPILE_TARGET_S
+            print(f"| {row['model']} jacobian XLA compile batch {row['batch']}: < 60 s | "
+                  f"{row['first_call_s']:.1f} s | {'met' if ok else 'missed'} |")
 
 
 def cpu_memory_table(models: list[str], batches: list[int]) -> list[dict]:
