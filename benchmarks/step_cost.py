@@ -47,17 +47,6 @@ def build(arch: str, mode: str, jit: bool) -> keras.Model:
     return model
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _max_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def peak_memory_mb() -> float | None:
     """Peak accelerator memory since the last reset, where TensorFlow can tell (not on CPU)."""
     if not tf.config.list_physical_devices("GPU"):
@@ -65,22 +54,24 @@ def peak_memory_mb() -> float | None:
     return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
 
 
-def cpu_step_memory(arch: str, mode: str, batch: int) -> None:
-    """In a fresh process: peak resident memory that a few steps add over the built model."""
-    x = np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32)
-    data = tf.data.Dataset.from_tensors((x, np.zeros(batch, np.int64))).repeat()
-    model = build(arch, mode, False)
-    model(x[:1])
-    before = _rss_mb()
-    time_steps(model, data, 3)
-    print(json.dumps({"model": arch, "mode": mode, "batch": batch,
-                      "step_peak_mb": _max_rss_mb() - before}))
-
-
 def time_steps(model: keras.Model, data: tf.data.Dataset, steps: int) -> float:
     start = time.perf_counter()
     model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
     return (time.perf_counter() - start) / steps * 1000
+
+
+def cpu_step_memory(arch: str, mode: str, batch: int) -> None:
+    """In a fresh process with TensorFlow's BFC allocator on the CPU (which then counts its
+    bytes): the peak memory TensorFlow holds while training steps run, weights included."""
+    x = np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32)
+    data = tf.data.Dataset.from_tensors((x, np.zeros(batch, np.int64))).repeat()
+    model = build(arch, mode, False)
+    time_steps(model, data, 2)
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    time_steps(model, data, 3)
+    info = tf.config.experimental.get_memory_info("CPU:0")
+    print(json.dumps({"model": arch, "mode": mode, "batch": batch,
+                      "step_peak_mb": info["peak"] / 2**20}))
 
 
 def main() -> None:
@@ -92,12 +83,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--memory", action="store_true",
-                        help="on CPU: also the peak memory each step adds (one process each)")
+                        help="on CPU: also the peak memory of each step (one process each)")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory table")
     parser.add_argument("--_memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._memory_child:
         cpu_step_memory(args._memory_child[0], args._memory_child[1],
                         int(args._memory_child[2]))
+        return
+    if args.memory_only:
+        cpu_memory_table(args.models.split(","), args.batch)
         return
     jits = {"off": [False], "on": [True], "both": [False, True]}[args.xla]
 
@@ -164,7 +159,7 @@ def print_targets(rows: list[dict]) -> None:
 
 
 def cpu_memory_table(models: list[str], batches: list[int]) -> list[dict]:
-    """Peak memory per step on CPU, each configuration in its own process (ru_maxrss)."""
+    """Peak memory per step on CPU, each configuration in its own process."""
     import subprocess
     import sys
 
@@ -173,10 +168,13 @@ def cpu_memory_table(models: list[str], batches: list[int]) -> list[dict]:
         for batch in batches:
             peaks = {}
             for mode in MODES:
+                env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
                 out = subprocess.run([sys.executable, __file__, "--_memory-child", arch, mode,
-                                      str(batch)], capture_output=True, text=True, check=True)
+                                      str(batch)], capture_output=True, text=True, check=True,
+                                     env=env)
                 peaks[mode] = json.loads(out.stdout.strip().splitlines()[-1])["step_peak_mb"]
-            print(f"\n{arch}, batch {batch}: peak memory a step adds over the built model")
+            print(f"\n{arch}, batch {batch}: peak memory TensorFlow holds during training steps "
+                  "(CPU, BFC allocator)")
             print("| step | MB | ratio to plain |\n|---|---|---|")
             for mode in MODES:
                 print(f"| {mode} | {peaks[mode]:.0f} | {peaks[mode] / peaks['plain']:.2f}x |")

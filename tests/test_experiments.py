@@ -173,3 +173,21 @@ def test_cifar10_row_with_augmentation_runs_end_to_end(tmp_path):
                          verbose=0)
     assert metrics["n"] == 12 and "GCN + ZCA" in metrics["protocol"]
     assert np.isfinite(metrics["error"])
+
+
+def test_quickstart_runs_offline_on_real_mnist(mnist_t10k_dir):
+    """The README's first command, one epoch, on the MNIST test files at hand."""
+    import subprocess
+    import sys
+
+    script = os.path.join(EXAMPLES, "quickstart.py")
+    proc = subprocess.run([sys.executable, script, "--data-dir", mnist_t10k_dir, "--epochs", "1",
+                           "--rival", "logit"], capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import re
+
+    error = re.search(r"^test error\s+([0-9.]+)", proc.stdout, re.M)
+    rho = re.search(r"^DeepFool rho_adv\s+([0-9.]+)", proc.stdout, re.M)
+    assert error and float(error.group(1)) < 0.2
+    assert rho and 0 < float(rho.group(1)) < 1
