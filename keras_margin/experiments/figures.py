@@ -67,7 +67,7 @@ def error_and_robustness_over_c(runs: list[dict[str, Any]], out: str) -> list[st
                       color="tab:blue", marker="s", label="rho_adv")
         twin.set_ylabel("rho_adv (eq. 20)", color="tab:blue")
         quick = any(m["quick"] for m in members)
-        ax.set_title(f"{arch}: l2 margin maximization over C{_quick_note(quick)}")
+        ax.set_title(f"{arch}: l2 margin maximization over C{_quick_note(quick)}", fontsize=9)
         fig.tight_layout()
         written.append(_save(fig, os.path.join(out, f"fig4_{arch}_error_robustness_over_C.png")))
     return written
@@ -95,7 +95,7 @@ def robustness_densities(runs: list[dict[str, Any]], out: str) -> list[str]:
             ax.plot(grid, _density(values[values > 0], grid), label=label)
         ax.set_xlabel("rho_adv = ||r(x)|| / ||x|| (DeepFool)")
         ax.set_ylabel("density")
-        ax.set_title(f"{arch}: robustness per method{_quick_note(quick[arch])}")
+        ax.set_title(f"{arch}: robustness per method{_quick_note(quick[arch])}", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
         written.append(_save(fig, os.path.join(out, f"fig5_{arch}_rho_adv_density.png")))

@@ -79,7 +79,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def paper_order(item: dict[str, Any]) -> tuple:
     """Sort key of a run or report line: table, the paper's row order, C, name."""
     order = {name: i for table in TABLES.values() for i, name in enumerate(table)}
-    return (item["table"], order.get(item["row"], len(order)),
+    tables = list(TABLES)
+    table = tables.index(item["table"]) if item["table"] in tables else len(tables)
+    return (table, item["table"], order.get(item["row"], len(order)),
             (item.get("trainer_kwargs") or {}).get("C", 0), item["row"])
 
 
