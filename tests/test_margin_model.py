@@ -193,3 +193,16 @@ def test_other_backends_are_refused_clearly():
     assert proc.returncode != 0
     assert "supports the Keras 'tensorflow' backend only" in proc.stderr
     assert "'jax'" in proc.stderr
+
+
+@pytest.mark.parametrize("loss", ["hinge", "crossentropy"])
+def test_binary_model_trains_with_plus_minus_one_labels(loss):
+    x, y01 = _separable(n=120)
+    base = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(1)])
+    model = MarginModel(base, C=0.01, loss=loss)
+    model.compile(optimizer=keras.optimizers.Adam(0.05),
+                  metrics=[keras.metrics.BinaryAccuracy(threshold=0.0)])
+    history = model.fit(x, 2 * y01 - 1, epochs=30, batch_size=40, verbose=0)
+    assert history.history["binary_accuracy"][-1] > 0.95
+    with pytest.raises(ValueError, match="Binary labels"):
+        model.fit(x, np.full(len(x), 2), verbose=0)
