@@ -63,3 +63,24 @@ def test_callback_numbers_land_in_history_csv_and_progress_bar(tmp_path, capsys)
     assert float(rows[3]["val_rho_adv"]) == pytest.approx(rho[3])
     assert "val_fgsm_error" in rows[0] and "val_deepfool_success" in rows[0]
     assert "val_rho_adv:" in capsys.readouterr().out
+
+
+def test_callback_numbers_reach_tensorboard(tmp_path):
+    import glob
+
+    import tensorflow as tf
+
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(64, 6)).astype("float32"), rng.integers(0, 4, 64)
+    model = MarginModel(small_mlp(), C=0.1)
+    model.compile(optimizer="adam")
+    logdir = str(tmp_path / "tb")
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0,
+              callbacks=[RobustnessCallback(x, y, max_samples=20, max_iter=5),
+                         keras.callbacks.TensorBoard(logdir)])
+    tags = {value.tag for path in glob.glob(f"{logdir}/**/events.out.tfevents.*",
+                                            recursive=True)
+            for event in tf.compat.v1.train.summary_iterator(path)
+            for value in event.summary.value}
+    # Keras writes val_* logs to the validation run as epoch_*.
+    assert {"epoch_rho_adv", "epoch_fgsm_error", "epoch_margin_sensitivity"} <= tags, tags
