@@ -8,12 +8,14 @@ XLA drops graph assertions, so the wrappers repeat the value checks on array dat
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from keras_margin.jacobian import call_logits
 
 PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid", "log_softmax")
 
@@ -194,3 +196,20 @@ def check_label_array(y: Any, num_classes: int) -> None:
         raise ValueError(
             f"Labels must be integers in [0, {num_classes}); found {np.unique(y[bad])[:10]}."
         )
+
+
+def probe_attack_inputs(model: Callable, x: tf.Tensor, y: Any | None) -> int | None:
+    """Eager checks shared by the attacks; returns the number of logits (None in a graph).
+
+    Lengths of x and y, probabilities instead of logits (on the first 32 samples), and labels
+    in range. Inside a tf.function the values are unknown, so nothing is checked there.
+    """
+    if not tf.executing_eagerly():
+        return None
+    y = None if y is None else tf.convert_to_tensor(y)
+    check_batch(x, y)
+    probe = call_logits(model, x[:32]).numpy()
+    check_probability_outputs(probe)
+    if y is not None:
+        check_label_array(y.numpy(), probe.shape[1])
+    return probe.shape[1]

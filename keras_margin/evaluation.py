@@ -89,7 +89,8 @@ def evaluate_robustness(model: Callable, x: Any, y: Any, fgsm_eps: float | None 
     return {
         "error": float(wrong.mean()),
         "fgsm_error": float(fgsm_wrong.mean()) if fgsm_eps is not None else math.nan,
-        "rho_adv": rho_adv(x.astype(np.float32), perturbation, correct),
+        # eq. (20) from the distances just computed (what `rho_adv` would compute again)
+        "rho_adv": float(distances[correct].mean()) if correct.any() else math.nan,
         "deepfool_success_rate": float(success[correct].mean()) if correct.any() else math.nan,
         "distances": distances,
         "n": n,

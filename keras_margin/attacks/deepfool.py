@@ -19,12 +19,10 @@ import tensorflow as tf
 
 from keras_margin._validation import (
     as_float_inputs,
-    check_batch,
     check_choice,
-    check_label_array,
     check_logits_model,
     check_non_negative,
-    check_probability_outputs,
+    probe_attack_inputs,
 )
 from keras_margin.jacobian import call_logits, flat_norm, margin_gradients, rival_classes
 
@@ -174,15 +172,10 @@ def deepfool(model: Callable, x: Any, y: Any = None, norm: str = "l2", max_iter:
     x = as_float_inputs(x)
     if target == "label" and y is None:
         raise ValueError('deepfool(target="label") needs the labels y.')
-    if tf.executing_eagerly():
-        check_batch(x, None if y is None else tf.convert_to_tensor(y))
-        probe = call_logits(model, x[:32]).numpy()
-        if probe.shape[1] < 2:
-            raise ValueError("DeepFool needs a model with k >= 2 logits; for one logit use "
-                             "margin_sensitivity or fgsm.")
-        check_probability_outputs(probe)
-        if y is not None:
-            check_label_array(y, probe.shape[1])
+    k = probe_attack_inputs(model, x, y)
+    if k is not None and k < 2:
+        raise ValueError("DeepFool needs a model with k >= 2 logits; for one logit use "
+                         "margin_sensitivity or fgsm.")
     if target == "prediction":
         labels = tf.argmax(call_logits(model, x), axis=1, output_type=tf.int32)
     else:

@@ -9,11 +9,9 @@ import tensorflow as tf
 
 from keras_margin._validation import (
     as_float_inputs,
-    check_batch,
-    check_label_array,
     check_logits_model,
     check_non_negative,
-    check_probability_outputs,
+    probe_attack_inputs,
 )
 from keras_margin.jacobian import call_logits, input_gradient
 
@@ -60,12 +58,7 @@ def fgsm(model: Callable, x: Any, y: Any, eps: float = 0.2,
     eps = check_non_negative("eps", eps)
     check_logits_model(model)
     x = as_float_inputs(x)
-    if tf.executing_eagerly():
-        y_t = tf.convert_to_tensor(y)
-        check_batch(x, y_t)
-        probe = call_logits(model, x[:32]).numpy()
-        check_probability_outputs(probe)
-        check_label_array(y_t.numpy(), probe.shape[1])
+    probe_attack_inputs(model, x, y)
     x_adv = x + eps * fgsm_direction(model, x, tf.convert_to_tensor(y), loss, training)
     if clip is not None:
         x_adv = tf.clip_by_value(x_adv, clip[0], clip[1])
