@@ -17,7 +17,7 @@ class RobustnessCallback(keras.callbacks.Callback):
 
     The numbers (`val_rho_adv`, `val_fgsm_error`, `val_deepfool_success`) land in
     `History.history`, `CSVLogger`, `TensorBoard` and the progress bar. Its cost is bounded: one
-    FGSM step and at most `max_iter` DeepFool steps (each one forward and k backward passes) on
+    FGSM step and at most `max_iter` DeepFool steps (each two forward and k - 1 backward passes) on
     `max_samples` points, every `every` epochs. Epochs in between get NaN, so CSV columns exist
     from the first epoch.
 
