@@ -58,8 +58,13 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
-def read_idx_pair(images_path: str, labels_path: str) -> Arrays:
-    """MNIST-style images (n, 28, 28, 1) float32 in [0, 1] and int32 labels from two IDX files."""
+def read_idx_pair(images_path: str, labels_path: str, pixel_scale: float = 255.0,
+                  num_classes: int = 10) -> Arrays:
+    """MNIST-style images (n, 28, 28, 1) float32 and int32 labels from two IDX files.
+
+    Pixels are bytes / `pixel_scale`: 255 maps them onto [0, 1]; 256 onto [0, 255/256], as the
+    paper's reference code (and the classic mnist.pkl.gz) does. Labels must be < `num_classes`.
+    """
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1:
         raise ValueError(f"{images_path} / {labels_path}: expected images (n, h, w) and labels "
@@ -67,7 +72,13 @@ def read_idx_pair(images_path: str, labels_path: str) -> Arrays:
     if len(images) != len(labels):
         raise ValueError(f"{images_path} has {len(images)} images but {labels_path} has "
                          f"{len(labels)} labels.")
-    return (images[..., None].astype(np.float32) / 255.0), labels.astype(np.int32)
+    bad = labels >= num_classes
+    if bad.any():
+        raise ValueError(f"{labels_path}: label {int(labels[bad][0])} at index "
+                         f"{int(np.flatnonzero(bad)[0])} is not a class in [0, {num_classes}); "
+                         "the file is corrupt or not a labels file of this data set.")
+    return (images[..., None].astype(np.float32) / np.float32(pixel_scale)), \
+        labels.astype(np.int32)
 
 
 def read_cifar_batches(paths: Sequence[str]) -> Arrays:
@@ -106,10 +117,13 @@ def _expected_files(name: str) -> str:
     return ", ".join(IDX_FILES["train"] + IDX_FILES["test"])
 
 
-def load_split(name: str, split: str, data_dir: str | None = None) -> Arrays:
+def load_split(name: str, split: str, data_dir: str | None = None,
+               pixel_scale: float = 255.0) -> Arrays:
     """One split ("train" or "test") of a data set from local files.
 
-    Raises `DatasetNotFoundError` when no searched folder holds the split's files.
+    Raises `DatasetNotFoundError` when no searched folder holds the split's files, naming the
+    file that is missing where a folder holds only one of the pair. `pixel_scale` divides the
+    MNISTs' bytes (see `read_idx_pair`); CIFAR-10 stays in [0, 255].
     """
     _check_name(name)
     if split not in ("train", "test"):
@@ -125,14 +139,19 @@ def load_split(name: str, split: str, data_dir: str | None = None) -> Arrays:
             images, labels = (os.path.join(folder, f) for f in IDX_FILES[split])
             for img, lab in ((images, labels), (images[:-3], labels[:-3])):  # gzipped or not
                 if os.path.exists(img) and os.path.exists(lab):
-                    return read_idx_pair(img, lab)
+                    return read_idx_pair(img, lab, pixel_scale)
+                if os.path.exists(img) != os.path.exists(lab):
+                    present, missing = (img, lab) if os.path.exists(img) else (lab, img)
+                    raise DatasetNotFoundError(
+                        f"{present} is there but {missing} is missing: put both files of "
+                        f"the {split} split of {name!r} in {folder}.")
     raise DatasetNotFoundError(
         f"No local {split} files of {name!r} in {_candidate_dirs(name, data_dir) or 'any folder'}"
         f". Put {_expected_files(name)} in a folder and pass data_dir= (or set "
         "KERAS_MARGIN_DATA), or install tensorflow-datasets with network access.")
 
 
-def _load_tfds(name: str, split: str) -> Arrays:
+def _load_tfds(name: str, split: str, pixel_scale: float = 255.0) -> Arrays:
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
@@ -145,7 +164,7 @@ def _load_tfds(name: str, split: str) -> Arrays:
             from err
     x = x.astype(np.float32)
     if name != "cifar10":
-        x /= 255.0
+        x /= np.float32(pixel_scale)
     return x, y.astype(np.int32)
 
 
@@ -155,42 +174,67 @@ def _check_name(name: str) -> None:
                          f"{set(NAMES)}.")
 
 
-def split_validation(x: np.ndarray, y: np.ndarray, validation: int,
-                     seed: int = 0) -> tuple[Arrays, Arrays]:
-    """A seeded random split of (x, y) into train and the last `validation` samples."""
+SPLITS = ("random", "reference")
+
+
+def split_validation(x: np.ndarray, y: np.ndarray, validation: int, seed: int = 0,
+                     method: str = "random") -> tuple[Arrays, Arrays]:
+    """Splits (x, y) into train and `validation` held-out samples, reproducibly from `seed`.
+
+    "random": a `np.random.default_rng(seed)` permutation, the last `validation` held out.
+    "reference": the paper's reference code (mnist/data.py): `np.random.RandomState(seed)
+    .permutation(n)`, the first n - `validation` to train, the rest to validate; with seed 1
+    and MNIST's 60,000 training images it is the paper's 50,000 / 10,000 split.
+    """
+    if method not in SPLITS:
+        raise ValueError(f"Invalid value for argument split: {method!r}. Expected one of "
+                         f"{set(SPLITS)}.")
     if not 0 <= validation < len(x):
         raise ValueError(f"validation={validation} must be in [0, {len(x)}).")
-    order = np.random.default_rng(seed).permutation(len(x))
+    if method == "reference":
+        order = np.random.RandomState(seed).permutation(len(x))
+    else:
+        order = np.random.default_rng(seed).permutation(len(x))
     train, val = order[: len(x) - validation], order[len(x) - validation:]
     return (x[train], y[train]), (x[val], y[val])
 
 
-def load(name: str, validation: int = 10000, seed: int = 0,
-         data_dir: str | None = None) -> tuple[Arrays, Arrays, Arrays]:
+def load(name: str, validation: int = 10000, seed: int | None = None,
+         data_dir: str | None = None, split: str = "random",
+         pixel_scale: float = 255.0) -> tuple[Arrays, Arrays, Arrays]:
     """Train, validation and test arrays of a data set (the paper: 50k/10k/10k on MNIST).
 
     Args:
         name: "mnist", "fashion_mnist" or "cifar10".
-        validation: samples of the training split held out for validation (seeded).
-        seed: seed of the validation split.
+        validation: samples of the training split held out for validation.
+        seed: seed of the validation split (default 0, or 1 with `split="reference"`, the
+            reference code's).
         data_dir: folder with the original files; see the module docstring.
+        split: "random" or "reference" (the paper's code); see `split_validation`.
+        pixel_scale: the MNISTs' bytes are divided by it: 255 gives [0, 1], 256 the
+            reference code's [0, 255/256].
 
     Returns:
         ((x_train, y_train), (x_val, y_val), (x_test, y_test)).
 
     Example:
-        >>> (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = load("mnist", data_dir="~/data")
+        >>> (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = load("mnist", split="reference",
+        ...                                                   data_dir="../shared/data/mnist")
     """
     _check_name(name)
+    if seed is None:
+        seed = 1 if split == "reference" else 0
     data_dir = os.path.expanduser(data_dir) if data_dir else None
     try:
-        train, test = load_split(name, "train", data_dir), load_split(name, "test", data_dir)
+        train = load_split(name, "train", data_dir, pixel_scale)
+        test = load_split(name, "test", data_dir, pixel_scale)
     except DatasetNotFoundError as local_error:
         try:
-            train, test = _load_tfds(name, "train"), _load_tfds(name, "test")
+            train = _load_tfds(name, "train", pixel_scale)
+            test = _load_tfds(name, "test", pixel_scale)
         except DatasetNotFoundError as tfds_error:
             raise DatasetNotFoundError(f"{local_error}\n{tfds_error}") from None
-    train, val = split_validation(*train, validation=validation, seed=seed)
+    train, val = split_validation(*train, validation=validation, seed=seed, method=split)
     return train, val, test
 
 
@@ -276,13 +320,13 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = 100, shuffle: b
 
 
 def split_test_set(name: str, data_dir: str | None = None, train: int = 8000,
-                   seed: int = 0) -> tuple[Arrays, Arrays]:
+                   seed: int = 0, pixel_scale: float = 255.0) -> tuple[Arrays, Arrays]:
     """The test split alone, cut into `train` samples to train on and the rest to evaluate.
 
     For machines without the training files (e.g. only MNIST's t10k files at hand): a quick,
     clearly smaller stand-in for the paper's 50k/10k/10k protocol. The cut is seeded.
     """
-    x, y = load_split(name, "test", data_dir)
+    x, y = load_split(name, "test", data_dir, pixel_scale)
     if not 0 < train < len(x):
         raise ValueError(f"train={train} must be in (0, {len(x)}) for {name!r}'s test split.")
     held_out, kept = split_validation(x, y, validation=len(x) - train, seed=seed)
