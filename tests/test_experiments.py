@@ -171,7 +171,7 @@ def test_cifar10_row_with_augmentation_runs_end_to_end(tmp_path):
                                                        "overshoot": 0.02})
     metrics = runner.run(row, 0, str(tmp_path / "runs"), data_dir=str(tmp_path / "cifar"),
                          verbose=0)
-    assert metrics["n"] == 12 and "GCN + ZCA" in metrics["protocol"]
+    assert metrics["n"] == 12 and "GCN + ZCA" in metrics["data"]
     assert np.isfinite(metrics["error"])
 
 

@@ -32,7 +32,8 @@ def run_example(row_name: str, build: Callable[[Row], keras.Model],
     metrics = runner.run(row, args.seed, args.out, epochs=args.epochs, quick=args.quick,
                          data_dir=args.data_dir, build=build)
     paper = row.paper
-    print(f"\n{row.label} ({metrics['protocol']}, {metrics['epochs']} epochs, seed {args.seed})")
+    print(f"\n{row.label} ({metrics['protocol']} protocol; {metrics['data']}; "
+          f"{metrics['epochs']} epochs, seed {args.seed})")
     print(f"{'':14}{'ours':>10}{'paper':>10}")
     for key, scale, unit in (("error", 100, "%"), ("fgsm_error", 100, "%"),
                              ("rho_adv", 1, "")):

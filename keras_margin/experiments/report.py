@@ -12,25 +12,44 @@ from typing import Any
 
 import numpy as np
 
+from keras_margin.experiments.files import read_json
 from keras_margin.experiments.rows import TABLES
+
+PROTOCOL_NOTES = {
+    "reference": "as aam-at/margin_maximization: pixels / 256, no input box for DeepFool, "
+                 "FGSM or the AT examples, Adam epsilon 1e-8",
+    "boxed": "pixels / 255, inputs and adversarial examples kept in [0, 1], Adam epsilon 1e-7",
+}
 
 
 def collect(runs_dir: str) -> list[dict[str, Any]]:
-    """Every finished run's metrics.json under `runs_dir` (unfinished runs have none)."""
+    """Every finished run's metrics.json under `runs_dir` (unfinished runs have none), with the
+    configuration it ran (config.json beside it) under "config"."""
     paths = sorted(glob.glob(os.path.join(runs_dir, "**", "metrics.json"), recursive=True))
     runs = []
     for path in paths:
-        with open(path) as f:
-            runs.append({**json.load(f), "path": os.path.dirname(path)})
+        folder = os.path.dirname(path)
+        config_path = os.path.join(folder, "config.json")
+        config = read_json(config_path) if os.path.exists(config_path) else {}
+        runs.append({**read_json(path), "path": folder, "config": config})
     return runs
 
 
-def group(runs: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
-    """Runs by (table, row, data set, quick, protocol), in the order first seen."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+def configuration_key(run: dict[str, Any]) -> str:
+    """Everything a run's configuration holds but its seed: runs with equal keys are seeds of
+    one experiment; any other difference (epochs, data, protocol, a hyper-parameter) is not."""
+    config = {k: v for k, v in run.get("config", {}).items() if k != "seed"}
+    if not config:  # a run without its config.json: what its metrics say of it
+        config = {k: run.get(k) for k in ("table", "row", "dataset", "quick", "protocol",
+                                           "epochs", "trainer_kwargs")}
+    return json.dumps(config, sort_keys=True)
+
+
+def group(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Runs by their whole configuration but the seed, in the order first seen."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        groups[(run["table"], run["row"], run["dataset"], run["quick"], run["protocol"])] \
-            .append(run)
+        groups[configuration_key(run)].append(run)
     return dict(groups)
 
 
@@ -42,7 +61,7 @@ def _mean_std(values: list[float], scale: float = 1.0) -> tuple[float, float]:
 def _setting(run: dict[str, Any]) -> tuple:
     """What a row's effect is measured within: network, data, augmentation, protocol."""
     return (run["table"], run["architecture"], run["dataset"], run["quick"],
-            run["augmentation"], run["protocol"])
+            run["augmentation"], run["protocol"], run["data"], run["epochs"])
 
 
 def _is_baseline(run: dict[str, Any]) -> bool:
@@ -52,7 +71,10 @@ def _is_baseline(run: dict[str, Any]) -> bool:
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One line per group, in the paper's row order: means, stds, seeds, paper, rho ratios."""
     lines = []
-    for (table, row, dataset, quick, protocol), members in group(runs).items():
+    for members in group(runs).values():
+        first = members[0]
+        table, row, dataset = first["table"], first["row"], first["dataset"]
+        quick, protocol = first["quick"], first["protocol"]
         err, err_sd = _mean_std([m["error"] for m in members], 100)
         fgsm, fgsm_sd = _mean_std([m["fgsm_error"] for m in members], 100)
         rho, rho_sd = _mean_std([m["rho_adv"] for m in members])
@@ -60,6 +82,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                       "setting": _setting(members[0]), "baseline": _is_baseline(members[0]),
                       "architecture": members[0]["architecture"],
                       "dataset": dataset, "quick": quick, "protocol": protocol,
+                      "data": first["data"],
                       "seeds": len(members), "epochs": members[0]["epochs"],
                       "error": err, "error_std": err_sd, "fgsm_error": fgsm,
                       "fgsm_error_std": fgsm_sd, "rho_adv": rho, "rho_adv_std": rho_sd,
@@ -99,13 +122,13 @@ def markdown(lines: list[dict[str, Any]]) -> str:
     out = []
     sections: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for line in lines:
-        sections[(line["table"], line["protocol"], line["epochs"])].append(line)
-    for (table, protocol, epochs), members in sections.items():
+        sections[(line["table"], line["protocol"], line["data"], line["epochs"])].append(line)
+    for (table, protocol, data, epochs), members in sections.items():
         seeds = sorted({m["seeds"] for m in members})
         quick = any(m["quick"] for m in members)
         out.append(f"### {table}{' — QUICK (reduced, see protocol)' if quick else ''}\n")
-        out.append(f"Protocol: {protocol}; {epochs} epochs; seeds per row: "
-                   f"{', '.join(map(str, seeds))}.\n")
+        out.append(f"Protocol: {protocol} ({PROTOCOL_NOTES.get(protocol, '')}); data: {data}; "
+                   f"{epochs} epochs; seeds per row: {', '.join(map(str, seeds))}.\n")
         out.append("| row | error % | paper | FGSM error % | paper | rho_adv | paper | "
                    "rho_adv vs baseline | paper |")
         out.append("|---|---|---|---|---|---|---|---|---|")
@@ -134,7 +157,7 @@ def write(runs_dir: str, out_prefix: str | None = None) -> str:
     text = markdown(lines)
     with open(prefix + ".md", "w") as f:
         f.write(text)
-    fields = ["table", "row", "label", "dataset", "quick", "protocol", "seeds", "epochs",
+    fields = ["table", "row", "label", "dataset", "quick", "protocol", "data", "seeds", "epochs",
               "error", "error_std", "fgsm_error", "fgsm_error_std", "rho_adv", "rho_adv_std",
               "rho_ratio", "paper_error", "paper_fgsm_error", "paper_rho_adv", "paper_rho_ratio"]
     with open(prefix + ".csv", "w", newline="") as f:

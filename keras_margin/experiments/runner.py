@@ -27,6 +27,7 @@ import keras_margin
 from keras_margin import datasets
 from keras_margin.callbacks import RobustnessCallback
 from keras_margin.evaluation import evaluate_robustness
+from keras_margin.experiments.files import read_json, run_lock, write_json
 from keras_margin.experiments.rows import Row, build_model, compile_row
 
 log = logging.getLogger("keras_margin.experiments")
@@ -52,16 +53,22 @@ class Data:
 _DATA_CACHE: dict[tuple, Data] = {}
 
 
-def load_data(dataset: str, data_dir: str | None, quick: bool, validation: int = 10000) -> Data:
-    """The paper's splits, or with `quick` a subset (MNIST's test set alone when that is all)."""
-    key = (dataset, data_dir, quick, validation)
+def load_data(dataset: str, data_dir: str | None, quick: bool, validation: int = 10000,
+              pixel_scale: float = 255.0) -> Data:
+    """The paper's splits, or with `quick` a subset (MNIST's test set alone when that is all).
+
+    The MNISTs are split as the reference code does (`datasets.split_validation`, "reference");
+    `pixel_scale` divides their bytes (256 under the "reference" protocol, 255 under "boxed").
+    """
+    key = (dataset, data_dir, quick, validation, pixel_scale)
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
+    split = "random" if dataset == "cifar10" else "reference"
     try:
-        train, val, test = datasets.load(dataset, validation=validation, seed=0,
-                                         data_dir=data_dir)
+        train, val, test = datasets.load(dataset, validation=validation, data_dir=data_dir,
+                                         split=split, pixel_scale=pixel_scale)
         protocol = f"{dataset} train {len(train[0])} / validation {len(val[0])} / test " \
-                   f"{len(test[0])}"
+                   f"{len(test[0])}, {split} split, pixels / {pixel_scale:g}"
         if quick:
             train, val, test = ((a[:n], b[:n]) for (a, b), n in (
                 (train, QUICK["train"]), (val, QUICK["validation"]), (test, QUICK["test"])))
@@ -71,11 +78,13 @@ def load_data(dataset: str, data_dir: str | None, quick: bool, validation: int =
         if not quick or dataset == "cifar10":
             raise
         n_fit = QUICK["train"] + QUICK["validation"]
-        (x, y), test = datasets.split_test_set(dataset, data_dir, train=n_fit, seed=0)
+        (x, y), test = datasets.split_test_set(dataset, data_dir, train=n_fit, seed=0,
+                                               pixel_scale=pixel_scale)
         train, val = (x[:QUICK["train"]], y[:QUICK["train"]]), (x[QUICK["train"]:],
                                                                 y[QUICK["train"]:])
         protocol = f"QUICK: {dataset}'s test set only (no training files here), cut into " \
-                   f"train {len(train[0])} / validation {len(val[0])} / test {len(test[0])}"
+                   f"train {len(train[0])} / validation {len(val[0])} / test {len(test[0])}, " \
+                   f"pixels / {pixel_scale:g}"
     if dataset == "cifar10":
         gcn = datasets.GlobalContrastNormalization()
         zca = datasets.ZCAWhitening().fit(gcn(train[0]))
@@ -90,14 +99,6 @@ def run_dir(out: str, row: Row, seed: int) -> str:
     return os.path.join(out, row.table, row.name, f"seed-{seed}")
 
 
-def _write_json(path: str, payload: Any) -> None:
-    """Atomic: write a temporary file, then rename it over the target."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict):
         return {prefix: d}
@@ -109,8 +110,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def check_same_config(path: str, config: dict[str, Any]) -> None:
     """Raises `ConfigMismatchError` naming the keys where the stored config differs."""
-    with open(path) as f:
-        stored = _flatten(json.load(f))
+    stored = _flatten(read_json(path))
     ours = _flatten(config)
     differ = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))
     if differ:
@@ -149,9 +149,27 @@ def _truncate_history(path: str, epochs: int) -> None:
         csv.writer(f).writerows(rows[: epochs + 1])
 
 
+def check_epochs(epochs: int | None) -> int | None:
+    """None (the row's) or an integer >= 1."""
+    if epochs is not None and (isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1):
+        raise ValueError(f"Invalid value for argument epochs: {epochs!r}. Expected an integer "
+                         ">= 1 (or none for the row's own).")
+    return epochs
+
+
+def _load_checkpoint(path: str) -> keras.Model:
+    try:
+        return keras.models.load_model(path)
+    except Exception as err:  # Keras says "File not found" for a truncated zip
+        raise ValueError(
+            f"{path} exists but cannot be loaded ({type(err).__name__}: {err}); it is "
+            "truncated or corrupt. Delete it and state.json beside it to restart this run "
+            "from epoch 0.") from None
+
+
 def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = False,
         data_dir: str | None = None, dataset: str | None = None, verbose: int = 2,
-        stop_after: int | None = None,
+        stop_after: int | None = None, protocol: str | None = None,
         build: Callable[[Row], keras.Model] | None = None) -> dict[str, Any] | None:
     """Trains and evaluates `row` with `seed` into its folder under `out`; returns its metrics.
 
@@ -160,59 +178,85 @@ def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = 
         quick: a CPU-sized run on data subsets; labelled QUICK in its config and report.
         dataset: overrides the row's data set (e.g. "fashion_mnist" for Table I).
         stop_after: stop (as if killed) after this many epochs of this call; for tests.
+        protocol: overrides the row's protocol ("reference" or "boxed").
         build: makes the model from the row (default `rows.build_model`); the examples pass
             their own, written with the public API.
 
     Returns:
         The metrics dict, or None when stopped by `stop_after` before the end.
+
+    Raises:
+        RunLockedError: another process is training this run now.
+        ConfigMismatchError: the folder holds a run of another configuration.
     """
-    if dataset:
-        row = dataclasses.replace(row, dataset=dataset)
-    epochs = epochs or (QUICK["epochs"] if quick else row.epochs)
-    row = dataclasses.replace(row, epochs=epochs)
+    check_epochs(epochs)
+    changes = {key: value for key, value in (("dataset", dataset), ("protocol", protocol))
+               if value}
+    row = dataclasses.replace(row, **changes)
+    row = dataclasses.replace(row, epochs=epochs or (QUICK["epochs"] if quick else row.epochs))
     folder = run_dir(out, row, seed)
-    data = load_data(row.dataset, data_dir, quick, row.validation)
+    data = load_data(row.dataset, data_dir, quick, row.validation, row.pixel_scale)
     config = json.loads(json.dumps({"row": row.to_dict(), "seed": seed, "quick": quick,
-                                    "protocol": data.protocol,
+                                    "data": data.protocol,
                                     "keras_margin": keras_margin.__version__}))
+    with run_lock(folder):
+        metrics_path = os.path.join(folder, "metrics.json")
+        if _claim_folder(folder, config) and os.path.exists(metrics_path):
+            log.info("[%s seed %d] finished already: skipped", row.name, seed)
+            return read_json(metrics_path)
+        model, start = _model_at_start(row, folder, seed, len(data.x_train), build)
+        if not _train(row, model, data, folder, seed, start, quick, verbose, stop_after):
+            return None
+        return _finish(row, model, data, folder, config)
+
+
+def _claim_folder(folder: str, config: dict[str, Any]) -> bool:
+    """Writes config.json, or checks the one there; True if the folder held this run already."""
     config_path = os.path.join(folder, "config.json")
-    metrics_path = os.path.join(folder, "metrics.json")
     if os.path.exists(config_path):
         check_same_config(config_path, config)
-        if os.path.exists(metrics_path):
-            log.info("[%s seed %d] finished already: skipped", row.name, seed)
-            with open(metrics_path) as f:
-                return json.load(f)
-    os.makedirs(folder, exist_ok=True)
-    _write_json(config_path, config)
+        return True
+    write_json(config_path, config)
+    return False
 
-    checkpoint, state_path = os.path.join(folder, "checkpoint.keras"), \
-        os.path.join(folder, "state.json")
+
+def _model_at_start(row: Row, folder: str, seed: int, n_train: int,
+                    build: Callable[[Row], keras.Model] | None) -> tuple[keras.Model, int]:
+    """The checkpointed model and its epoch, or a new compiled model at epoch 0."""
+    checkpoint, state_path = (os.path.join(folder, name)
+                              for name in ("checkpoint.keras", "state.json"))
     history_path = os.path.join(folder, "history.csv")
-    steps = int(np.ceil(len(data.x_train) / row.batch_size))
     if os.path.exists(checkpoint) and os.path.exists(state_path):
-        model = keras.models.load_model(checkpoint)
-        with open(state_path) as f:
-            start = json.load(f)["epoch"]
+        start = read_json(state_path)["epoch"]
+        model = _load_checkpoint(checkpoint)
         _truncate_history(history_path, start)
         log.info("[%s seed %d] resuming after epoch %d", row.name, seed, start)
-    else:
-        keras.utils.set_random_seed(seed)
-        model = (build or build_model)(row)
-        compile_row(row, model, steps)
-        start = 0
-        if os.path.exists(history_path):
-            os.remove(history_path)
+        return model, start
+    keras.utils.set_random_seed(seed)
+    model = (build or build_model)(row)
+    compile_row(row, model, int(np.ceil(n_train / row.batch_size)))
+    if os.path.exists(history_path):
+        os.remove(history_path)
+    return model, 0
 
+
+def _train(row: Row, model: keras.Model, data: Data, folder: str, seed: int, start: int,
+           quick: bool, verbose: int, stop_after: int | None) -> bool:
+    """Epochs `start`..row.epochs, each seeded by (seed, epoch) and checkpointed atomically.
+
+    Returns False when `stop_after` stopped it early.
+    """
     lo, hi = row.input_box
     monitor = RobustnessCallback(data.x_val, data.y_val, fgsm_eps=row.fgsm_eps,
                                  max_samples=QUICK["monitor"] if quick else 1000,
                                  clip_min=lo, clip_max=hi, **row.deepfool)
-    callbacks = [monitor, keras.callbacks.CSVLogger(history_path, append=True),
-                 ProgressLine(f"{row.table}/{row.name}", seed, epochs)]
-    for epoch in range(start, epochs):
+    checkpoint = os.path.join(folder, "checkpoint.keras")
+    callbacks = [monitor, keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"),
+                                                    append=True),
+                 ProgressLine(f"{row.table}/{row.name}", seed, row.epochs)]
+    for epoch in range(start, row.epochs):
         if stop_after is not None and epoch - start >= stop_after:
-            return None
+            return False
         keras.utils.set_random_seed(seed * 100003 + epoch)
         order = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
         x, y = data.x_train[order], data.y_train[order]
@@ -227,9 +271,21 @@ def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = 
                       callbacks=callbacks, verbose=verbose)
         model.save(checkpoint + ".tmp.keras")
         os.replace(checkpoint + ".tmp.keras", checkpoint)
-        _write_json(state_path, {"epoch": epoch + 1})
+        write_json(os.path.join(folder, "state.json"), {"epoch": epoch + 1})
+    return True
 
-    return _finish(row, model, data, folder, config)
+
+def _code_version() -> str:
+    """keras_margin's version and, in a git checkout, the commit (for the results' provenance)."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(keras_margin.__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10, check=True)
+        return f"{keras_margin.__version__} ({commit.stdout.strip()})"
+    except (OSError, subprocess.SubprocessError):
+        return keras_margin.__version__
 
 
 def _finish(row: Row, model: keras.Model, data: Data, folder: str,
@@ -247,12 +303,13 @@ def _finish(row: Row, model: keras.Model, data: Data, folder: str,
              success=adversarial.success.numpy())
     model.save(os.path.join(folder, "model.keras"))
     metrics = {**report, "row": row.name, "table": row.table, "label": row.label,
-               "seed": config["seed"], "quick": config["quick"], "protocol": config["protocol"],
+               "seed": config["seed"], "quick": config["quick"], "protocol": row.protocol,
+               "data": config["data"], "code": _code_version(),
                "dataset": row.dataset, "epochs": row.epochs, "paper": row.paper,
                "architecture": row.architecture, "trainer": row.trainer,
                "dropout": row.dropout, "augmentation": row.augmentation,
                "trainer_kwargs": config["row"]["trainer_kwargs"]}
-    _write_json(os.path.join(folder, "metrics.json"), metrics)
+    write_json(os.path.join(folder, "metrics.json"), metrics)
     for leftover in ("checkpoint.keras", "state.json"):
         if os.path.exists(os.path.join(folder, leftover)):
             os.remove(os.path.join(folder, leftover))
