@@ -2,28 +2,31 @@
 
 The functional core (`margin_sensitivity`, `multiclass_hinge`, the attacks) works with any Keras
 model or callable that returns logits; `MarginModel` and the baseline trainers wrap it for `fit`.
+
+Names are imported on first use, so `import keras_margin` (and the `keras-margin` command's
+`--help`) does not start the Keras backend.
 """
 
-import keras as _keras
+from __future__ import annotations
 
-if _keras.backend.backend() != "tensorflow":
-    raise ImportError(
-        f"keras_margin supports the Keras 'tensorflow' backend only; the active backend is "
-        f"{_keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras."
-    )
-
-from keras_margin import architectures, attacks, datasets
-from keras_margin.evaluation import evaluate_robustness, rho_adv
-from keras_margin.losses import binary_hinge, multiclass_hinge
-from keras_margin.sensitivity import margin_sensitivity
-from keras_margin.training import (
-    AdversarialTrainingModel,
-    MarginModel,
-    RobustModel,
-    VATModel,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_SUBMODULES = ("architectures", "attacks", "callbacks", "datasets", "evaluation", "losses",
+               "sensitivity", "training")
+_NAMES = {
+    "AdversarialTrainingModel": "training",
+    "MarginModel": "training",
+    "RobustModel": "training",
+    "VATModel": "training",
+    "binary_hinge": "losses",
+    "evaluate_robustness": "evaluation",
+    "margin_sensitivity": "sensitivity",
+    "multiclass_hinge": "losses",
+    "rho_adv": "evaluation",
+}
 
 __all__ = [
     "AdversarialTrainingModel",
@@ -39,3 +42,28 @@ __all__ = [
     "multiclass_hinge",
     "rho_adv",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"keras_margin.{name}")
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"keras_margin.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'keras_margin' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_NAMES) | set(_SUBMODULES))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from keras_margin import architectures, attacks, datasets
+    from keras_margin.evaluation import evaluate_robustness, rho_adv
+    from keras_margin.losses import binary_hinge, multiclass_hinge
+    from keras_margin.sensitivity import margin_sensitivity
+    from keras_margin.training import (
+        AdversarialTrainingModel,
+        MarginModel,
+        RobustModel,
+        VATModel,
+    )

@@ -14,6 +14,10 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from keras_margin._backend import require_tensorflow
+
+require_tensorflow()
+
 
 def call_logits(model: Callable, x: tf.Tensor, training: bool = False) -> tf.Tensor:
     """`model(x)` as logits of shape (batch, k), at least float32; also for plain callables."""
