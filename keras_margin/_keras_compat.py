@@ -1,0 +1,74 @@
+"""The private Keras API that keras-margin touches, and its tf.distribute workarounds: one place.
+
+Everything here is checked against the Keras versions it was written for (`KERAS_TESTED`); on a
+newer Keras the workarounds still run, and a test in the suite fails if the private names move.
+
+* `loss_tracker(model)`: Keras's own "loss" metric (`Trainer._loss_tracker`), which the trainers
+  update with the whole objective so that `loss` in the logs is what was minimised.
+* `maybe_symbolic_build` and `multi_worker_logs`: Keras 3 fails in `fit` under
+  `MultiWorkerMirroredStrategy` (keras-team/keras#20585): it builds the model from a
+  `strategy.reduce` of a `PerReplica` batch, and reduces scalar logs along an axis they lack.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+KERAS_TESTED = ((3, 8), (3, 15))
+
+
+def keras_version() -> tuple[int, int]:
+    major, minor = keras.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def loss_tracker(model: keras.Model) -> keras.metrics.Metric:
+    """Keras's "loss" tracker of a compiled model (`Trainer._loss_tracker`)."""
+    return model._loss_tracker
+
+
+def multi_worker_logs(logs: dict[str, Any]) -> dict[str, Any]:
+    """Scalars as shape (1,) under multi-worker MultiWorkerMirroredStrategy (TensorFlow).
+
+    Keras 3 reduces each returned log across workers with `strategy.reduce("MEAN", v, axis=0)`,
+    which fails on scalars (keras-team/keras#20585); a (1,) tensor reduces to the scalar mean.
+    """
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode()):
+        return logs
+    return {key: tf.reshape(value, [1]) for key, value in logs.items()}
+
+
+def maybe_symbolic_build(model: keras.Model, iterator: Any = None,
+                         data_batch: Any = None) -> None:
+    """`Trainer._maybe_symbolic_build`, building from one replica's batch (TensorFlow).
+
+    Keras 3's version fails under MultiWorkerMirroredStrategy ("Attempt to convert a value
+    (PerReplica...)", keras-team/keras#20585); building needs shapes only, which any local
+    replica's batch has.
+    """
+    import tensorflow as tf
+
+    strategy = getattr(model, "_distribute_strategy", None)
+    if strategy is None:
+        return
+    if iterator is not None:
+        for _, _, it in iterator:
+            data_batch = tf.nest.map_structure(
+                lambda v: strategy.experimental_local_results(v)[0]
+                if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+            break
+    with strategy.scope():
+        model._symbolic_build(data_batch=data_batch)
+
+
+def replicas_in_sync() -> int:
+    """The replicas a TensorFlow step's loss is summed over (1 off tf.distribute)."""
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync

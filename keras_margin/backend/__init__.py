@@ -1,0 +1,66 @@
+"""The seam between keras-margin and the Keras backends.
+
+Everything else in keras-margin is written in `keras.ops`. The few things that `keras.ops` cannot
+express live here, once per backend (tensorflow.py, jax.py, torch.py):
+
+* `vjp(fn, x)`: `fn(x)` and its pullback, the vector-Jacobian product cotangent -> grad_x. With
+  `create_graph=True` the gradient can itself be differentiated (double backprop, eq. 18).
+* `compile_fn(fn, model, jit_compile)`: `fn` as one compiled program that reads `model`'s
+  current weights at every call (tf.function; jax.jit with the weights passed as arguments;
+  PyTorch runs eagerly).
+* `value_and_weight_grad(fn, variables)`: a scalar function of the weights and its gradient.
+* `is_traced(x)`: True while a compiled program is being built (values unknown), so checks on
+  values run only where they can.
+* `trainer.train_step` / `trainer.test_step`: `RobustModel`'s steps, as Keras's own trainers
+  write them for the backend.
+"""
+
+from __future__ import annotations
+
+import keras
+
+NAME = keras.backend.backend()
+
+if NAME == "tensorflow":
+    from keras_margin.backend.tensorflow import (
+        compile_fn,
+        is_traced,
+        trainer,
+        value_and_weight_grad,
+        vjp,
+    )
+elif NAME == "jax":
+    from keras_margin.backend.jax import (
+        compile_fn,
+        is_traced,
+        trainer,
+        value_and_weight_grad,
+        vjp,
+    )
+elif NAME == "torch":
+    from keras_margin.backend.torch import (
+        compile_fn,
+        is_traced,
+        trainer,
+        value_and_weight_grad,
+        vjp,
+    )
+else:  # pragma: no cover - Keras has no other backend that trains
+    raise ImportError(f"keras_margin supports the Keras backends 'tensorflow', 'jax' and "
+                      f"'torch'; the active backend is {NAME!r}.")
+
+
+def value_and_grad(fn, x, has_aux: bool = False, create_graph: bool = False):
+    """(fn(x), grad_x fn(x)) for a function returning one scalar per sample, summed.
+
+    `fn(x)` returns a (batch,) tensor (or `(values, aux)` with `has_aux`); the gradient is that
+    of its sum, i.e. each sample's own gradient since samples are independent.
+    """
+    result = vjp(fn, x, has_aux=has_aux, create_graph=create_graph)
+    values, pullback = result[0], result[1]
+    grad = pullback(keras.ops.ones_like(values))
+    return (values, result[2], grad) if has_aux else (values, grad)
+
+
+__all__ = ["NAME", "compile_fn", "is_traced", "trainer", "value_and_grad",
+           "value_and_weight_grad", "vjp"]

@@ -1,0 +1,92 @@
+"""The backend seam on TensorFlow: gradient tapes and tf.function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+
+
+def vjp(fn: Callable, x: Any, has_aux: bool = False, create_graph: bool = False):
+    """`fn(x)` and a pullback cotangent -> grad_x <cotangent, fn(x)>, callable many times.
+
+    A persistent tape records `fn`; an enclosing tape (a train step's) records the pullback's
+    own operations, so its result is differentiable again whatever `create_graph` says.
+    """
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        result = fn(x)
+    out, aux = result if has_aux else (result, None)
+
+    def pullback(cotangent: Any) -> tf.Tensor:
+        return tape.gradient(out, x, output_gradients=tf.cast(cotangent, out.dtype),
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    return (out, pullback, aux) if has_aux else (out, pullback)
+
+
+def value_and_weight_grad(fn: Callable, variables: list) -> tuple[Any, list]:
+    """(fn(), d fn() / d variables) for a scalar `fn` of the current weights."""
+    with tf.GradientTape() as tape:
+        value = fn()
+    return value, tape.gradient(value, [v.value for v in variables],
+                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def compile_fn(fn: Callable, model: Any, jit_compile: bool = False) -> Callable:
+    """`fn` as a tf.function (XLA with `jit_compile`); TensorFlow reads variables live."""
+    del model
+    return tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
+
+
+def is_traced(x: Any) -> bool:
+    """Inside a tf.function (or a Keras functional graph): the values are not known."""
+    return not tf.executing_eagerly() or isinstance(x, tf.__internal__.SymbolicTensor) \
+        or type(x).__name__ == "KerasTensor"
+
+
+class trainer:  # noqa: N801 - a namespace, as `keras_margin.backend.trainer`
+    """RobustModel's steps on TensorFlow: nested tapes (double backprop), tf.distribute, XLA."""
+
+    @staticmethod
+    def train_step(model: Any, data: Any) -> dict[str, Any]:
+        import keras
+
+        from keras_margin import _keras_compat
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            objective = model.objective(x, y, sample_weight, training=True)
+            # Scaled like Keras's compiled losses: the replicas' gradients are summed.
+            loss = model.optimizer.scale_loss(
+                objective["total"] / _keras_compat.replicas_in_sync())
+        weights = model.trainable_weights
+        grads = tape.gradient(loss, weights)
+        if not model.optimizer.built:
+            model.optimizer.build(weights)
+        if model.jit_compile:  # XLA drops assertions: skip the update instead
+            tf.cond(objective["valid"], lambda: _apply(model, grads, weights), tf.no_op)
+        else:
+            check = tf.debugging.Assert(objective["valid"], [
+                "keras_margin: the batch holds NaN/Inf inputs or labels outside the model's "
+                "classes, or its objective is not finite; refusing to train on it"])
+            with tf.control_dependencies([check]):
+                _apply(model, grads, weights)
+        return _keras_compat.multi_worker_logs(model.record(objective, x, sample_weight))
+
+    @staticmethod
+    def test_step(model: Any, data: Any) -> dict[str, Any]:
+        import keras
+
+        from keras_margin import _keras_compat
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        objective = model.objective(x, y, sample_weight, training=False)
+        return _keras_compat.multi_worker_logs(model.record(objective, x, sample_weight))
+
+
+def _apply(model: Any, grads: list, weights: list) -> tf.Operation:
+    model.optimizer.apply_gradients(zip(grads, weights))
+    return tf.no_op()
