@@ -1,186 +1,195 @@
-"""DeepFool (Moosavi-Dezfooli et al., 2016), batched, with a per-sample early exit.
+"""DeepFool (Moosavi-Dezfooli et al., 2016), batched in lanes, with a per-sample early exit.
 
 Follows the reference code of the paper (aam-at/margin_maximization, mnist/deepfool.py): the
 linearisation is taken at x + r, success is checked at x + (1 + overshoot) r, each step's length
-is clipped at `step_clip`, and the result is x + (1 + overshoot) r. One `tf.while_loop` runs until
-every sample is fooled, stuck (all gradients zero) or at `max_iter`; there is no Python loop over
-samples or iterations, and the loop compiles with XLA (`jit_compile=True`).
+is clipped at `step_clip`, and the result is x + (1 + overshoot) r. A sample stops when it is
+fooled, stuck (all gradients zero) or at `max_iter`; its lane is then refilled (`lanes.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from keras_margin._validation import (
-    as_float_inputs,
-    check_choice,
-    check_logits_model,
-    check_non_negative,
-    probe_attack_inputs,
+from keras_margin._validation import check_choice, check_integer, check_non_negative
+from keras_margin.attacks import base
+from keras_margin.attacks.lanes import gather_samples
+from keras_margin.jacobian import (
+    call_logits,
+    flat_norm,
+    logits_and_pullback,
+    margin_gradients,
+    per_sample,
+    rival_classes,
 )
-from keras_margin.jacobian import call_logits, flat_norm, margin_gradients, rival_classes
 
 NORMS = ("l2", "linf")
 TARGETS = ("label", "prediction")
 
 
 @dataclasses.dataclass(frozen=True)
-class DeepFoolResult:
-    """What `deepfool` found, per sample.
+class DeepFool:
+    """DeepFool's settings; call it as `DeepFool(...)(model, x, y)`. See `deepfool`."""
 
-    Attributes:
-        perturbation: same shape as x: the final perturbation, overshoot included (and clipped to
-            the input box when one is given); 0 where the sample is already misclassified.
-        success: bool (batch,): x + perturbation is misclassified.
-        iterations: int32 (batch,): DeepFool steps taken.
-    """
+    norm: str = "l2"
+    max_iter: int = 50
+    overshoot: float = 0.02
+    step_clip: float | None = 0.5
+    candidates: int | None = None
 
-    perturbation: tf.Tensor
-    success: tf.Tensor
-    iterations: tf.Tensor
+    def __post_init__(self) -> None:
+        check_choice("norm", self.norm, NORMS)
+        object.__setattr__(self, "max_iter", check_integer("max_iter", self.max_iter))
+        object.__setattr__(self, "overshoot", check_non_negative("overshoot", self.overshoot))
+        if self.step_clip is not None:
+            object.__setattr__(self, "step_clip", check_non_negative("step_clip",
+                                                                     self.step_clip))
+        if self.candidates is not None:
+            object.__setattr__(self, "candidates",
+                               check_integer("candidates", self.candidates, minimum=2))
 
+    name = "deepfool"
 
-def _deepfool_loop(model: Callable, x: tf.Tensor, labels: tf.Tensor, *, norm: str,
-                   max_iter: int, overshoot: float, step_clip: float | None,
-                   candidates: int | None, clip_min: float | None, clip_max: float | None):
-    logits0 = call_logits(model, x)
-    # The label plus `candidates - 1` rivals by clean logit, as Foolbox's candidates.
-    rivals = rival_classes(logits0, labels, None if candidates is None else candidates - 1)
-    dual = "l2" if norm == "l2" else "l1"
-    expand = [-1] + [1] * (x.shape.rank - 1)
+    def get_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-    def project(r):
-        if clip_min is None and clip_max is None:
-            return r
-        lo = -np.inf if clip_min is None else clip_min
-        hi = np.inf if clip_max is None else clip_max
-        return tf.clip_by_value(x + r, lo, hi) - x
-
-    def fooled(r):
-        logits = call_logits(model, x + project((1.0 + overshoot) * r))
-        return tf.argmax(logits, axis=1, output_type=tf.int32) != labels
-
-    def body(i, r, done, stuck, iters):
-        active = ~(done | stuck)
-        x_r = x + r
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(x_r)
-            logits = call_logits(model, x_r)
-        w = margin_gradients(tape, logits, x_r, labels, rivals)  # (batch, m, ...)
-        del tape
-        f_label = tf.gather(logits, labels, axis=1, batch_dims=1)
-        f = tf.gather(logits, rivals, axis=1, batch_dims=1) - f_label[:, None]
-        w_norm = flat_norm(w, dual, start_axis=2)
-        blocked = w_norm <= 0
-        dist = tf.where(blocked, tf.constant(np.inf, f.dtype), tf.abs(f) / tf.where(
-            blocked, tf.ones_like(w_norm), w_norm))
-        best = tf.argmin(dist, axis=1, output_type=tf.int32)
-        d = tf.gather(dist, best, axis=1, batch_dims=1)
-        can_move = tf.math.is_finite(d)
-        d = tf.where(can_move, d, tf.zeros_like(d))
-        if step_clip is not None:
-            d = tf.minimum(d, step_clip)
-        w_best = tf.gather(w, best, axis=1, batch_dims=1)
-        if norm == "l2":
-            length = tf.reshape(flat_norm(w_best, "l2"), expand)
-            direction = w_best / tf.where(length > 0, length, tf.ones_like(length))
+    def __call__(self, model: Callable, x: Any, y: Any = None, target: str = "label",
+                 clip_min: float | None = None, clip_max: float | None = None,
+                 batch_size: int | None = None, jit_compile: bool | str = "auto",
+                 verbose: int = 0) -> base.AttackResult:
+        check_choice("target", target, TARGETS)
+        lanes = base.check_lanes(batch_size)
+        if target == "prediction":
+            inputs = base.check_inputs(model, x, np.zeros(len(x), np.int32), clip_min,
+                                       clip_max, "deepfool")
+            inputs = dataclasses.replace(inputs, labels=base.predictions(model, inputs.x, lanes))
         else:
-            direction = tf.sign(w_best)
-        move = active & can_move
-        r = tf.where(tf.reshape(move, expand), project(r + tf.reshape(d, expand) * direction), r)
-        iters += tf.cast(active, tf.int32)
-        stuck = stuck | (active & ~can_move)
-        done = done | (move & fooled(r))
-        return i + 1, r, done, stuck, iters
+            inputs = base.check_inputs(model, x, y, clip_min, clip_max,
+                                       'deepfool(target="label")')
+        return self.run(model, inputs, lanes, jit_compile, verbose)
 
-    done0 = tf.argmax(logits0, axis=1, output_type=tf.int32) != labels
-    state = (tf.constant(0), tf.zeros_like(x), done0, tf.zeros_like(done0),
-             tf.zeros_like(labels))
-    _, r, _, _, iters = tf.while_loop(
-        lambda i, r, done, stuck, it: (i < max_iter) & tf.reduce_any(~(done | stuck)),
-        body, state, maximum_iterations=max_iter)
-    perturbation = project((1.0 + overshoot) * r)
-    success = tf.argmax(call_logits(model, x + perturbation), axis=1,
-                        output_type=tf.int32) != labels
-    return perturbation, success, iters
+    def run(self, model: Callable, inputs: base.Inputs, lanes: int,
+            jit_compile: bool | str = "auto", verbose: int = 0) -> base.AttackResult:
+        """The attack on inputs already checked (`base.check_inputs`)."""
+        dtype = str(inputs.x.dtype)
+        runner = base.lane_runner(
+            model, (self, inputs.clip_min, inputs.clip_max, dtype, inputs.num_classes),
+            lambda: _Kernel(model, self, inputs, dtype), round_steps=4,
+            jit_compile=jit_compile)
+        out = runner.run({"index": np.arange(len(inputs.x))}, lanes,
+                         ("r", "stuck", "iterations"),
+                         load=gather_samples(inputs.x, inputs.labels),
+                         progress=base.progress_bar(len(inputs.x), verbose))
+        perturbation, success = base.verify(model, inputs, (1.0 + self.overshoot) * out["r"],
+                                            lanes)
+        return base.AttackResult(perturbation, success, out["iterations"].astype(np.int32),
+                                 out["stuck"])
 
 
-_COMPILED: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
+class _Kernel:
+    """One DeepFool step for every lane (see `lanes.Kernel`)."""
 
+    def __init__(self, model: Callable, config: DeepFool, inputs: base.Inputs, dtype: str):
+        self.model, self.config, self.dtype = model, config, dtype
+        self.k, self.clip = inputs.num_classes, (inputs.clip_min, inputs.clip_max)
 
-def _compiled(model: Callable, settings: tuple, jit_compile: bool) -> Callable:
-    """One tf.function per model and settings, so repeated calls do not retrace."""
-    try:
-        cache = _COMPILED.setdefault(model, {})
-    except TypeError:  # not weak-referenceable: compile without caching
-        cache = {}
-    key = settings + (jit_compile,)
-    if key not in cache:
-        kwargs = dict(zip(("norm", "max_iter", "overshoot", "step_clip", "candidates",
-                           "clip_min", "clip_max"), settings))
-        cache[key] = tf.function(
-            lambda x, labels: _deepfool_loop(model, x, labels, **kwargs),
-            jit_compile=jit_compile, reduce_retracing=True)
-    return cache[key]
+    def project(self, x: Any, r: Any):
+        return base.project_box(x, x + r, *self.clip) - x
+
+    def predicted(self, x: Any):
+        return ops.cast(ops.argmax(call_logits(self.model, x, dtype=self.dtype), axis=1), "int32")
+
+    def init(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        x, labels = inputs["x"], ops.cast(inputs["label"], "int32")
+        logits = call_logits(self.model, x, dtype=self.dtype)
+        candidates = self.config.candidates
+        # The label plus `candidates - 1` rivals by clean logit, as Foolbox's candidates.
+        rivals = rival_classes(logits, labels, None if candidates is None else candidates - 1)
+        fooled = ops.cast(ops.argmax(logits, axis=1), "int32") != labels
+        zeros = ops.zeros_like(labels)
+        return {"x": x, "label": labels, "rivals": rivals, "r": ops.zeros_like(x),
+                "stuck": zeros > 0, "iterations": zeros,
+                "active": ops.logical_and(ops.convert_to_tensor(inputs["valid"]),
+                                          ops.logical_not(fooled))}
+
+    def step(self, s: dict[str, Any]) -> dict[str, Any]:
+        config, x, labels, r = self.config, s["x"], s["label"], s["r"]
+        logits, pullback = logits_and_pullback(self.model, x + r, dtype=self.dtype)
+        w = margin_gradients(pullback, labels, s["rivals"], self.k)  # (lanes, m, ...)
+        f_label = ops.take_along_axis(logits, labels[:, None], axis=1)
+        f = ops.take_along_axis(logits, s["rivals"], axis=1) - f_label
+        w_norm = flat_norm(w, "l2" if config.norm == "l2" else "l1", start_axis=2)
+        blocked = w_norm <= 0
+        dist = ops.where(blocked, ops.cast(np.inf, f.dtype),
+                         ops.abs(f) / ops.where(blocked, ops.ones_like(w_norm), w_norm))
+        best = ops.cast(ops.argmin(dist, axis=1), "int32")
+        d = ops.take_along_axis(dist, best[:, None], axis=1)[:, 0]
+        can_move = ops.isfinite(d)
+        d = ops.where(can_move, d, ops.zeros_like(d))
+        if config.step_clip is not None:
+            d = ops.minimum(d, config.step_clip)
+        w_best = ops.take_along_axis(w, ops.reshape(best, (-1, 1) + (1,) * (len(x.shape) - 1)),
+                                     axis=1)[:, 0]
+        if config.norm == "l2":
+            direction = w_best / per_sample(ops.where(can_move, flat_norm(w_best, "l2"),
+                                                      ops.ones_like(d)), x)
+        else:
+            direction = ops.sign(w_best)
+        r = ops.where(per_sample(can_move, x), self.project(x, r + per_sample(d, x) * direction),
+                      r)
+        fooled = self.predicted(x + self.project(x, (1.0 + config.overshoot) * r)) != labels
+        iterations = s["iterations"] + 1
+        stuck = ops.logical_not(can_move)
+        done = ops.logical_and(can_move, fooled)
+        active = ops.logical_and(ops.logical_not(ops.logical_or(done, stuck)),
+                                 iterations < config.max_iter)
+        return {**s, "r": r, "stuck": stuck, "iterations": iterations, "active": active}
 
 
 def deepfool(model: Callable, x: Any, y: Any = None, norm: str = "l2", max_iter: int = 50,
              overshoot: float = 0.02, step_clip: float | None = 0.5,
              candidates: int | None = None, target: str = "label",
              clip_min: float | None = None, clip_max: float | None = None,
-             jit_compile: bool = False) -> DeepFoolResult:
-    """Minimal adversarial perturbations by DeepFool, for a whole batch at once.
+             batch_size: int | None = None, jit_compile: bool | str = "auto",
+             verbose: int = 0) -> base.AttackResult:
+    """Minimal adversarial perturbations by DeepFool, for any number of samples.
 
     Args:
         model: a Keras model or callable returning logits (batch, k), k >= 2.
-        x: inputs (batch, ...).
-        y: true labels (batch,); needed for `target="label"`.
-        norm: "l2", or "linf" (steps along sign(w), distances in the dual l1 norm).
+        x: inputs (n, ...); float64 inputs are attacked in float64.
+        y: true labels (n,); needed for `target="label"`.
+        norm: the threat model's norm, "l2", or "linf" (steps along sign(w), distances in
+            the dual l1 norm).
         max_iter: at most this many steps per sample (the paper: 50).
         overshoot: the result is x + (1 + overshoot) r (the paper: 0.02).
         step_clip: each step's length is clipped at this value (the paper: 0.5); None disables.
         candidates: only the top-`candidates` classes by clean logits (label included); None for
             all classes, as the paper.
         target: "label" attacks the true label, "prediction" the predicted one.
-        clip_min, clip_max: optional input box; every iterate is projected onto it.
-        jit_compile: compile the loop with XLA.
+        clip_min, clip_max: optional input box; every iterate is projected onto it. x must lie
+            inside it.
+        batch_size: samples attacked side by side (lanes, default 256); a finished sample's
+            lane takes the next sample, so any n runs at the throughput of a full batch.
+        jit_compile: "auto" (TensorFlow graph without XLA, jax.jit on JAX), True for XLA on
+            TensorFlow, False for eager JAX.
+        verbose: 1 shows a progress bar.
 
     Returns:
-        A `DeepFoolResult` of tensors: `perturbation`, `success`, `iterations`.
+        An `AttackResult` of numpy arrays: `perturbation`, `success` (verified), `iterations`,
+        `stuck` (zero gradients: the sample could not be moved).
 
     Example:
         >>> res = deepfool(model, x_test[:100], y_test[:100])
-        >>> rho = np.linalg.norm(res.perturbation.numpy().reshape(100, -1), axis=1)
+        >>> rho = np.linalg.norm(res.perturbation.reshape(100, -1), axis=1)
     """
-    check_choice("norm", norm, NORMS)
-    check_choice("target", target, TARGETS)
-    if int(max_iter) < 1:
-        raise ValueError(f"Invalid value for argument max_iter: {max_iter!r}. Expected >= 1.")
-    overshoot = check_non_negative("overshoot", overshoot)
-    if step_clip is not None:
-        step_clip = check_non_negative("step_clip", step_clip)
-    if candidates is not None and int(candidates) < 2:
-        raise ValueError(f"Invalid value for argument candidates: {candidates!r}. Expected "
-                         "None or an integer >= 2.")
-    check_logits_model(model)
-    x = as_float_inputs(x)
-    if target == "label" and y is None:
-        raise ValueError('deepfool(target="label") needs the labels y.')
-    k = probe_attack_inputs(model, x, y)
-    if k is not None and k < 2:
-        raise ValueError("DeepFool needs a model with k >= 2 logits; for one logit use "
-                         "margin_sensitivity or fgsm.")
-    if target == "prediction":
-        labels = tf.argmax(call_logits(model, x), axis=1, output_type=tf.int32)
-    else:
-        labels = tf.reshape(tf.cast(y, tf.int32), [-1])
-    settings = (norm, int(max_iter), overshoot, step_clip,
-                None if candidates is None else int(candidates), clip_min, clip_max)
-    perturbation, success, iterations = _compiled(model, settings, jit_compile)(x, labels)
-    return DeepFoolResult(perturbation, success, iterations)
+    return DeepFool(norm=norm, max_iter=max_iter, overshoot=overshoot, step_clip=step_clip,
+                    candidates=candidates)(model, x, y, target=target, clip_min=clip_min,
+                                           clip_max=clip_max, batch_size=batch_size,
+                                           jit_compile=jit_compile, verbose=verbose)
+
+
+DeepFoolResult = base.AttackResult  # the name of DeepFool's result before the other attacks

@@ -1,0 +1,225 @@
+"""What every attack shares: its result, the checks at its entry, the lanes, the verification.
+
+An attack is a frozen dataclass of its hyper-parameters (defaults from the paper that introduced
+it, `get_config` for logs), called as `attack(model, x, y, clip_min=, clip_max=)`; a function of
+the same name (`attacks.fmn(model, x, y, ...)`) builds and calls it. Arguments are checked once
+at that entry; the compiled loops trust their inputs. Every reported success is verified by a
+fresh forward pass on x + perturbation, and the perturbation stays inside the input box.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_margin import backend
+from keras_margin._validation import (
+    check_box,
+    check_finite_array,
+    check_integer,
+    label_array,
+    probe_model,
+    warn_if_unscaled,
+)
+from keras_margin.attacks.lanes import Kernel, LaneRunner
+from keras_margin.jacobian import call_logits
+
+THREAT_NORMS = ("l2", "linf", "l1")
+DEFAULT_LANES = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackResult:
+    """What an attack found, per sample (numpy arrays).
+
+    Attributes:
+        perturbation: same shape as x; x + perturbation lies in the input box. For a failed
+            sample, the attack's last (non-adversarial) perturbation for DeepFool, zeros for the
+            others.
+        success: bool (n,): x + perturbation is misclassified (for a targeted attack:
+            classified as the target), verified by a fresh forward pass.
+        iterations: int32 (n,): iterations the sample took.
+        stuck: bool (n,): the sample's input gradient was zero where the attack needed it (a
+            flat or saturated model: the attack could not move).
+    """
+
+    perturbation: np.ndarray
+    success: np.ndarray
+    iterations: np.ndarray
+    stuck: np.ndarray
+
+    def distances(self, norm: str = "l2") -> np.ndarray:
+        """||perturbation|| per sample in `norm` ("l2", "linf" or "l1"); inf where failed."""
+        d = lp_norms(self.perturbation, norm)
+        return np.where(self.success, d, np.inf)
+
+
+def lp_norms(v: np.ndarray, norm: str) -> np.ndarray:
+    """Per-sample l2, linf or l1 norms of a numpy batch."""
+    flat = np.reshape(v, (len(v), -1)).astype(np.float64)
+    if norm == "l2":
+        return np.sqrt((flat ** 2).sum(axis=1))
+    if norm == "linf":
+        return np.abs(flat).max(axis=1) if flat.shape[1] else np.zeros(len(v))
+    return np.abs(flat).sum(axis=1)
+
+
+def working_dtype(x: Any) -> str:
+    """The dtype an attack computes in: float64 inputs stay float64 where the backend computes
+    in it, everything else (integers, half precision) runs in float32."""
+    dtype = keras.backend.standardize_dtype(getattr(x, "dtype", "float32"))
+    if dtype == "float64" and (backend.NAME != "jax" or _jax_x64()):
+        return "float64"
+    return "float32"
+
+
+def _jax_x64() -> bool:
+    import jax
+
+    return bool(jax.config.jax_enable_x64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """The checked inputs of one attack call."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    clip_min: float | None
+    clip_max: float | None
+
+    @property
+    def box(self) -> tuple[float, float]:
+        lo = -np.inf if self.clip_min is None else self.clip_min
+        hi = np.inf if self.clip_max is None else self.clip_max
+        return lo, hi
+
+
+def check_inputs(model: Callable, x: Any, y: Any, clip_min: float | None,
+                 clip_max: float | None, where: str, min_classes: int = 2) -> Inputs:
+    """The checks every attack runs once at its entry; returns the inputs as numpy arrays.
+
+    Refuses NaN/Inf in x, a reversed box, x outside the box, probabilities instead of logits,
+    labels out of range; warns about unscaled 8-bit images. float64 inputs are kept.
+    """
+    if y is None:
+        raise ValueError(f"{where} needs the labels y.")
+    x = np.asarray(keras.ops.convert_to_numpy(x) if not isinstance(x, np.ndarray) else x)
+    if x.dtype.kind not in "fiu":
+        raise ValueError(f"{where}: x must hold numbers; received dtype {x.dtype}.")
+    check_finite_array(x)
+    clip_min, clip_max = check_box(clip_min, clip_max, x)
+    if clip_min is None and clip_max is None:
+        warn_if_unscaled(x, where)
+    labels = label_array(keras.ops.convert_to_numpy(y) if not isinstance(y, np.ndarray) else y)
+    x = x.astype(working_dtype(x))
+    k = probe_model(model, x, labels)
+    if k < min_classes:
+        raise ValueError(f"{where} needs a model with k >= {min_classes} logits; this one has "
+                         f"{k}. For one logit use margin_sensitivity or fgsm.")
+    return Inputs(x, labels.astype(np.int32), k, clip_min, clip_max)
+
+
+def project_box(x: Any, x_adv: Any, clip_min: float | None, clip_max: float | None):
+    """x_adv clipped to the box (keras.ops); a no-op without one."""
+    if clip_min is None and clip_max is None:
+        return x_adv
+    lo = -np.inf if clip_min is None else clip_min
+    hi = np.inf if clip_max is None else clip_max
+    return ops.clip(x_adv, lo, hi)
+
+
+def verify(model: Callable, inputs: Inputs, perturbation: np.ndarray, lanes: int,
+           targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(perturbation inside the box, success) from a fresh forward pass on x + perturbation.
+
+    Untargeted: success where the prediction differs from the label; targeted: where it equals
+    the target. A non-finite perturbation never counts.
+    """
+    perturbation = perturbation.astype(inputs.x.dtype)
+    x_adv = inputs.x + perturbation
+    if inputs.clip_min is not None or inputs.clip_max is not None:
+        x_adv = np.clip(x_adv, *inputs.box)
+        perturbation = x_adv - inputs.x
+    predicted = predictions(model, x_adv, lanes)
+    finite = np.isfinite(perturbation.reshape(len(x_adv), -1)).all(axis=1)
+    if targets is None:
+        success = predicted != inputs.labels
+    else:
+        success = predicted == targets
+    return perturbation, success & finite
+
+
+def verify_minimum_norm(model: Callable, inputs: Inputs, delta: np.ndarray, found: np.ndarray,
+                        lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """`verify` for a minimum-norm attack's best deltas, zeros where none is adversarial.
+
+    A minimum-norm attack ends on the decision boundary, where a tie between two logits can
+    fall either way in a fresh forward pass. Where the attack found an adversarial that the
+    fresh pass does not confirm, the delta is lengthened by 0.01 %, 0.1 % and 1 % in turn, and
+    the first that verifies is kept (the distance is then that much above the attack's).
+    """
+    perturbation, success = verify(model, inputs, delta, lanes)
+    for factor in (1.0001, 1.001, 1.01):
+        retry = found & ~success
+        if not retry.any():
+            break
+        subset = dataclasses.replace(inputs, x=inputs.x[retry], labels=inputs.labels[retry])
+        longer, ok = verify(model, subset, delta[retry] * factor, lanes)
+        idx = np.flatnonzero(retry)[ok]
+        perturbation[idx], success[idx] = longer[ok], True
+    perturbation = np.where(per_sample_mask(success, perturbation), perturbation, 0)
+    return perturbation.astype(inputs.x.dtype), success
+
+
+def per_sample_mask(mask: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """A (n,) numpy mask shaped (n, 1, ..., 1) to broadcast against `like`."""
+    return np.reshape(mask, (-1,) + (1,) * (like.ndim - 1))
+
+
+def predictions(model: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """int32 (n,): the model's predicted classes, in batches."""
+    return np.concatenate([logits_of(model, x[start:start + batch_size]).argmax(axis=1)
+                           for start in range(0, len(x), batch_size)]).astype(np.int32)
+
+
+def logits_of(model: Callable, x: np.ndarray) -> np.ndarray:
+    """The logits of one batch as a numpy array."""
+    return ops.convert_to_numpy(call_logits(model, ops.convert_to_tensor(x)))
+
+
+_RUNNERS: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
+
+
+def lane_runner(model: Callable, config: Any, make_kernel: Callable[[], Kernel],
+                round_steps: int, jit_compile: bool | str) -> LaneRunner:
+    """The compiled programs of one attack configuration on one model, built once and reused
+    (keyed by the frozen config), so repeated calls neither retrace nor recompile."""
+    key = (config, round_steps, jit_compile)
+    try:
+        cache = _RUNNERS.setdefault(model, {})
+    except TypeError:  # not weak-referenceable: build without caching
+        cache = {}
+    if key not in cache:
+        cache[key] = LaneRunner(make_kernel(), model, round_steps, jit_compile)
+    return cache[key]
+
+
+def check_lanes(batch_size: int | None) -> int:
+    """The number of lanes (samples attacked side by side); None gives the default 256."""
+    return DEFAULT_LANES if batch_size is None else check_integer("batch_size", batch_size)
+
+
+def progress_bar(total: int, verbose: int) -> Callable[[int], None] | None:
+    """A Keras progress bar over samples, or None when quiet."""
+    if not verbose:
+        return None
+    bar = keras.utils.Progbar(total, unit_name="sample", verbose=verbose)
+    return lambda done: bar.update(min(done, total))

@@ -1,0 +1,139 @@
+"""Decoupled Direction and Norm attack (Rony et al., CVPR 2019), l2, batched in lanes.
+
+Each step ascends the cross-entropy by an l2-normalised gradient step of size alpha_t (cosine
+annealed from 1 to 0.01), then rescales delta to the norm epsilon, which shrinks by (1 - gamma)
+while the point is adversarial and grows by (1 + gamma) while it is not. The result is the
+smallest adversarial delta seen. A zero gradient leaves delta where it is (Foolbox draws a
+random direction there); such samples are reported as `stuck`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from keras import ops
+
+from keras_margin._validation import check_integer, check_non_negative, check_positive
+from keras_margin.attacks import base
+from keras_margin.attacks.fgsm import loss_gradient
+from keras_margin.attacks.fmn import cosine_schedule, worst_case_norm
+from keras_margin.attacks.lanes import gather_samples
+from keras_margin.attacks.norms import normalize
+from keras_margin.jacobian import flat_norm, per_sample
+
+
+@dataclasses.dataclass(frozen=True)
+class DDN:
+    """DDN's settings (the paper's defaults); see `ddn`."""
+
+    steps: int = 100
+    init_epsilon: float = 1.0
+    gamma: float = 0.05
+
+    norm = "l2"
+    name = "ddn"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", check_integer("steps", self.steps))
+        object.__setattr__(self, "init_epsilon", check_positive("init_epsilon",
+                                                                self.init_epsilon))
+        object.__setattr__(self, "gamma", check_non_negative("gamma", self.gamma, maximum=1))
+
+    def get_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __call__(self, model: Callable, x: Any, y: Any, clip_min: float | None = None,
+                 clip_max: float | None = None, batch_size: int | None = None,
+                 jit_compile: bool | str = "auto", verbose: int = 0) -> base.AttackResult:
+        inputs = base.check_inputs(model, x, y, clip_min, clip_max, "ddn")
+        return self.run(model, inputs, base.check_lanes(batch_size), jit_compile, verbose)
+
+    def run(self, model: Callable, inputs: base.Inputs, lanes: int,
+            jit_compile: bool | str = "auto", verbose: int = 0) -> base.AttackResult:
+        """The attack on inputs already checked (`base.check_inputs`)."""
+        dtype = str(inputs.x.dtype)
+        runner = base.lane_runner(
+            model, (self, inputs.clip_min, inputs.clip_max, dtype, inputs.num_classes),
+            lambda: _Kernel(model, self, inputs, dtype), round_steps=min(self.steps, 25),
+            jit_compile=jit_compile)
+        out = runner.run({"index": np.arange(len(inputs.x))}, lanes,
+                         ("best_delta", "adv_found", "stuck", "t"),
+                         load=gather_samples(inputs.x, inputs.labels),
+                         progress=base.progress_bar(len(inputs.x), verbose))
+        perturbation, success = base.verify_minimum_norm(model, inputs, out["best_delta"],
+                                                         out["adv_found"], lanes)
+        return base.AttackResult(perturbation, success, out["t"].astype(np.int32),
+                                 out["stuck"])
+
+
+class _Kernel:
+    """One DDN step for every lane (see `lanes.Kernel`)."""
+
+    def __init__(self, model: Callable, config: DDN, inputs: base.Inputs, dtype: str):
+        self.model, self.config, self.dtype = model, config, dtype
+        self.clip = (inputs.clip_min, inputs.clip_max)
+
+    def init(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        x, labels = inputs["x"], ops.cast(inputs["label"], "int32")
+        worst = worst_case_norm(x, self.clip, "l2")
+        zeros = ops.zeros_like(labels)
+        return {"x": x, "label": labels, "delta": ops.zeros_like(x),
+                "best_delta": ops.zeros_like(x), "best_norm": worst, "worst_norm": worst,
+                "epsilon": ops.full_like(worst, self.config.init_epsilon),
+                "adv_found": zeros > 0, "stuck": zeros > 0, "t": zeros,
+                "active": ops.convert_to_tensor(inputs["valid"])}
+
+    def step(self, s: dict[str, Any]) -> dict[str, Any]:
+        config, x, labels, delta = self.config, s["x"], s["label"], s["delta"]
+        alpha = ops.cast(cosine_schedule(s["t"], config.steps, 1.0, 0.01), x.dtype)
+        logits, grad = loss_gradient(self.model, x + delta, labels)
+        grad = ops.cast(grad, x.dtype)
+        adversarial = ops.cast(ops.argmax(logits, axis=1), "int32") != labels
+        size = flat_norm(delta, "l2")
+        better = ops.logical_and(adversarial, size <= s["best_norm"])
+        best_norm = ops.where(better, size, s["best_norm"])
+        best_delta = ops.where(per_sample(better, x), delta, s["best_delta"])
+        stuck = flat_norm(grad, "l2") <= 0
+        delta = delta + per_sample(alpha, x) * normalize(grad, "l2")
+        epsilon = s["epsilon"] * ops.where(adversarial, 1.0 - config.gamma, 1.0 + config.gamma)
+        epsilon = ops.minimum(ops.cast(epsilon, x.dtype), s["worst_norm"])
+        length = flat_norm(delta, "l2")
+        delta = delta * per_sample(epsilon / ops.where(length > 0, length,
+                                                       ops.ones_like(length)), x)
+        delta = base.project_box(x, x + delta, *self.clip) - x
+        t = s["t"] + 1
+        return {**s, "delta": delta, "best_delta": best_delta, "best_norm": best_norm,
+                "epsilon": epsilon, "adv_found": ops.logical_or(s["adv_found"], adversarial),
+                "stuck": ops.logical_or(s["stuck"], stuck), "t": t,
+                "active": t < config.steps}
+
+
+def ddn(model: Callable, x: Any, y: Any, steps: int = 100, init_epsilon: float = 1.0,
+        gamma: float = 0.05, clip_min: float | None = None, clip_max: float | None = None,
+        batch_size: int | None = None, jit_compile: bool | str = "auto",
+        verbose: int = 0) -> base.AttackResult:
+    """The smallest l2 perturbation that flips each prediction, by DDN.
+
+    Args:
+        model: a Keras model or callable returning logits (batch, k), k >= 2.
+        x, y: inputs (n, ...) and their true labels (n,).
+        steps: iterations per sample (the paper: 100 to 1000).
+        init_epsilon: the first norm of delta (the paper: 1).
+        gamma: the rate of the norm update (the paper: 0.05).
+        clip_min, clip_max: optional input box; x must lie inside it.
+        batch_size: samples attacked side by side (lanes, default 256).
+        jit_compile: as for `deepfool`.
+        verbose: 1 shows a progress bar.
+
+    Returns:
+        An `AttackResult` as `fmn`'s.
+
+    Example:
+        >>> np.median(ddn(model, x_test[:500], y_test[:500]).distances("l2"))
+    """
+    return DDN(steps=steps, init_epsilon=init_epsilon, gamma=gamma)(
+        model, x, y, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
+        jit_compile=jit_compile, verbose=verbose)
