@@ -15,7 +15,7 @@ import keras
 import keras_margin
 from keras_margin import MarginModel, architectures, datasets, evaluate_robustness
 from keras_margin.callbacks import RobustnessCallback
-from keras_margin.training import epoch_decay
+from keras_margin.experiments import epoch_decay
 
 
 def load(data_dir):

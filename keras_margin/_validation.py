@@ -1,21 +1,21 @@
 """Checks shared by the functional core and the Keras wrappers.
 
-Every check either passes silently or raises an error that names the bad value and what is allowed.
-Checks on tensor *values* (label ranges, finiteness) are graph ops so they also run inside `fit`;
-XLA drops graph assertions, so the wrappers repeat the value checks on array data before compiling.
+Every check either passes silently or raises an error that names the bad value and what is
+allowed. Checks of *values* (label ranges, finiteness, the input box) run once, eagerly, at the
+public entry points; inside compiled steps a trainer gets a boolean `valid` instead and skips a
+bad batch (`class_indices`), since no backend can raise from compiled code.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
-
-from keras_margin.jacobian import call_logits
+from keras import ops
 
 PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid", "log_softmax")
 
@@ -30,19 +30,43 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     return value
 
 
-def check_non_negative(name: str, value: Any) -> float:
-    """Raises `ValueError` unless `value` is a finite number >= 0."""
+def check_non_negative(name: str, value: Any, maximum: float | None = None) -> float:
+    """Raises `ValueError` unless `value` is a finite number >= 0 (and <= `maximum`)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(
             f"Invalid value for argument {name}: {value!r}. Expected a number >= 0."
         ) from None
-    if not math.isfinite(number) or number < 0:
+    if not math.isfinite(number) or number < 0 or (maximum is not None and number > maximum):
+        upper = "" if maximum is None else f" and <= {maximum:g}"
         raise ValueError(
-            f"Invalid value for argument {name}: {value!r}. Expected a finite number >= 0."
+            f"Invalid value for argument {name}: {value!r}. Expected a finite number >= 0"
+            f"{upper}."
         )
     return number
+
+
+def check_positive(name: str, value: Any) -> float:
+    """Raises `ValueError` unless `value` is a finite number > 0."""
+    number = check_non_negative(name, value)
+    if number == 0:
+        raise ValueError(f"Invalid value for argument {name}: {value!r}. Expected a number > 0.")
+    return number
+
+
+def check_integer(name: str, value: Any, minimum: int = 1) -> int:
+    """Raises `ValueError` unless `value` is a whole number >= `minimum` (1.5 is refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not float(value).is_integer() or value < minimum:
+        raise ValueError(f"Invalid value for argument {name}: {value!r}. Expected an integer "
+                         f">= {minimum}.")
+    return int(value)
+
+
+def check_candidates(candidates: int | None, minimum: int = 1) -> int | None:
+    """None or an integer >= `minimum` (a number of classes searched)."""
+    return None if candidates is None else check_integer("candidates", candidates, minimum)
 
 
 def _activation_name(activation: Any) -> str | None:
@@ -70,6 +94,8 @@ def check_logits_model(model: Any) -> None:
 
     The method and the attacks need logits: the margin f_y - f_j is measured before any
     normalisation. Nested Sequential/functional models are followed to their last layer.
+    Probabilities computed by `keras.ops.softmax` inside a graph or a subclassed `call` are
+    invisible here; `check_probability_outputs` catches them on the first batch.
     """
     layer = output_layer(model)
     seen = 0
@@ -87,11 +113,25 @@ def check_logits_model(model: Any) -> None:
         layer, seen = inner, seen + 1
 
 
-def check_probability_outputs(logits: np.ndarray) -> None:
+def check_single_input(model: Any) -> None:
+    """Raises `ValueError` for a base with several inputs (not supported)."""
+    inputs = getattr(model, "inputs", None) if isinstance(model, keras.Model) else None
+    try:
+        count = len(inputs) if inputs is not None else 1
+    except (TypeError, ValueError, AttributeError):
+        count = 1
+    if count > 1:
+        raise ValueError(
+            f"The base model has {count} inputs; keras_margin differentiates the logits with "
+            "respect to one input tensor. Concatenate the inputs into one tensor (and split "
+            "them inside the model), or attack/regularize one input with the others fixed.")
+
+
+def check_probability_outputs(logits: Any) -> None:
     """Raises `ValueError` when a batch of outputs looks like softmax probabilities.
 
-    Used by the attacks on their first batch, for models whose last layer cannot be inspected
-    (subclassed models, plain callables). Rows of k >= 2 values in [0, 1] that sum to 1 are
+    For models whose last layer cannot be inspected (subclassed models, `keras.ops.softmax`
+    in a functional graph, plain callables). Rows of k >= 2 values in [0, 1] that sum to 1 are
     practically never logits.
     """
     logits = np.asarray(logits, dtype=np.float64)
@@ -101,115 +141,158 @@ def check_probability_outputs(logits: np.ndarray) -> None:
     if in_unit and np.allclose(logits.sum(axis=1), 1.0, atol=1e-4):
         raise ValueError(
             "The model's outputs are in [0, 1] and every row sums to 1: these are probabilities "
-            "(softmax), but keras_margin needs logits. Remove the final softmax."
-        )
+            "(softmax), but keras_margin needs logits. Remove the final softmax.")
 
 
 def check_batch(x: Any, y: Any | None = None) -> None:
-    """Raises `ValueError` on an empty batch or on x and y of different lengths (eager only)."""
+    """Raises `ValueError` on an empty batch or on x and y of different lengths."""
     n = x.shape[0]
     if n is not None and n == 0:
         raise ValueError("Received an empty batch: x has 0 samples.")
     if y is not None and y.shape[0] is not None and n is not None and y.shape[0] != n:
         raise ValueError(
-            f"x and y have different lengths: x has {n} samples, y has {y.shape[0]} labels."
-        )
+            f"x and y have different lengths: x has {n} samples, y has {y.shape[0]} labels.")
 
 
-def as_float_inputs(x: Any) -> tf.Tensor:
-    """Converts inputs to a float tensor; integer images (uint8) are cast, not rescaled."""
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-        x = tf.cast(x, keras.backend.floatx())
+def as_float_inputs(x: Any, dtype: str | None = None):
+    """Inputs as a float tensor; integer images (uint8) are cast, not rescaled."""
+    x = ops.convert_to_tensor(x)
+    if dtype is not None:
+        return ops.cast(x, dtype)
+    if not keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
+        x = ops.cast(x, keras.backend.floatx())
     return x
 
 
-def check_finite_inputs(x: tf.Tensor) -> tf.Tensor:
-    """Raises `InvalidArgumentError` (graph op) when the batch holds NaN or Inf."""
-    return tf.debugging.check_numerics(
-        x, "keras_margin: the input batch contains NaN or Inf; refusing to train on it"
-    )
-
-
-def sparse_labels(y: Any, num_classes: int) -> tf.Tensor:
-    """Labels as an int32 vector of class indices in [0, num_classes), checked in the graph.
-
-    Accepts shapes (batch,) and (batch, 1). For one logit (binary, eq. 14) the labels must be in
-    {0, 1} or {-1, +1} and are returned as {0, 1}.
-    """
-    y = tf.convert_to_tensor(y)
-    if y.shape.rank == 2 and y.shape[1] == 1:
-        y = tf.squeeze(y, axis=1)
-    if y.shape.rank != 1:
-        raise ValueError(
-            f"Labels must be class indices of shape (batch,) or (batch, 1); received shape "
-            f"{tuple(y.shape)}. One-hot labels are not accepted: pass argmax(y, axis=-1)."
-        )
-    if num_classes == 1:
-        ok = tf.reduce_all((y == tf.cast(0, y.dtype)) | (y == tf.cast(1, y.dtype))
-                           | (y == tf.cast(-1, y.dtype)))
-        check = tf.debugging.Assert(
-            ok, ["keras_margin: binary labels must be in {0, 1} or {-1, +1}; received", y],
-            summarize=10,
-        )
-        with tf.control_dependencies([check]):
-            return tf.cast(y > tf.cast(0, y.dtype), tf.int32)
-    if y.dtype.is_floating:
-        check_int = tf.debugging.Assert(
-            tf.reduce_all(tf.equal(y, tf.round(y))),
-            ["keras_margin: labels must be whole numbers (class indices); received", y],
-            summarize=10,
-        )
-        with tf.control_dependencies([check_int]):
-            y = tf.cast(y, tf.int32)
-    y = tf.cast(y, tf.int32)
-    check = tf.debugging.Assert(
-        tf.reduce_all((y >= 0) & (y < num_classes)),
-        [f"keras_margin: labels must be in [0, {num_classes}); received", y],
-        summarize=10,
-    )
-    with tf.control_dependencies([check]):
-        return tf.identity(y)
-
-
-def check_label_array(y: Any, num_classes: int) -> None:
-    """Eager counterpart of `sparse_labels` for numpy data (runs also when XLA drops asserts)."""
+def label_array(y: Any) -> np.ndarray:
+    """Labels as a 1-D numpy array; string and other non-numeric labels are refused."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
         raise ValueError(
             f"Labels must be class indices of shape (batch,) or (batch, 1); received shape "
-            f"{y.shape}. One-hot labels are not accepted: pass argmax(y, axis=-1)."
-        )
+            f"{y.shape}. One-hot labels are not accepted: pass argmax(y, axis=-1).")
+    if y.dtype.kind not in "iufb":
+        raise ValueError(f"Labels must be integer class indices; received dtype {y.dtype} "
+                         f"(e.g. {y[:3].tolist()}). Map class names to 0..k-1 first.")
+    return y
+
+
+def check_label_array(y: Any, num_classes: int) -> None:
+    """Raises `ValueError` on labels outside [0, k) (or, for one logit, {0, 1} / {-1, +1})."""
+    y = label_array(y)
     if y.size == 0:
         return
     if num_classes == 1:
         bad = ~np.isin(y, (-1, 0, 1))
         if bad.any():
             raise ValueError(
-                f"Binary labels must be in {{0, 1}} or {{-1, +1}}; found {np.unique(y[bad])[:10]}."
-            )
+                f"Binary labels must be in {{0, 1}} or {{-1, +1}}; found {np.unique(y[bad])[:10]}.")
         return
     bad = (y < 0) | (y >= num_classes) | (y != np.round(y))
     if bad.any():
         raise ValueError(
-            f"Labels must be integers in [0, {num_classes}); found {np.unique(y[bad])[:10]}."
-        )
+            f"Labels must be integers in [0, {num_classes}); found {np.unique(y[bad])[:10]}.")
 
 
-def probe_attack_inputs(model: Callable, x: tf.Tensor, y: Any | None) -> int | None:
-    """Eager checks shared by the attacks; returns the number of logits (None in a graph).
+def class_indices(y: Any, num_classes: int):
+    """(labels, valid): int32 class indices (batch,) and whether every label is a valid one.
 
-    Lengths of x and y, probabilities instead of logits (on the first 32 samples), and labels
-    in range. Inside a tf.function the values are unknown, so nothing is checked there.
+    Accepts shapes (batch,) and (batch, 1). For one logit (binary, eq. 14) the labels must be in
+    {0, 1} or {-1, +1} and are returned as {0, 1}. `valid` is a boolean scalar tensor, usable
+    inside compiled steps where nothing can raise.
     """
-    if not tf.executing_eagerly():
-        return None
-    y = None if y is None else tf.convert_to_tensor(y)
-    check_batch(x, y)
-    probe = call_logits(model, x[:32]).numpy()
+    y = ops.convert_to_tensor(y)
+    if len(y.shape) == 2 and y.shape[1] == 1:
+        y = ops.squeeze(y, axis=1)
+    if len(y.shape) != 1:
+        raise ValueError(
+            f"Labels must be class indices of shape (batch,) or (batch, 1); received shape "
+            f"{tuple(y.shape)}. One-hot labels are not accepted: pass argmax(y, axis=-1).")
+    values = ops.cast(y, "float32")
+    if num_classes == 1:
+        valid = ops.all((values == 0) | (values == 1) | (values == -1))
+        return ops.cast(values > 0, "int32"), valid
+    valid = ops.all((values >= 0) & (values < num_classes) & (values == ops.round(values)))
+    return ops.cast(values, "int32"), valid
+
+
+def is_finite_batch(x: Any):
+    """Boolean scalar tensor: x holds no NaN or Inf."""
+    return ops.all(ops.isfinite(x))
+
+
+def check_finite_array(x: Any, name: str = "x") -> None:
+    """Raises `ValueError` if a numpy (or eager) array holds NaN or Inf."""
+    array = np.asarray(x)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        count = int((~np.isfinite(array)).reshape(len(array), -1).any(axis=1).sum())
+        raise ValueError(f"{name} contains NaN or Inf ({count} of {len(array)} samples); "
+                         "keras_margin refuses to use such inputs.")
+
+
+def check_box(clip_min: float | None, clip_max: float | None, x: Any | None = None
+              ) -> tuple[float | None, float | None]:
+    """Checks an input box: finite numbers with clip_min < clip_max, and x inside it.
+
+    Inputs outside the box are refused rather than projected first: projecting them would count
+    the projection itself as adversarial perturbation.
+    """
+    for name, value in (("clip_min", clip_min), ("clip_max", clip_max)):
+        if value is not None and (not isinstance(value, (int, float, np.number))
+                                  or not math.isfinite(value)):
+            raise ValueError(f"Invalid value for argument {name}: {value!r}. Expected a finite "
+                             "number or None.")
+    if clip_min is not None and clip_max is not None and not clip_min < clip_max:
+        raise ValueError(f"The input box is empty or reversed: clip_min={clip_min!r} must be "
+                         f"smaller than clip_max={clip_max!r}.")
+    if x is not None and (clip_min is not None or clip_max is not None):
+        array = np.asarray(x)
+        low, high = float(array.min()), float(array.max())
+        if (clip_min is not None and low < clip_min) or (clip_max is not None and high > clip_max):
+            raise ValueError(
+                f"x has values in [{low:g}, {high:g}], outside the input box [{clip_min}, "
+                f"{clip_max}]. keras_margin measures perturbations from x itself, so x must lie "
+                "in the box: rescale x, or widen or drop the box.")
+    return (None if clip_min is None else float(clip_min),
+            None if clip_max is None else float(clip_max))
+
+
+def warn_if_unscaled(x: Any, where: str) -> bool:
+    """Warns (and returns True) when x looks like raw 8-bit images: integers or values in
+    [0, 255]. The paper's budgets (FGSM eps 0.2, DeepFool's step clip 0.5) assume [0, 1]."""
+    array = np.asarray(x)
+    if array.size == 0:
+        return False
+    if array.dtype.kind in "iu" and array.max() > 1:
+        kind = f"integer ({array.dtype}) inputs with values up to {array.max()}"
+    elif array.dtype.kind == "f" and array.min() >= 0 and array.max() > 2:
+        kind = f"inputs in [0, {float(array.max()):g}]"
+    else:
+        return False
+    warnings.warn(
+        f"{where}: {kind} look like unscaled 8-bit images. Losses, margins and the attacks' "
+        "budgets (FGSM eps 0.2, DeepFool step clip 0.5) assume images scaled to [0, 1]: "
+        "divide x by 255.", UserWarning, stacklevel=3)
+    return True
+
+
+def probe_model(model: Callable, x: Any, y: Any | None = None) -> int:
+    """Eager checks shared by the attacks and evaluation; returns the number of logits k.
+
+    Lengths of x and y, probabilities instead of logits (on the first 32 samples), labels in
+    range. Runs once per public call, never inside the compiled attack loops.
+    """
+    from keras_margin.jacobian import call_logits
+
+    check_logits_model(model)
+    check_single_input(model)
+    if y is not None:
+        y = label_array(y)
+    check_batch(np.asarray(x) if not hasattr(x, "shape") else x, y)
+    probe = ops.convert_to_numpy(call_logits(model, ops.convert_to_tensor(x[:32])))
     check_probability_outputs(probe)
     if y is not None:
-        check_label_array(y.numpy(), probe.shape[1])
+        check_label_array(y, probe.shape[1])
     return probe.shape[1]

@@ -1,67 +1,139 @@
-"""RobustnessCallback: DeepFool rho_adv and FGSM error after each epoch, into Keras's logs."""
+"""RobustnessCallback: robustness of the model after each epoch, into Keras's logs."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
-from keras_margin._validation import check_batch
-from keras_margin.evaluation import evaluate_robustness
+from keras_margin._validation import (
+    check_batch,
+    check_finite_array,
+    check_integer,
+    check_label_array,
+    label_array,
+    probe_model,
+)
+from keras_margin.attacks.apgd import APGD
+from keras_margin.attacks.deepfool import DeepFool
+from keras_margin.evaluation import (
+    _deepfool_settings,
+    budget_key,
+    check_budgets,
+    evaluate_robustness,
+    resolve_attack,
+)
 
 
 class RobustnessCallback(keras.callbacks.Callback):
     """Measures robustness on a fixed validation subset and writes it into the epoch's logs.
 
-    The numbers (`val_rho_adv`, `val_fgsm_error`, `val_deepfool_success`) land in
-    `History.history`, `CSVLogger`, `TensorBoard` and the progress bar. Its cost is bounded: one
-    FGSM step and at most `max_iter` DeepFool steps (each two forward and k - 1 backward passes) on
-    `max_samples` points, every `every` epochs. Epochs in between get NaN, so CSV columns exist
-    from the first epoch.
+    The numbers (`val_rho_adv`, `val_fgsm_error`, `val_deepfool_success`, and with stronger
+    attacks `val_rho_<attack>`, `val_rho_min`, `val_robust_accuracy_<norm>_<eps>`) land in
+    `History.history`, `CSVLogger`, `TensorBoard` and the progress bar, whatever the order of
+    the callbacks: when `fit` validates, they are added to the validation logs before any
+    callback's `on_epoch_end` runs (without `validation_data` in `fit`, list this callback
+    before `CSVLogger`). Epochs in between get NaN, so CSV columns exist from the first epoch.
+
+    Its cost is bounded: one FGSM step and at most `max_iter` DeepFool steps (each two forward
+    and k - 1 backward passes) on `max_samples` points every `every` epochs, plus the stronger
+    attacks asked for; give them cheap settings (e.g. `attacks.FMN(steps=20)`,
+    `apgd=attacks.APGD(steps=20)`).
 
     Args:
         x_val, y_val: validation inputs and class indices.
         every: evaluate every this many epochs.
         fgsm_eps: FGSM budget; None skips FGSM.
-        max_samples: a fixed random subset of this size (drawn once, with `seed`).
-        batch_size: samples per attack batch.
+        max_samples: a fixed random subset of this size (drawn once, with `seed`); None: all.
+        batch_size: samples attacked side by side.
         seed: seed of the subset.
         prefix: prefix of the log keys.
-        **evaluate_kwargs: passed to `evaluate_robustness` (clip_min, norm, max_iter, ...).
+        clip_min, clip_max: optional input box for the attacks.
+        attacks, linf_eps, l2_eps, apgd: the stronger attacks, as in `evaluate_robustness`.
+        deepfool: DeepFool's settings, or give them as keywords (norm, max_iter, overshoot,
+            step_clip, candidates).
+
+    Every argument is checked here, and the labels against the model when training begins,
+    so a mistake fails before the first epoch trains.
 
     Example:
-        >>> model.fit(x, y, callbacks=[RobustnessCallback(x_val, y_val, every=1)])
+        >>> model.fit(x, y, validation_data=(x_val, y_val),
+        ...           callbacks=[RobustnessCallback(x_val, y_val, every=1)])
     """
 
     def __init__(self, x_val: Any, y_val: Any, every: int = 1, fgsm_eps: float | None = 0.2,
                  max_samples: int | None = 1000, batch_size: int = 500, seed: int = 0,
-                 prefix: str = "val_", **evaluate_kwargs: Any) -> None:
+                 prefix: str = "val_", clip_min: float | None = None,
+                 clip_max: float | None = None, attacks: Sequence[Any] = (),
+                 linf_eps: Sequence[float] = (), l2_eps: Sequence[float] = (),
+                 apgd: APGD | None = None, deepfool: DeepFool | None = None,
+                 **deepfool_kwargs: Any) -> None:
         super().__init__()
-        x_val, y_val = np.asarray(x_val), np.asarray(y_val).reshape(-1)
+        x_val, y_val = np.asarray(x_val), label_array(y_val)
         check_batch(x_val, y_val)
-        if int(every) < 1:
-            raise ValueError(f"Invalid value for argument every: {every!r}. Expected >= 1.")
+        check_finite_array(x_val, "x_val")
+        self.every = check_integer("every", every)
+        self.batch_size = check_integer("batch_size", batch_size)
+        if max_samples is not None:
+            max_samples = check_integer("max_samples", max_samples)
+        if np.any(y_val < 0):
+            raise ValueError(f"y_val holds negative labels {np.unique(y_val[y_val < 0])[:5]}; "
+                             "expected class indices.")
         if max_samples is not None and len(x_val) > max_samples:
             keep = np.sort(np.random.default_rng(seed).choice(len(x_val), max_samples,
                                                               replace=False))
             x_val, y_val = x_val[keep], y_val[keep]
         self.x_val, self.y_val = x_val, y_val
-        self.every, self.fgsm_eps, self.batch_size = int(every), fgsm_eps, batch_size
-        self.prefix, self.evaluate_kwargs = prefix, evaluate_kwargs
+        self.fgsm_eps, self.prefix = fgsm_eps, prefix
+        self.settings = {
+            "fgsm_eps": fgsm_eps, "batch_size": self.batch_size, "clip_min": clip_min,
+            "clip_max": clip_max, "attacks": [resolve_attack(a) for a in attacks],
+            "linf_eps": check_budgets("linf_eps", linf_eps),
+            "l2_eps": check_budgets("l2_eps", l2_eps), "apgd": apgd,
+            "deepfool": _deepfool_settings(deepfool, deepfool_kwargs)}
+        self.keys = ["rho_adv", "fgsm_error", "deepfool_success"]
+        if self.settings["attacks"]:
+            self.keys += [f"rho_{a.name}" for a in self.settings["attacks"]] + ["rho_min"]
+        self.keys += [budget_key(norm, eps) for norm in ("linf", "l2")
+                      for eps in self.settings[f"{norm}_eps"]]
         self.last_report: dict[str, Any] | None = None
+        self._epoch = -1
+        self._written = True
+
+    def _target(self) -> Any:
+        return getattr(self.model, "base", self.model)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        k = probe_model(self._target(), self.x_val[:32])
+        if k < 2:
+            raise ValueError("RobustnessCallback needs a model with k >= 2 logits (DeepFool "
+                             "attacks the label against the other classes); this model has "
+                             "one. Measure a binary model with attacks.fgsm.")
+        check_label_array(self.y_val, k)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch, self._written = epoch, False
+
+    def on_test_end(self, logs: dict | None = None) -> None:
+        # During fit, the validation logs become the epoch's val_* logs before any callback's
+        # on_epoch_end: writing here makes the order of the callbacks irrelevant.
+        if logs is None or self._written or not self.prefix.startswith("val_"):
+            return
+        self._write(logs, self.prefix[len("val_"):])
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is None:
+        if logs is not None and not self._written:
+            self._write(logs, self.prefix)
+
+    def _write(self, logs: dict, prefix: str) -> None:
+        self._written = True
+        if (self._epoch + 1) % self.every:
+            logs.update({prefix + key: math.nan for key in self.keys})
             return
-        keys = ("rho_adv", "fgsm_error", "deepfool_success")
-        if (epoch + 1) % self.every:
-            logs.update({self.prefix + key: math.nan for key in keys})
-            return
-        target = getattr(self.model, "base", self.model)
-        report = evaluate_robustness(target, self.x_val, self.y_val, fgsm_eps=self.fgsm_eps,
-                                     batch_size=self.batch_size, **self.evaluate_kwargs)
+        report = evaluate_robustness(self._target(), self.x_val, self.y_val, **self.settings)
         self.last_report = report
-        values = (report["rho_adv"], report["fgsm_error"], report["deepfool_success_rate"])
-        logs.update({self.prefix + key: value for key, value in zip(keys, values)})
+        values = {**report, "deepfool_success": report["deepfool_success_rate"]}
+        logs.update({prefix + key: values.get(key, math.nan) for key in self.keys})

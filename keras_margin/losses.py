@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
-
-from keras_margin._validation import check_choice
+from keras import ops
 
 BUILTIN_LOSSES = ("hinge", "crossentropy")
 
 
 @keras.saving.register_keras_serializable(package="keras_margin")
-def multiclass_hinge(y_true: Any, logits: Any) -> tf.Tensor:
+def multiclass_hinge(y_true: Any, logits: Any):
     """Crammer-Singer hinge `max_{j != y} (1 + f_j - f_y)_+` per sample (eq. 18's data term).
 
     The true class is masked out of the max, so a sample classified with margin >= 1 costs 0.
@@ -32,16 +30,16 @@ def multiclass_hinge(y_true: Any, logits: Any) -> tf.Tensor:
         >>> float(multiclass_hinge([0], [[2.0, 0.5, -1.0]]))
         0.0
     """
-    logits = tf.convert_to_tensor(logits)
-    y = tf.reshape(tf.cast(y_true, tf.int32), [-1])
-    true_mask = tf.one_hot(y, tf.shape(logits)[-1]) > 0
-    f_y = tf.reduce_max(tf.where(true_mask, logits, tf.cast(-1e30, logits.dtype)), axis=-1)
-    rivals = tf.where(true_mask, tf.cast(-1e30, logits.dtype), logits)
-    return tf.nn.relu(1.0 + tf.reduce_max(rivals, axis=-1) - f_y)
+    logits = ops.convert_to_tensor(logits)
+    y = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+    true_mask = ops.one_hot(y, logits.shape[-1]) > 0
+    f_y = ops.max(ops.where(true_mask, logits, ops.cast(-1e30, logits.dtype)), axis=-1)
+    rivals = ops.where(true_mask, ops.cast(-1e30, logits.dtype), logits)
+    return ops.relu(1.0 + ops.max(rivals, axis=-1) - f_y)
 
 
 @keras.saving.register_keras_serializable(package="keras_margin")
-def binary_hinge(y_true: Any, logits: Any) -> tf.Tensor:
+def binary_hinge(y_true: Any, logits: Any):
     """Binary hinge `(1 - y f(x))_+` of eq. (14) for one logit; labels in {0, 1} or {-1, +1}.
 
     Returns:
@@ -51,20 +49,35 @@ def binary_hinge(y_true: Any, logits: Any) -> tf.Tensor:
         >>> float(binary_hinge([1], [[3.0]]))
         0.0
     """
-    logits = tf.reshape(tf.convert_to_tensor(logits), [-1])
-    y = tf.reshape(tf.cast(y_true, logits.dtype), [-1])
-    y_pm = tf.where(y > 0, tf.ones_like(y), -tf.ones_like(y))
-    return tf.nn.relu(1.0 - y_pm * logits)
+    logits = ops.reshape(ops.convert_to_tensor(logits), (-1,))
+    y = ops.reshape(ops.cast(y_true, logits.dtype), (-1,))
+    y_pm = ops.where(y > 0, ops.ones_like(y), -ops.ones_like(y))
+    return ops.relu(1.0 - y_pm * logits)
 
 
-def get(spec: Any, num_outputs: int) -> keras.losses.Loss:
+# Keras loss names that are right for class-index labels once applied to logits, and the
+# number of logits they need (None: any k >= 2, 1: a binary model).
+KERAS_LOSS_NAMES = {
+    "sparse_categorical_crossentropy": (keras.losses.SparseCategoricalCrossentropy, None),
+    "binary_crossentropy": (keras.losses.BinaryCrossentropy, 1),
+    "binary_focal_crossentropy": (keras.losses.BinaryFocalCrossentropy, 1),
+}
+
+
+def get(spec: Any, num_outputs: int | None) -> keras.losses.Loss:
     """Resolves a loss spec to a Keras `Loss` on logits for a model with `num_outputs` logits.
 
     Args:
         spec: "hinge" (multiclass Crammer-Singer, or binary for one logit), "crossentropy"
-            (softmax or sigmoid cross-entropy from logits), a Keras loss name, a `Loss` or a
-            callable `(y_true, logits) -> per-sample loss`.
-        num_outputs: number of logits k; 1 means a binary model.
+            (softmax or sigmoid cross-entropy from logits), one of the Keras loss names in
+            `KERAS_LOSS_NAMES` (applied with `from_logits=True`), a `Loss` (with
+            `from_logits=True` where it has that argument) or a callable
+            `(y_true, logits) -> per-sample loss`.
+        num_outputs: number of logits k; 1 means a binary model; None when not known yet.
+
+    Raises:
+        ValueError: for a name or `Loss` that would read the logits as probabilities, or that
+            needs one-hot labels or real-valued targets.
     """
     binary = num_outputs == 1
     if isinstance(spec, str):
@@ -74,12 +87,27 @@ def get(spec: Any, num_outputs: int) -> keras.losses.Loss:
             if binary:
                 return keras.losses.BinaryCrossentropy(from_logits=True)
             return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        try:
-            return _wrap(keras.losses.get(spec))
-        except ValueError:
-            check_choice("loss", spec, BUILTIN_LOSSES + ("<any Keras loss name>",))
+        if spec in KERAS_LOSS_NAMES:
+            cls, needs = KERAS_LOSS_NAMES[spec]
+            if needs == 1 and num_outputs not in (None, 1):
+                raise ValueError(f"loss={spec!r} is for a model with one logit; this model has "
+                                 f"{num_outputs}. Use 'crossentropy' or 'hinge'.")
+            return cls(from_logits=True)
+        raise ValueError(
+            f"Invalid value for argument loss: {spec!r}. Expected one of "
+            f"{set(BUILTIN_LOSSES) | set(KERAS_LOSS_NAMES)}: keras_margin passes class-index "
+            "labels and logits to the loss, so losses on one-hot labels, on probabilities or "
+            "on real-valued targets are refused. A Loss object or callable (y_true, logits) -> "
+            "per-sample loss is used as given.")
     if isinstance(spec, dict):
-        return _wrap(keras.losses.deserialize(spec))
+        spec = keras.losses.deserialize(spec)
+    if isinstance(spec, keras.losses.Loss):
+        if getattr(spec, "from_logits", True) is False or \
+                spec.get_config().get("from_logits", True) is False:
+            raise ValueError(
+                f"The loss {type(spec).__name__} has from_logits=False: it would read the "
+                f"model's logits as probabilities. Pass {type(spec).__name__}(from_logits=True).")
+        return spec
     if callable(spec):
         return _wrap(spec)
     raise ValueError(
@@ -95,7 +123,7 @@ class _FunctionLoss(keras.losses.Loss):
         super().__init__(name=name or getattr(fn, "__name__", "loss"), **kwargs)
         self.fn = fn
 
-    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+    def call(self, y_true: Any, y_pred: Any):
         return self.fn(y_true, y_pred)
 
     def get_config(self) -> dict[str, Any]:

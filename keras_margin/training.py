@@ -5,63 +5,51 @@ Each trainer wraps a base model that outputs logits and minimises
     data_weight * L(f(x), y) + extra_weight * mean_b extra(x_b, y_b) + regularisation losses,
 
 where `extra` is the trainer's own term (margin sensitivity, adversarial loss, VAT's KL). The
-whole objective is scaled by 1 / replicas like Keras scales compiled losses, so the gradients
-that tf.distribute sums over replicas equal the single-device ones.
+objective is written once, in `keras.ops`; the train and test steps that differentiate it are
+the backend's (`keras_margin.backend`): nested tapes and tf.distribute on TensorFlow, a stateless
+jitted step on JAX, autograd on PyTorch. A batch with NaN/Inf inputs, labels out of range or a
+non-finite objective never changes the weights: TensorFlow (without XLA) and PyTorch raise,
+compiled steps (XLA, JAX) skip it, and `fit` warns at the end of the epoch.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from keras_margin import _keras_compat, backend
 from keras_margin import losses as losses_module
 from keras_margin._validation import (
     as_float_inputs,
     check_choice,
-    check_finite_inputs,
+    check_finite_array,
+    check_integer,
     check_label_array,
     check_logits_model,
     check_non_negative,
-    sparse_labels,
+    check_probability_outputs,
+    check_single_input,
+    class_indices,
+    label_array,
+    warn_if_unscaled,
 )
-from keras_margin.jacobian import call_logits, flat_norm, input_gradient
+from keras_margin.attacks.fgsm import fgsm_examples
+from keras_margin.attacks.norms import normalize
+from keras_margin.jacobian import call_logits
 from keras_margin.sensitivity import NORMS, RIVALS, check_candidates, logits_and_sensitivity
 
-
-def scale_for_replicas(value: tf.Tensor) -> tf.Tensor:
-    """Divides by the replicas in sync, as Keras does for compiled losses under tf.distribute."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return value / replicas if replicas > 1 else value
-
-
-def epoch_decay(learning_rate: float, steps_per_epoch: int,
-                rate: float = 0.95) -> keras.optimizers.schedules.LearningRateSchedule:
-    """The paper's schedule: the learning rate times `rate` after every epoch (Adam, 1e-3)."""
-    return keras.optimizers.schedules.ExponentialDecay(learning_rate, steps_per_epoch, rate,
-                                                       staircase=True)
-
-
-def _multi_worker_logs(logs: dict[str, Any]) -> dict[str, Any]:
-    """Scalars as shape (1,) under multi-worker MultiWorkerMirroredStrategy.
-
-    Keras 3 reduces each returned log across workers with `strategy.reduce("MEAN", v, axis=0)`,
-    which fails on scalars (keras-team/keras#20585); a (1,) tensor reduces to the scalar mean.
-    """
-    strategy = tf.distribute.get_strategy()
-    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode()):
-        return logs
-    return {key: tf.reshape(value, [1]) for key, value in logs.items()}
+MAX_C = 1e6  # larger weights overflow float32 in the first steps
 
 
 class RobustModel(keras.Model):
     """Base class of the trainers: a base model that outputs logits plus one extra loss term.
 
-    Subclasses implement `forward(x, y, training) -> (logits, extra)` with `extra` per sample,
-    set `extra_name`, and list their hyper-parameters in `get_config`.
+    Subclasses implement `forward(x, labels, training) -> (logits, extra)` with `extra` per
+    sample, set `extra_name`, and list their hyper-parameters in `get_config`.
     """
 
     extra_name = "extra_loss"
@@ -73,19 +61,23 @@ class RobustModel(keras.Model):
         if not callable(base):
             raise ValueError(f"base must be a Keras model that outputs logits; received {base!r}.")
         check_logits_model(base)
-        losses_module.get(loss, 2)  # fail early on an unknown loss name
+        check_single_input(base)
+        losses_module.get(loss, None)  # fail early on an unknown or probability loss
         self.base = base
         self.loss_spec = loss
         self.data_loss_tracker = keras.metrics.Mean(name="data_loss")
         self.extra_tracker = keras.metrics.Mean(name=self.extra_name)
+        self.skipped_tracker = keras.metrics.Sum(name="skipped_batches")
+        self._num_outputs: int | None = None
 
     # -- Keras plumbing -------------------------------------------------------------------------
-    def call(self, inputs: Any, training: bool | None = None) -> tf.Tensor:
+    def call(self, inputs: Any, training: bool | None = None):
         return self.base(inputs, training=training)
 
     def build(self, input_shape: Any) -> None:
         if not self.base.built:
             self.base.build(input_shape)
+        self._num_outputs = _logit_count(self.base, input_shape)
         self.built = True
 
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, **kwargs: Any) -> None:
@@ -120,114 +112,140 @@ class RobustModel(keras.Model):
             config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
         return cls(**config)
 
-    # -- the objective --------------------------------------------------------------------------
-    def forward(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    @property
+    def num_outputs(self) -> int:
+        """k, the number of logits of the base (1 for a binary model)."""
+        if self._num_outputs is None:
+            raise ValueError(f"{type(self).__name__} is not built yet: call it on data first.")
+        return self._num_outputs
+
+    # -- the objective (backend-neutral) ---------------------------------------------------------
+    def forward(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
         """Returns the logits of x and the extra term per sample; implemented by subclasses."""
         raise NotImplementedError
 
-    def data_loss(self, labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        """The data loss L(f(x), y) per sample, on logits (unreduced, not scaled by replicas)."""
+    def data_loss(self, labels: Any, logits: Any):
+        """The data loss L(f(x), y) per sample, on logits (unreduced)."""
         k = logits.shape[-1]
         loss_fn = losses_module.get(self.loss_spec, k)
-        target = tf.cast(labels, logits.dtype)[:, None] if k == 1 else labels
-        return tf.reshape(loss_fn.call(target, logits), [-1])
+        target = ops.cast(labels, logits.dtype)[:, None] if k == 1 else labels
+        return ops.reshape(loss_fn.call(target, logits), (-1,))
 
-    def _objective(self, x: Any, y: Any, sample_weight: Any, training: bool):
-        x = check_finite_inputs(as_float_inputs(x))
+    def objective(self, x: Any, y: Any, sample_weight: Any, training: bool) -> dict[str, Any]:
+        """The batch's objective and its parts, and whether the batch may change the weights.
+
+        Returns a dict: "total" (the minimised scalar), "data" and "extra" (batch means),
+        "logits", "labels" (int32), "valid" (a boolean scalar: finite inputs and objective,
+        labels in range) and "batch" (the batch size).
+        """
+        x = as_float_inputs(x)
         if not self.built:
             self.build(x.shape)
-        logits, extra = self.forward(x, y, training=training)
-        labels = sparse_labels(y, logits.shape[-1])
+        labels, labels_valid = class_indices(y, self.num_outputs)
+        logits, extra = self.forward(x, labels, training)
         data = self.data_loss(labels, logits)
         if sample_weight is not None:
-            weight = tf.reshape(tf.cast(sample_weight, extra.dtype), [-1])
-            data, extra = data * tf.cast(weight, data.dtype), extra * weight
-        # Keras's "sum_over_batch_size": weighted sum over the local batch / its size.
-        data, extra = tf.reduce_mean(data), tf.reduce_mean(extra)
+            weight = ops.reshape(ops.cast(sample_weight, extra.dtype), (-1,))
+            data, extra = data * ops.cast(weight, data.dtype), extra * weight
+        # Keras's "sum_over_batch_size": weighted sum over the batch / its size.
+        data, extra = ops.mean(data), ops.mean(extra)
         total = self.data_weight * data + self.extra_weight * extra
         if self.losses:
-            total = total + tf.add_n([tf.cast(r, total.dtype) for r in self.losses])
-        batch = tf.shape(x)[0]
-        self._loss_tracker.update_state(total, sample_weight=batch)
-        self.data_loss_tracker.update_state(data, sample_weight=batch)
-        self.extra_tracker.update_state(extra, sample_weight=batch)
-        return x, labels, logits, scale_for_replicas(total)
+            total = total + ops.sum(ops.stack([ops.cast(r, total.dtype) for r in self.losses]))
+        valid = ops.logical_and(ops.logical_and(labels_valid, ops.all(ops.isfinite(x))),
+                                ops.isfinite(total))
+        return {"total": total, "data": data, "extra": extra, "logits": logits,
+                "labels": labels, "valid": valid, "batch": ops.shape(x)[0]}
 
-    def train_step(self, data: Any) -> dict[str, Any]:
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            x, labels, logits, loss = self._objective(x, y, sample_weight, training=True)
-            loss = self.optimizer.scale_loss(loss)
-        weights = self.trainable_weights
-        grads = tape.gradient(loss, weights)
-        if self.jit_compile:
-            # XLA drops the CheckNumerics above: skip the update instead of poisoning weights.
-            if not self.optimizer.built:
-                self.optimizer.build(weights)
-            finite = tf.reduce_all(tf.math.is_finite(x))
-            tf.cond(finite, lambda: self._apply(grads, weights), lambda: tf.no_op())
-        else:
-            self._apply(grads, weights)
-        return _multi_worker_logs(self.compute_metrics(x, labels, logits, sample_weight))
+    def record(self, objective: dict[str, Any], x: Any, sample_weight: Any) -> dict[str, Any]:
+        """Updates the loss trackers (a skipped batch counts in `skipped_batches` only) and the
+        compiled metrics; returns the logs."""
+        valid = ops.cast(objective["valid"], "float32")
+        weight = ops.cast(objective["batch"], "float32") * valid
+        safe = {key: ops.where(objective["valid"], objective[key], 0.0)
+                for key in ("total", "data", "extra")}
+        _keras_compat.loss_tracker(self).update_state(safe["total"], sample_weight=weight)
+        self.data_loss_tracker.update_state(safe["data"], sample_weight=weight)
+        self.extra_tracker.update_state(safe["extra"], sample_weight=weight)
+        self.skipped_tracker.update_state(1.0 - valid)
+        return self.compute_metrics(x, objective["labels"], objective["logits"], sample_weight)
 
-    def _apply(self, grads: list, weights: list) -> tf.Operation:
-        self.optimizer.apply_gradients(zip(grads, weights))
-        return tf.no_op()
+    def get_metrics_result(self) -> dict[str, Any]:
+        result = super().get_metrics_result()
+        result.pop("skipped_batches", None)  # reported by a warning, see `fit`
+        return result
 
-    def test_step(self, data: Any) -> dict[str, Any]:
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x, labels, logits, _ = self._objective(x, y, sample_weight, training=False)
-        return _multi_worker_logs(self.compute_metrics(x, labels, logits, sample_weight))
+    # -- the steps: the backend's -----------------------------------------------------------------
+    if backend.NAME == "jax":
+        def train_step(self, state: Any, data: Any):
+            return backend.trainer.train_step(self, state, data)
 
-    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
-        """Builds from one replica's batch instead of Keras's `strategy.reduce` of it.
+        def test_step(self, state: Any, data: Any):
+            return backend.trainer.test_step(self, state, data)
+    else:
+        def train_step(self, data: Any):
+            return backend.trainer.train_step(self, data)
 
-        Keras 3's version fails under MultiWorkerMirroredStrategy ("Attempt to convert a value
-        (PerReplica...)", keras-team/keras#20585); building needs shapes only, which any local
-        replica's batch has.
-        """
-        strategy = getattr(self, "_distribute_strategy", None)
-        if strategy is None:
+        def test_step(self, data: Any):
+            return backend.trainer.test_step(self, data)
+
+    if backend.NAME == "tensorflow":
+        def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+            _keras_compat.maybe_symbolic_build(self, iterator, data_batch)
+
+    # -- eager checks at the entry of fit and evaluate -------------------------------------------
+    def _check_arrays(self, x: Any, y: Any, where: str) -> None:
+        if not isinstance(x, np.ndarray) or y is None:
             return
-        if iterator is not None:
-            for _, _, it in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
-                break
-        with strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
-    # -- eager checks on array data (XLA drops graph assertions) --------------------------------
-    def _num_outputs(self) -> int | None:
-        try:
-            return int(self.base.outputs[0].shape[-1])
-        except (AttributeError, IndexError, TypeError, ValueError):
-            return None
-
-    def _check_arrays(self, x: Any, y: Any) -> None:
-        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise ValueError("x contains NaN or Inf; keras_margin refuses to use such inputs.")
-        k = self._num_outputs()
-        if isinstance(y, (np.ndarray, list, tf.Tensor)):
-            if k is not None:
-                check_label_array(y, k)
-            if hasattr(x, "shape") and len(x) != len(y):
-                raise ValueError(f"x and y have different lengths: {len(x)} samples, "
-                                 f"{len(y)} labels.")
+        check_finite_array(x)
+        labels = label_array(y)
+        if len(x) != len(labels):
+            raise ValueError(f"x and y have different lengths: {len(x)} samples, "
+                             f"{len(labels)} labels.")
+        if not self.built:
+            self.build((None,) + tuple(x.shape[1:]))
+        check_label_array(labels, self.num_outputs)
+        probe = ops.convert_to_numpy(call_logits(self.base, ops.convert_to_tensor(
+            x[:32].astype(keras.backend.floatx()))))
+        check_probability_outputs(probe)
+        warn_if_unscaled(x, where)
 
     def fit(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any):
-        self._check_arrays(x, y)
-        if not self.built and hasattr(x, "shape"):
-            self.build((None,) + tuple(x.shape[1:]))
+        self._check_arrays(x, y, f"{type(self).__name__}.fit")
         validation = kwargs.get("validation_data")
         if isinstance(validation, tuple) and len(validation) >= 2:
-            self._check_arrays(validation[0], validation[1])
+            self._check_arrays(validation[0], validation[1], "validation_data")
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _SkippedBatchesWarning()]
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any):
-        self._check_arrays(x, y)
+        self._check_arrays(x, y, f"{type(self).__name__}.evaluate")
         return super().evaluate(x, y, *args, **kwargs)
+
+
+def _logit_count(base: keras.Model, input_shape: Any) -> int:
+    """k from the base's output shape, or from a symbolic call on `input_shape`."""
+    try:
+        shape = base.output_shape
+    except (AttributeError, ValueError):
+        shape = base.compute_output_spec(keras.KerasTensor(tuple(input_shape))).shape
+    return 1 if len(shape) == 1 else int(shape[-1])
+
+
+class _SkippedBatchesWarning(keras.callbacks.Callback):
+    """Warns at the end of an epoch in which batches were skipped (compiled steps cannot raise).
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        skipped = float(ops.convert_to_numpy(self.model.skipped_tracker.result()))
+        if skipped:
+            warnings.warn(
+                f"Epoch {epoch + 1}: {int(skipped)} batch(es) left the weights untouched: they "
+                "held NaN/Inf inputs, labels outside the model's classes, or gave a non-finite "
+                "objective (too large a C or learning rate?). Check the input pipeline.",
+                UserWarning, stacklevel=2)
+            if logs is not None:
+                logs["skipped_batches"] = skipped
 
 
 @keras.saving.register_keras_serializable(package="keras_margin")
@@ -237,7 +255,7 @@ class MarginModel(RobustModel):
     Args:
         base: a Keras model that outputs logits, k >= 2 units or 1 unit (binary, eq. 14).
         C: weight of the margin sensitivity (reference code: 0.1 for squared l2, 0.01 for l1).
-        norm: "l2" or "l1" (the dual norm; defends l_inf perturbations).
+        norm: the penalty's norm, "l2" or "l1" (the dual norm; defends l_inf perturbations).
         loss: "hinge" (Crammer-Singer; binary hinge for one logit), "crossentropy", or a Keras
             loss on logits.
         rival: "jacobian" (the reference code's j* from the full input Jacobian) or "logit".
@@ -246,7 +264,7 @@ class MarginModel(RobustModel):
             only (cheaper; None, the reference, searches all k - 1 rivals).
 
     `fit` reports `loss` (the whole objective), `data_loss` and `margin_sensitivity` (batch mean
-    of eps). A batch holding NaN or Inf raises `InvalidArgumentError` before any weight changes.
+    of eps), on every Keras backend.
 
     Example:
         >>> base = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10)])
@@ -260,7 +278,7 @@ class MarginModel(RobustModel):
     def __init__(self, base: keras.Model, C: float = 0.1, norm: str = "l2",
                  loss: Any = "hinge", rival: str = "jacobian", squared: bool | None = None,
                  candidates: int | None = None, **kwargs: Any) -> None:
-        C = check_non_negative("C", C)
+        C = check_non_negative("C", C, maximum=MAX_C)
         check_choice("norm", norm, NORMS)
         check_choice("rival", rival, RIVALS)
         check_choice("squared", squared, (None, True, False))
@@ -273,8 +291,8 @@ class MarginModel(RobustModel):
     def extra_weight(self) -> float:  # type: ignore[override]
         return self.C
 
-    def forward(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        return logits_and_sensitivity(self.base, x, y, norm=self.norm, rival=self.rival,
+    def forward(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
+        return logits_and_sensitivity(self.base, x, labels, norm=self.norm, rival=self.rival,
                                       squared=self.squared, training=training,
                                       candidates=self.candidates)
 
@@ -288,13 +306,15 @@ class AdversarialTrainingModel(RobustModel):
     """FGSM adversarial training (Goodfellow et al., 2015), the paper's "AT" baseline.
 
     Minimises alpha * L(x) + (1 - alpha) * L(x + eps * sign(grad_x L(x))), the adversarial
-    example regenerated from the current weights at every step (no gradient through it).
+    example regenerated from the current weights at every step by `attacks.fgsm`'s core (no
+    gradient through it).
 
     Args:
         base: a Keras model that outputs logits.
         eps: the perturbation budget (the paper: 0.2 on MNIST in [0, 1]).
         alpha: weight of the clean loss (the paper: 0.5, equal weights).
-        norm: "linf" (the sign of the gradient, FGSM) or "l2" (the normalised gradient).
+        norm: the threat model's norm, "linf" (the sign of the gradient, FGSM) or "l2" (the
+            normalised gradient).
         loss: the data loss, also the loss the adversary ascends.
         clip: optional (min, max) box for the adversarial examples.
 
@@ -307,9 +327,7 @@ class AdversarialTrainingModel(RobustModel):
                  norm: str = "linf", loss: Any = "crossentropy",
                  clip: tuple[float, float] | None = None, **kwargs: Any) -> None:
         eps = check_non_negative("eps", eps)
-        alpha = check_non_negative("alpha", alpha)
-        if alpha > 1:
-            raise ValueError(f"Invalid value for argument alpha: {alpha!r}. Expected 0..1.")
+        alpha = check_non_negative("alpha", alpha, maximum=1)
         check_choice("norm", norm, ("linf", "l2"))
         super().__init__(base, loss=loss, **kwargs)
         self.eps, self.alpha, self.norm = eps, alpha, norm
@@ -323,58 +341,42 @@ class AdversarialTrainingModel(RobustModel):
     def extra_weight(self) -> float:  # type: ignore[override]
         return 1.0 - self.alpha
 
-    def adversarial_examples(self, x: Any, y: Any, training: bool = False) -> tf.Tensor:
+    def adversarial_examples(self, x: Any, y: Any, training: bool = False):
         """x + eps * sign(grad_x L(f(x), y)) for the current weights (l2: normalised gradient)."""
-        return self._logits_and_adversarial(as_float_inputs(x), y, training)[1]
+        x = as_float_inputs(x)
+        if not self.built:
+            self.build(x.shape)
+        labels, _ = class_indices(y, self.num_outputs)
+        return self._logits_and_adversarial(x, labels, training)[1]
 
-    def _logits_and_adversarial(self, x: tf.Tensor, y: Any,
-                                training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    def _logits_and_adversarial(self, x: Any, labels: Any, training: bool):
         """One forward pass gives the clean logits and, by its input gradient, x_adv."""
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            logits = call_logits(self.base, x, training=training)
-            total = tf.reduce_sum(self.data_loss(sparse_labels(y, logits.shape[-1]), logits))
-        grad = tf.stop_gradient(input_gradient(tape, total, x))
-        if self.norm == "linf":
-            step = tf.sign(grad)
-        else:
-            length = flat_norm(grad, "l2")
-            length = tf.reshape(tf.where(length > 0, length, tf.ones_like(length)),
-                                [-1] + [1] * (grad.shape.rank - 1))
-            step = grad / length
-        x_adv = x + self.eps * step
-        if self.clip is not None:
-            x_adv = tf.clip_by_value(x_adv, self.clip[0], self.clip[1])
-        return logits, x_adv
+        return fgsm_examples(self.base, x, labels, self.eps, norm=self.norm,
+                             clip=self.clip or (None, None),
+                             loss=lambda y, logits: self.data_loss(y, logits),
+                             training=training)
 
-    def forward(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        logits, x_adv = self._logits_and_adversarial(x, y, training)
+    def forward(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
+        logits, x_adv = self._logits_and_adversarial(x, labels, training)
         adv_logits = call_logits(self.base, x_adv, training=training)
-        return logits, self.data_loss(sparse_labels(y, logits.shape[-1]), adv_logits)
+        return logits, self.data_loss(labels, adv_logits)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "eps": self.eps, "alpha": self.alpha, "norm": self.norm,
                 "clip": self.clip}
 
 
-def _class_log_probabilities(logits: tf.Tensor) -> tf.Tensor:
+def _class_log_probabilities(logits: Any):
     """log softmax over classes; one logit f means the two classes (0, f)."""
     if logits.shape[-1] == 1:
-        logits = tf.concat([tf.zeros_like(logits), logits], axis=-1)
-    return tf.nn.log_softmax(logits, axis=-1)
+        logits = ops.concatenate([ops.zeros_like(logits), logits], axis=-1)
+    return ops.log_softmax(logits, axis=-1)
 
 
-def _kl_divergence(log_p: tf.Tensor, logits_q: tf.Tensor) -> tf.Tensor:
+def _kl_divergence(log_p: Any, logits_q: Any):
     """KL(p || q) per sample, p given by its log-probabilities, q by logits."""
     log_q = _class_log_probabilities(logits_q)
-    return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
-
-
-def _unit_l2(d: tf.Tensor) -> tf.Tensor:
-    """d / ||d||_2 per sample, scaled by its max first for stability (as Miyato et al.'s code)."""
-    axes = list(range(1, d.shape.rank))
-    d = d / (1e-12 + tf.reduce_max(tf.abs(d), axis=axes, keepdims=True))
-    return d / tf.sqrt(1e-6 + tf.reduce_sum(tf.square(d), axis=axes, keepdims=True))
+    return ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
 
 
 HVP_METHODS = ("finite_difference", "exact")
@@ -413,53 +415,49 @@ class VATModel(RobustModel):
                  **kwargs: Any) -> None:
         eps, xi, alpha = (check_non_negative(name, value)
                           for name, value in (("eps", eps), ("xi", xi), ("alpha", alpha)))
-        if (isinstance(power_iterations, bool) or int(power_iterations) != power_iterations
-                or power_iterations < 0):
-            raise ValueError(f"Invalid value for argument power_iterations: "
-                             f"{power_iterations!r}. Expected an integer >= 0.")
+        power_iterations = check_integer("power_iterations", power_iterations, minimum=0)
         check_choice("hvp", hvp, HVP_METHODS)
         super().__init__(base, loss=loss, **kwargs)
         self.eps, self.xi, self.alpha, self.hvp = eps, xi, alpha, hvp
-        self.power_iterations, self.seed = int(power_iterations), seed
+        self.power_iterations, self.seed = power_iterations, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     @property
     def extra_weight(self) -> float:  # type: ignore[override]
         return self.alpha
 
-    def _kl_gradient(self, x: tf.Tensor, log_p: tf.Tensor, r: tf.Tensor,
-                     training: bool) -> tf.Tensor:
-        """grad_r sum_b KL(p(x_b) || p(x_b + r_b)), differentiable again w.r.t. r."""
-        with tf.GradientTape() as tape:
-            tape.watch(r)
-            kl = tf.reduce_sum(
-                _kl_divergence(log_p, call_logits(self.base, x + r, training=training)))
-        return input_gradient(tape, kl, r)
+    def _kl_gradient(self, x: Any, log_p: Any, r: Any, training: bool,
+                     create_graph: bool = False):
+        """grad_r sum_b KL(p(x_b) || p(x_b + r_b)); with `create_graph`, differentiable again."""
+        def kl(z):
+            return _kl_divergence(log_p, call_logits(self.base, x + z, training=training))
 
-    def _hessian_vector(self, x: tf.Tensor, log_p: tf.Tensor, d: tf.Tensor,
-                        training: bool) -> tf.Tensor:
+        return backend.value_and_grad(kl, r, create_graph=create_graph)[1]
+
+    def _hessian_vector(self, x: Any, log_p: Any, d: Any, training: bool):
         """H d (up to a positive factor, which the power iteration normalises away)."""
         if self.hvp == "finite_difference":
-            return self._kl_gradient(x, log_p, self.xi * _unit_l2(d), training)
-        r = tf.zeros_like(x)
-        with tf.GradientTape() as tape:
-            tape.watch(r)
-            directional = tf.reduce_sum(self._kl_gradient(x, log_p, r, training) * d)
-        return input_gradient(tape, directional, r)
+            return self._kl_gradient(x, log_p, self.xi * normalize(d, "l2"), training)
+        axes = tuple(range(1, len(x.shape)))
 
-    def virtual_adversarial_perturbation(self, x: tf.Tensor, logits: tf.Tensor,
-                                         training: bool = False) -> tf.Tensor:
+        def directional(r):
+            return ops.sum(self._kl_gradient(x, log_p, r, training, create_graph=True) * d,
+                           axis=axes)
+
+        return backend.value_and_grad(directional, ops.zeros_like(x))[1]
+
+    def virtual_adversarial_perturbation(self, x: Any, logits: Any, training: bool = False):
         """r_vadv = eps * d, d from power iterations on KL(p(x) || p(x + r))."""
-        log_p = tf.stop_gradient(_class_log_probabilities(logits))
-        d = keras.random.normal(tf.shape(x), seed=self.seed_generator, dtype=x.dtype)
+        log_p = ops.stop_gradient(_class_log_probabilities(logits))
+        d = keras.random.normal(ops.shape(x), seed=self.seed_generator, dtype=x.dtype)
         for _ in range(self.power_iterations):
-            d = tf.stop_gradient(self._hessian_vector(x, log_p, d, training))
-        return self.eps * _unit_l2(d)
+            d = ops.stop_gradient(self._hessian_vector(x, log_p, d, training))
+        return self.eps * normalize(d, "l2")
 
-    def forward(self, x: tf.Tensor, y: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    def forward(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
         logits = call_logits(self.base, x, training=training)
         r_vadv = self.virtual_adversarial_perturbation(x, logits, training=training)
-        log_p = tf.stop_gradient(_class_log_probabilities(logits))
+        log_p = ops.stop_gradient(_class_log_probabilities(logits))
         return logits, _kl_divergence(log_p, call_logits(self.base, x + r_vadv,
                                                           training=training))
 

@@ -1,4 +1,5 @@
-"""Test set-up: TensorFlow backend, two logical CPU devices for tf.distribute tests, seeds."""
+"""Test set-up: the Keras backend (KERAS_BACKEND, TensorFlow by default), two logical CPU
+devices for the tf.distribute tests, seeds, and small models and data shared by the tests."""
 
 import os
 
@@ -8,14 +9,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-# Two logical CPU devices, so MirroredStrategy can be tested on one CPU. Must run before TF
-# initialises its devices, hence at import time of the conftest.
-_cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-)
+BACKEND = keras.backend.backend()
+tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow",
+                                     reason="tf.data / tf.distribute / TensorBoard: TensorFlow")
+
+if BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    # Two logical CPU devices, so MirroredStrategy can be tested on one CPU. Must run before
+    # TF initialises its devices, hence at import time of the conftest.
+    _cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration(),
+                   tf.config.LogicalDeviceConfiguration()])
+
+
+def to_numpy(x):
+    """A backend tensor (or array) as numpy."""
+    return keras.ops.convert_to_numpy(x)
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -31,6 +43,8 @@ def _seed():
 def mirrored():
     """One MirroredStrategy over two logical CPUs for the whole session: strategies created
     side by side in one process reuse collective instance keys and abort each other."""
+    if BACKEND != "tensorflow":
+        pytest.skip("tf.distribute needs the TensorFlow backend")
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     assert len(devices) == 2
     return tf.distribute.MirroredStrategy(devices)

@@ -16,6 +16,7 @@ def _batch(n=32, d=6, k=4, seed=0):
 
 def test_at_example_equals_attacks_fgsm():
     x, y = _batch()
+    x = np.clip(x, -1.0, 1.0)
     base = small_mlp()
     model = AdversarialTrainingModel(base, eps=0.2, clip=(-1.0, 1.0))
     np.testing.assert_allclose(model.adversarial_examples(x, y),

@@ -8,6 +8,7 @@ from keras_margin.experiments.rows import (
     Row,
     build_model,
     compile_row,
+    epoch_decay,
     get_row,
     sweep_row,
 )
@@ -21,4 +22,4 @@ def run_example(*args, **kwargs):
 
 
 __all__ = ["ABLATION", "TABLE1", "TABLE2", "TABLES", "Row", "build_model", "compile_row",
-           "get_row", "run_example", "sweep_row"]
+           "epoch_decay", "get_row", "run_example", "sweep_row"]

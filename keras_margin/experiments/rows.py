@@ -106,11 +106,18 @@ def build_model(row: Row, base: keras.Model | None = None) -> keras.Model:
     return base
 
 
+def epoch_decay(learning_rate: float, steps_per_epoch: int,
+                rate: float = 0.95) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The paper's schedule: the learning rate times `rate` after every epoch (Adam, 1e-3)."""
+    import keras
+
+    return keras.optimizers.schedules.ExponentialDecay(learning_rate, steps_per_epoch, rate,
+                                                       staircase=True)
+
+
 def build_optimizer(row: Row, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """Adam with the paper's per-epoch decay, or SGD with momentum and step decay (NIN)."""
     import keras
-
-    from keras_margin.training import epoch_decay
 
     if row.optimizer == "adam":
         schedule = epoch_decay(row.learning_rate, steps_per_epoch, row.lr_decay)

@@ -275,6 +275,18 @@ def _train(row: Row, model: keras.Model, data: Data, folder: str, seed: int, sta
     return True
 
 
+def save_arrays(folder: str, report: dict[str, Any], suffix: str = "") -> dict[str, Any]:
+    """Saves the report's per-sample arrays as `<key><suffix>.npy` in `folder`; returns the
+    rest (what metrics.json holds)."""
+    scalars = {}
+    for key, value in report.items():
+        if isinstance(value, np.ndarray):
+            np.save(os.path.join(folder, f"{key}{suffix}.npy"), value)
+        else:
+            scalars[key] = value
+    return scalars
+
+
 def _code_version() -> str:
     """keras_margin's version and, in a git checkout, the commit (for the results' provenance)."""
     import subprocess
@@ -292,15 +304,15 @@ def _finish(row: Row, model: keras.Model, data: Data, folder: str,
             config: dict[str, Any]) -> dict[str, Any]:
     base = getattr(model, "base", model)
     lo, hi = row.input_box
-    report = evaluate_robustness(base, data.x_test, data.y_test, fgsm_eps=row.fgsm_eps,
-                                 clip_min=lo, clip_max=hi, **row.deepfool)
-    np.save(os.path.join(folder, "distances.npy"), report.pop("distances"))
+    report = save_arrays(folder, evaluate_robustness(
+        base, data.x_test, data.y_test, fgsm_eps=row.fgsm_eps, clip_min=lo, clip_max=hi,
+        **row.deepfool))
     shown = data.x_test[:10]
     adversarial = keras_margin.attacks.deepfool(base, shown, data.y_test[:10], clip_min=lo,
                                                 clip_max=hi, **row.deepfool)
     np.savez(os.path.join(folder, "adversarial.npz"), x=shown, y=data.y_test[:10],
-             x_adv=shown + adversarial.perturbation.numpy(),
-             success=adversarial.success.numpy())
+             x_adv=shown + adversarial.perturbation,
+             success=adversarial.success)
     model.save(os.path.join(folder, "model.keras"))
     metrics = {**report, "row": row.name, "table": row.table, "label": row.label,
                "seed": config["seed"], "quick": config["quick"], "protocol": row.protocol,
