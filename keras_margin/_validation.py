@@ -201,7 +201,8 @@ def class_indices(y: Any, num_classes: int):
 
     Accepts shapes (batch,) and (batch, 1). For one logit (binary, eq. 14) the labels must be in
     {0, 1} or {-1, +1} and are returned as {0, 1}. `valid` is a boolean scalar tensor, usable
-    inside compiled steps where nothing can raise.
+    inside compiled steps where nothing can raise; invalid labels are returned as 0, so that
+    the step computes something finite (and then discards it).
     """
     y = ops.convert_to_tensor(y)
     if len(y.shape) == 2 and y.shape[1] == 1:
@@ -214,8 +215,8 @@ def class_indices(y: Any, num_classes: int):
     if num_classes == 1:
         valid = ops.all((values == 0) | (values == 1) | (values == -1))
         return ops.cast(values > 0, "int32"), valid
-    valid = ops.all((values >= 0) & (values < num_classes) & (values == ops.round(values)))
-    return ops.cast(values, "int32"), valid
+    ok = (values >= 0) & (values < num_classes) & (values == ops.round(values))
+    return ops.cast(ops.where(ok, values, 0.0), "int32"), ops.all(ok)
 
 
 def is_finite_batch(x: Any):
@@ -291,7 +292,8 @@ def probe_model(model: Callable, x: Any, y: Any | None = None) -> int:
     if y is not None:
         y = label_array(y)
     check_batch(np.asarray(x) if not hasattr(x, "shape") else x, y)
-    probe = ops.convert_to_numpy(call_logits(model, ops.convert_to_tensor(x[:32])))
+    probe = ops.convert_to_numpy(ops.stop_gradient(call_logits(model,
+                                                                ops.convert_to_tensor(x[:32]))))
     check_probability_outputs(probe)
     if y is not None:
         check_label_array(y, probe.shape[1])

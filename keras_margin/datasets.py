@@ -2,17 +2,20 @@
 
 Source order: local files in `data_dir` (or the environment variable KERAS_MARGIN_DATA) in their
 original formats (IDX gz for the MNISTs, the CIFAR-10 python batches), Debian's
-/usr/share/datasets/fashion-mnist for Fashion-MNIST, then tensorflow-datasets (which keeps its
-downloads in its own data folder, ~/tensorflow_datasets unless configured). Offline with no files,
-`load` raises an error that names the files to provide. Images are float32, NHWC; the MNISTs are
-scaled to [0, 1].
+/usr/share/datasets/fashion-mnist for Fashion-MNIST; then tensorflow-datasets, but only where it
+can work at once (a copy already prepared in its data folder, or its download server answering
+within a few seconds: no minutes of retries offline); then, for MNIST, the sample of 10,000 real
+digits embedded in the package (keras_margin/data/mnist-sample), with a one-line notice. Images
+are float32, NHWC; the MNISTs are scaled to [0, 1] (or [0, 255/256] with `pixel_scale=256`).
 """
 
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import pickle
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +29,10 @@ IDX_FILES = {
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist"
+EMBEDDED_MNIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "mnist-sample")
+TFDS_SERVER = ("storage.googleapis.com", 443)
+
+log = logging.getLogger("keras_margin.datasets")
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
@@ -147,16 +154,26 @@ def load_split(name: str, split: str, data_dir: str | None = None,
                         f"the {split} split of {name!r} in {folder}.")
     raise DatasetNotFoundError(
         f"No local {split} files of {name!r} in {_candidate_dirs(name, data_dir) or 'any folder'}"
-        f". Put {_expected_files(name)} in a folder and pass data_dir= (or set "
-        "KERAS_MARGIN_DATA), or install tensorflow-datasets with network access.")
+        f". Put {_expected_files(name)} in a folder and pass data_dir= (--data-dir on the "
+        "command line) or set KERAS_MARGIN_DATA, or install tensorflow-datasets "
+        "(pip install 'keras-margin[data]') with network access.")
 
 
 def _load_tfds(name: str, split: str, pixel_scale: float = 255.0) -> Arrays:
+    """One split from tensorflow-datasets, only where that works at once."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
         raise DatasetNotFoundError("tensorflow-datasets is not installed "
                                    "(pip install 'keras-margin[data]').") from err
+    try:
+        prepared = tfds.builder(name).is_prepared()
+    except Exception:  # an unusual tfds set-up: let load() below decide
+        prepared = True
+    if not prepared and not _server_answers(*TFDS_SERVER):
+        raise DatasetNotFoundError(
+            f"tensorflow-datasets has no prepared copy of {name!r} and its download server "
+            f"{TFDS_SERVER[0]} does not answer (offline?).")
     try:
         x, y = tfds.as_numpy(tfds.load(name, split=split, batch_size=-1, as_supervised=True))
     except Exception as err:
@@ -166,6 +183,22 @@ def _load_tfds(name: str, split: str, pixel_scale: float = 255.0) -> Arrays:
     if name != "cifar10":
         x /= np.float32(pixel_scale)
     return x, y.astype(np.int32)
+
+
+def _server_answers(host: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_embedded(pixel_scale: float) -> tuple[Arrays, Arrays]:
+    """The embedded MNIST sample: 8,000 training and 2,000 test digits (see its README)."""
+    pair = {split: [os.path.join(EMBEDDED_MNIST, f) for f in IDX_FILES[split]]
+            for split in ("train", "test")}
+    return (read_idx_pair(*pair["train"], pixel_scale),
+            read_idx_pair(*pair["test"], pixel_scale))
 
 
 def _check_name(name: str) -> None:
@@ -233,7 +266,15 @@ def load(name: str, validation: int = 10000, seed: int | None = None,
             train = _load_tfds(name, "train", pixel_scale)
             test = _load_tfds(name, "test", pixel_scale)
         except DatasetNotFoundError as tfds_error:
-            raise DatasetNotFoundError(f"{local_error}\n{tfds_error}") from None
+            if name != "mnist":
+                raise DatasetNotFoundError(f"{local_error}\n{tfds_error}") from None
+            train, test = _load_embedded(pixel_scale)
+            validation = min(validation, len(train[0]) // 8)
+            log.warning(
+                "keras-margin: no MNIST files found and tensorflow-datasets cannot provide "
+                "them; using the embedded sample of real MNIST digits (%d train, %d of them "
+                "for validation, %d test). Pass data_dir= (--data-dir) for the full set.",
+                len(train[0]), validation, len(test[0]))
     train, val = split_validation(*train, validation=validation, seed=seed, method=split)
     return train, val, test
 

@@ -48,7 +48,7 @@ MAX_C = 1e6  # larger weights overflow float32 in the first steps
 class RobustModel(keras.Model):
     """Base class of the trainers: a base model that outputs logits plus one extra loss term.
 
-    Subclasses implement `forward(x, labels, training) -> (logits, extra)` with `extra` per
+    Subclasses implement `logits_and_extra(x, labels, training) -> (logits, extra)`, `extra` per
     sample, set `extra_name`, and list their hyper-parameters in `get_config`.
     """
 
@@ -81,12 +81,21 @@ class RobustModel(keras.Model):
         self.built = True
 
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, **kwargs: Any) -> None:
-        """Like `keras.Model.compile`; the data loss is the constructor's `loss` argument."""
+        """Like `keras.Model.compile`; the data loss is the constructor's `loss` argument.
+
+        On PyTorch the steps run eagerly: `jit_compile=True` (torch.compile) is refused with a
+        warning, since TorchDynamo cannot trace the double backprop of the input gradients.
+        """
         if loss is not None:
             raise ValueError(
                 f"{type(self).__name__} takes its data loss in the constructor "
                 f"({type(self).__name__}(base, loss=...)); compile() received loss={loss!r}."
             )
+        if backend.NAME == "torch" and kwargs.get("jit_compile") is True:
+            warnings.warn(f"{type(self).__name__} runs eagerly on PyTorch: torch.compile cannot "
+                          "trace the double backprop of its input gradients; jit_compile=True "
+                          "is ignored.", UserWarning, stacklevel=2)
+            kwargs["jit_compile"] = False
         super().compile(optimizer=optimizer, **kwargs)
 
     def compile_from_config(self, config: dict[str, Any]) -> None:
@@ -120,7 +129,7 @@ class RobustModel(keras.Model):
         return self._num_outputs
 
     # -- the objective (backend-neutral) ---------------------------------------------------------
-    def forward(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
+    def logits_and_extra(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
         """Returns the logits of x and the extra term per sample; implemented by subclasses."""
         raise NotImplementedError
 
@@ -142,7 +151,7 @@ class RobustModel(keras.Model):
         if not self.built:
             self.build(x.shape)
         labels, labels_valid = class_indices(y, self.num_outputs)
-        logits, extra = self.forward(x, labels, training)
+        logits, extra = self.logits_and_extra(x, labels, training)
         data = self.data_loss(labels, logits)
         if sample_weight is not None:
             weight = ops.reshape(ops.cast(sample_weight, extra.dtype), (-1,))
@@ -205,8 +214,8 @@ class RobustModel(keras.Model):
         if not self.built:
             self.build((None,) + tuple(x.shape[1:]))
         check_label_array(labels, self.num_outputs)
-        probe = ops.convert_to_numpy(call_logits(self.base, ops.convert_to_tensor(
-            x[:32].astype(keras.backend.floatx()))))
+        probe = ops.convert_to_numpy(ops.stop_gradient(call_logits(
+            self.base, ops.convert_to_tensor(x[:32].astype(keras.backend.floatx())))))
         check_probability_outputs(probe)
         warn_if_unscaled(x, where)
 
@@ -237,7 +246,8 @@ class _SkippedBatchesWarning(keras.callbacks.Callback):
     """
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        skipped = float(ops.convert_to_numpy(self.model.skipped_tracker.result()))
+        skipped = float(ops.convert_to_numpy(ops.stop_gradient(
+            self.model.skipped_tracker.result())))
         if skipped:
             warnings.warn(
                 f"Epoch {epoch + 1}: {int(skipped)} batch(es) left the weights untouched: they "
@@ -291,7 +301,7 @@ class MarginModel(RobustModel):
     def extra_weight(self) -> float:  # type: ignore[override]
         return self.C
 
-    def forward(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
+    def logits_and_extra(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
         return logits_and_sensitivity(self.base, x, labels, norm=self.norm, rival=self.rival,
                                       squared=self.squared, training=training,
                                       candidates=self.candidates)
@@ -356,7 +366,7 @@ class AdversarialTrainingModel(RobustModel):
                              loss=lambda y, logits: self.data_loss(y, logits),
                              training=training)
 
-    def forward(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
+    def logits_and_extra(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
         logits, x_adv = self._logits_and_adversarial(x, labels, training)
         adv_logits = call_logits(self.base, x_adv, training=training)
         return logits, self.data_loss(labels, adv_logits)
@@ -454,7 +464,7 @@ class VATModel(RobustModel):
             d = ops.stop_gradient(self._hessian_vector(x, log_p, d, training))
         return self.eps * normalize(d, "l2")
 
-    def forward(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
+    def logits_and_extra(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
         logits = call_logits(self.base, x, training=training)
         r_vadv = self.virtual_adversarial_perturbation(x, logits, training=training)
         log_p = ops.stop_gradient(_class_log_probabilities(logits))

@@ -25,11 +25,75 @@ if BACKEND == "tensorflow":
                    tf.config.LogicalDeviceConfiguration()])
 
 
-def to_numpy(x):
-    """A backend tensor (or array) as numpy."""
-    return keras.ops.convert_to_numpy(x)
+@pytest.fixture
+def float64():
+    """Skips the test where the backend computes float64 as float32: JAX, unless started with
+    JAX_ENABLE_X64=1 (enabling it later leaves Keras's JAX layers in float32), and PyTorch
+    (Keras 3.15's `result_type(torch.float64, torch.float64)` is float32, so its matmuls
+    round to float32)."""
+    if BACKEND == "torch":
+        pytest.skip("Keras's PyTorch backend computes float64 matmuls in float32")
+    if BACKEND == "jax":
+        import jax
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+        if not jax.config.jax_enable_x64:
+            pytest.skip("float64 on JAX needs JAX_ENABLE_X64=1 at start")
+
+
+def refusal(model):
+    """What a bad batch inside a data pipeline must cause: an error where the step can raise
+    (TensorFlow graphs without XLA, PyTorch), else a warning that it was skipped (XLA, JAX)."""
+    if BACKEND == "torch":
+        return pytest.raises(ValueError, match="refusing to train on it")
+    if BACKEND == "tensorflow" and not model.jit_compile:
+        import tensorflow as tf
+
+        return pytest.raises(tf.errors.InvalidArgumentError, match="refusing to train on it")
+    return pytest.warns(UserWarning, match="left the weights untouched")
+
+
+def to_numpy(x):
+    """A backend tensor (or array) as numpy (detached from any autograd graph)."""
+    return keras.ops.convert_to_numpy(keras.ops.stop_gradient(x))
+
+def _shared_data_candidates():
+    """Where the project's offline data may be, from any clone: KERAS_MARGIN_DATA, then
+    ../shared/data beside the repository root, beside the clone's origin (a clone of a local
+    checkout), and beside the main working tree of a git worktree."""
+    import subprocess
+
+    if os.environ.get("KERAS_MARGIN_DATA"):
+        yield os.environ["KERAS_MARGIN_DATA"]
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args):
+        try:
+            out = subprocess.run(["git", "-C", here, *args], capture_output=True, text=True,
+                                 timeout=10, check=True)
+            return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    roots = [git("rev-parse", "--show-toplevel") or os.path.dirname(here)]
+    origin = git("remote", "get-url", "origin")
+    if origin and os.path.isdir(origin):
+        roots.append(origin)
+    common = git("rev-parse", "--path-format=absolute", "--git-common-dir")
+    if common:
+        roots.append(os.path.dirname(common))
+    for root in roots:
+        yield os.path.join(os.path.abspath(root), "..", "shared", "data")
+
+
+def find_mnist(kind: str):
+    """A folder of real MNIST IDX files ("mnist": train and test, "mnist-t10k": the test set),
+    or None. The test set alone is also found in a folder of the full set."""
+    wanted = "train-images-idx3-ubyte.gz" if kind == "mnist" else "t10k-images-idx3-ubyte.gz"
+    for base in _shared_data_candidates():
+        for folder in (os.path.join(base, kind), os.path.join(base, "mnist"), base):
+            if os.path.exists(os.path.join(folder, wanted)):
+                return os.path.normpath(folder)
+    return None
 
 
 @pytest.fixture(autouse=True)
@@ -52,9 +116,17 @@ def mirrored():
 
 @pytest.fixture
 def mnist_t10k_dir():
-    path = os.path.join(SHARED_DATA, "mnist-t10k")
-    if not os.path.exists(os.path.join(path, "t10k-images-idx3-ubyte.gz")):
-        pytest.skip("../shared/data/mnist-t10k is not present")
+    path = find_mnist("mnist-t10k")
+    if path is None:
+        pytest.skip("no real MNIST test files: set KERAS_MARGIN_DATA or put ../shared/data")
+    return path
+
+
+@pytest.fixture
+def mnist_dir():
+    path = find_mnist("mnist")
+    if path is None:
+        pytest.skip("no real MNIST training files: set KERAS_MARGIN_DATA or put ../shared/data")
     return path
 
 

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from conftest import linear_model, small_mlp
 
 from keras_margin import attacks
@@ -142,7 +141,7 @@ def test_probabilities_are_refused():
         attacks.deepfool(softmax, np.zeros((2, 6)), [0, 1])
 
     def probabilities(x):  # a plain callable: only the outputs can tell
-        return tf.nn.softmax(small_mlp()(x))
+        return keras.ops.softmax(small_mlp()(x))
 
     with pytest.raises(ValueError, match="probabilities"):
         attacks.fgsm(probabilities, np.zeros((2, 6)), [0, 1])

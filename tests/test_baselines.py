@@ -3,8 +3,7 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from conftest import linear_model, small_mlp
+from conftest import linear_model, small_mlp, to_numpy
 
 from keras_margin import AdversarialTrainingModel, MarginModel, VATModel, attacks
 
@@ -26,11 +25,11 @@ def test_at_example_equals_attacks_fgsm():
 def test_at_l2_step_has_norm_eps():
     x, y = _batch()
     model = AdversarialTrainingModel(small_mlp(), eps=0.3, norm="l2")
-    step = model.adversarial_examples(x, y).numpy() - x
+    step = to_numpy(model.adversarial_examples(x, y)) - x
     np.testing.assert_allclose(np.linalg.norm(step, axis=1), 0.3, rtol=1e-5)
 
 
-def test_vat_direction_is_the_top_eigenvector_of_the_kl_hessian():
+def test_vat_direction_is_the_top_eigenvector_of_the_kl_hessian(float64):
     """For f = Wx + b the Hessian of KL(p(x) || p(x + r)) at r = 0 is W^T (diag p - p p^T) W."""
     keras.config.set_dtype_policy("float64")
     rng = np.random.default_rng(3)
@@ -39,9 +38,9 @@ def test_vat_direction_is_the_top_eigenvector_of_the_kl_hessian():
     x = rng.normal(size=(6, d))
     model = VATModel(linear_model(w, b, dtype="float64"), eps=1.0, xi=1e-4,
                      power_iterations=40, seed=1)
-    logits = tf.constant(x @ w.T + b)
-    r = model.virtual_adversarial_perturbation(tf.constant(x), logits).numpy()
-    for ri, fi in zip(r, logits.numpy()):
+    logits = keras.ops.convert_to_tensor(x @ w.T + b)
+    r = to_numpy(model.virtual_adversarial_perturbation(keras.ops.convert_to_tensor(x), logits))
+    for ri, fi in zip(r, to_numpy(logits)):
         p = np.exp(fi - fi.max())
         p /= p.sum()
         values, vectors = np.linalg.eigh(w.T @ (np.diag(p) - np.outer(p, p)) @ w)
@@ -66,9 +65,10 @@ def test_vat_exact_hessian_vector_product_is_the_closed_form_in_float32():
     cosines = {}
     for hvp in ("exact", "finite_difference"):
         model = VATModel(linear_model(w, b), hvp=hvp)
-        log_p = tf.nn.log_softmax(tf.constant(logits, tf.float32))
-        hd = model._hessian_vector(tf.constant(x), log_p, tf.constant(direction),
-                                   training=False).numpy()
+        log_p = keras.ops.log_softmax(keras.ops.convert_to_tensor(logits, "float32"))
+        hd = to_numpy(model._hessian_vector(keras.ops.convert_to_tensor(x), log_p,
+                                            keras.ops.convert_to_tensor(direction),
+                                            training=False))
         cosines[hvp] = np.sum(hd * truth, 1) / np.linalg.norm(hd, axis=1) \
             / np.linalg.norm(truth, axis=1)
     np.testing.assert_allclose(cosines["exact"], 1.0, atol=1e-5)
@@ -124,5 +124,9 @@ def test_at_bad_arguments(kwargs, match):
 def test_vat_bad_arguments():
     with pytest.raises(ValueError, match="power_iterations"):
         VATModel(small_mlp(), power_iterations=-1)
+    with pytest.raises(ValueError, match="power_iterations"):
+        VATModel(small_mlp(), power_iterations=1.5)
+    with pytest.raises(ValueError, match="hvp"):
+        VATModel(small_mlp(), hvp="taylor")
     with pytest.raises(ValueError, match="xi"):
         VATModel(small_mlp(), xi=float("nan"))

@@ -52,10 +52,8 @@ def test_reference_split_and_pixel_scale_follow_the_reference_code(tiny_mnist):
     assert x_tr.max() <= 255 / 256
 
 
-def test_paper_split_of_the_real_training_set():
-    folder = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
-    if not os.path.exists(os.path.join(folder, "train-labels-idx1-ubyte.gz")):
-        pytest.skip("../shared/data/mnist is not present")
+def test_paper_split_of_the_real_training_set(mnist_dir):
+    folder = mnist_dir
     (x_tr, y_tr), (x_val, y_val), (x_te, _) = datasets.load(
         "mnist", data_dir=folder, split="reference", pixel_scale=256)
     assert (len(x_tr), len(x_val), len(x_te)) == (50000, 10000, 10000)

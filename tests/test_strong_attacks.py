@@ -99,10 +99,10 @@ def test_lanes_do_not_change_results_and_successes_are_verified(make):
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
     flipped = model.predict(x_adv, verbose=0).argmax(axis=1) != y
     np.testing.assert_array_equal(flipped[few.success], True)
-    assert few.success.mean() > 0.5
+    assert few.success.sum() >= 5  # enough verified successes to compare
 
 
-def test_float64_inputs_are_attacked_in_float64():
+def test_float64_inputs_are_attacked_in_float64(float64):
     w, b, x, f = _linear(4, 5, 20, seed=3)
     y = f.argmax(axis=1)
     model = linear_model(w, b, dtype="float64")

@@ -192,7 +192,7 @@ def predictions(model: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 def logits_of(model: Callable, x: np.ndarray) -> np.ndarray:
     """The logits of one batch as a numpy array."""
-    return ops.convert_to_numpy(call_logits(model, ops.convert_to_tensor(x)))
+    return ops.convert_to_numpy(ops.stop_gradient(call_logits(model, ops.convert_to_tensor(x))))
 
 
 _RUNNERS: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()

@@ -107,10 +107,10 @@ class LaneRunner:
                     values = np.asarray(values)
                     lane_values = np.zeros((lanes,) + values.shape[1:], values.dtype)
                     lane_values[fill] = values
-                    inputs[key] = lane_values
-                inputs["valid"] = loaded
+                    inputs[key] = ops.convert_to_tensor(lane_values)
+                inputs["valid"] = ops.convert_to_tensor(loaded)
                 fresh = self.init(inputs)
-                state = fresh if state is None else self.merge(state, fresh, loaded)
+                state = fresh if state is None else self.merge(state, fresh, inputs["valid"])
                 lane_job[fill] = take
             state = self.round(state)
             active = keras.ops.convert_to_numpy(state["active"])

@@ -262,7 +262,7 @@ def _train(row: Row, model: keras.Model, data: Data, folder: str, seed: int, sta
         x, y = data.x_train[order], data.y_train[order]
         if row.augmentation:
             train = datasets.make_dataset(x, y, row.batch_size, shuffle=False, augmentation=True)
-            model.fit(train, epochs=epoch + 1, initial_epoch=epoch,
+            model.fit(train, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
                       validation_data=(data.x_val, data.y_val), callbacks=callbacks,
                       verbose=verbose)
         else:
