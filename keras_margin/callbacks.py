@@ -33,10 +33,11 @@ class RobustnessCallback(keras.callbacks.Callback):
 
     The numbers (`val_rho_adv`, `val_fgsm_error`, `val_deepfool_success`, and with stronger
     attacks `val_rho_<attack>`, `val_rho_min`, `val_robust_accuracy_<norm>_<eps>`) land in
-    `History.history`, `CSVLogger`, `TensorBoard` and the progress bar, whatever the order of
-    the callbacks: when `fit` validates, they are added to the validation logs before any
-    callback's `on_epoch_end` runs (without `validation_data` in `fit`, list this callback
-    before `CSVLogger`). Epochs in between get NaN, so CSV columns exist from the first epoch.
+    `History.history`, `CSVLogger`, `TensorBoard` and the progress bar. Keras hands the epoch's
+    logs to the callbacks in list order, so another logger must come after this callback: the
+    trainers of keras-margin (`MarginModel`, ...) put it first themselves; with a plain Keras
+    model, list it before `CSVLogger` and `TensorBoard`. Epochs in between get NaN, so CSV
+    columns exist from the first epoch.
 
     Its cost is bounded: one FGSM step and at most `max_iter` DeepFool steps (each two forward
     and k - 1 backward passes) on `max_samples` points every `every` epochs, plus the stronger
@@ -100,8 +101,6 @@ class RobustnessCallback(keras.callbacks.Callback):
         self.keys += [budget_key(norm, eps) for norm in ("linf", "l2")
                       for eps in self.settings[f"{norm}_eps"]]
         self.last_report: dict[str, Any] | None = None
-        self._epoch = -1
-        self._written = True
 
     def _target(self) -> Any:
         return getattr(self.model, "base", self.model)
@@ -114,26 +113,13 @@ class RobustnessCallback(keras.callbacks.Callback):
                              "one. Measure a binary model with attacks.fgsm.")
         check_label_array(self.y_val, k)
 
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._epoch, self._written = epoch, False
-
-    def on_test_end(self, logs: dict | None = None) -> None:
-        # During fit, the validation logs become the epoch's val_* logs before any callback's
-        # on_epoch_end: writing here makes the order of the callbacks irrelevant.
-        if logs is None or self._written or not self.prefix.startswith("val_"):
-            return
-        self._write(logs, self.prefix[len("val_"):])
-
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is not None and not self._written:
-            self._write(logs, self.prefix)
-
-    def _write(self, logs: dict, prefix: str) -> None:
-        self._written = True
-        if (self._epoch + 1) % self.every:
-            logs.update({prefix + key: math.nan for key in self.keys})
+        if logs is None:
+            return
+        if (epoch + 1) % self.every:
+            logs.update({self.prefix + key: math.nan for key in self.keys})
             return
         report = evaluate_robustness(self._target(), self.x_val, self.y_val, **self.settings)
         self.last_report = report
         values = {**report, "deepfool_success": report["deepfool_success_rate"]}
-        logs.update({prefix + key: values.get(key, math.nan) for key in self.keys})
+        logs.update({self.prefix + key: values.get(key, math.nan) for key in self.keys})

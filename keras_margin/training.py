@@ -78,6 +78,7 @@ class RobustModel(keras.Model):
         if not self.base.built:
             self.base.build(input_shape)
         self._num_outputs = _logit_count(self.base, input_shape)
+        losses_module.get(self.loss_spec, self._num_outputs)  # a binary loss needs one logit
         self.built = True
 
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, **kwargs: Any) -> None:
@@ -224,12 +225,23 @@ class RobustModel(keras.Model):
         validation = kwargs.get("validation_data")
         if isinstance(validation, tuple) and len(validation) >= 2:
             self._check_arrays(validation[0], validation[1], "validation_data")
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _SkippedBatchesWarning()]
+        kwargs["callbacks"] = _robustness_first(kwargs.get("callbacks")) + \
+            [_SkippedBatchesWarning()]
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any):
         self._check_arrays(x, y, f"{type(self).__name__}.evaluate")
         return super().evaluate(x, y, *args, **kwargs)
+
+
+def _robustness_first(callbacks: Any) -> list:
+    """RobustnessCallbacks before the others: Keras hands every callback the same epoch logs
+    in list order, so CSVLogger or TensorBoard listed first would miss the robustness numbers."""
+    from keras_margin.callbacks import RobustnessCallback
+
+    callbacks = list(callbacks or [])
+    return [c for c in callbacks if isinstance(c, RobustnessCallback)] + \
+        [c for c in callbacks if not isinstance(c, RobustnessCallback)]
 
 
 def _logit_count(base: keras.Model, input_shape: Any) -> int:

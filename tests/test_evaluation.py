@@ -1,13 +1,14 @@
 """rho_adv (eq. 20), evaluate_robustness and RobustnessCallback in a Keras fit."""
 
 import csv
+import warnings
 
 import keras
 import numpy as np
 import pytest
-from conftest import linear_model, small_mlp
+from conftest import linear_model, small_mlp, tensorflow_only
 
-from keras_margin import MarginModel, evaluate_robustness, rho_adv
+from keras_margin import MarginModel, attacks, evaluate_robustness, rho_adv
 from keras_margin.callbacks import RobustnessCallback
 
 
@@ -65,6 +66,7 @@ def test_callback_numbers_land_in_history_csv_and_progress_bar(tmp_path, capsys)
     assert "val_rho_adv:" in capsys.readouterr().out
 
 
+@tensorflow_only
 def test_callback_numbers_reach_tensorboard(tmp_path):
     import glob
 
@@ -84,3 +86,118 @@ def test_callback_numbers_reach_tensorboard(tmp_path):
             for value in event.summary.value}
     # Keras writes val_* logs to the validation run as epoch_*.
     assert {"epoch_rho_adv", "epoch_fgsm_error", "epoch_margin_sensitivity"} <= tags, tags
+
+
+def _linear_problem(k=5, d=8, n=60, seed=12):
+    rng = np.random.default_rng(seed)
+    w, b = rng.normal(size=(k, d)), rng.normal(size=k)
+    x = rng.uniform(0.2, 0.8, size=(n, d)).astype("float32")
+    f = x @ w.T + b
+    return w, b, x, f, f.argmax(axis=1)
+
+
+def _distances(w, f, y, dual):
+    return np.array([min(abs(fi[yi] - fi[j]) / dual(w[yi] - w[j]) for j in range(len(w))
+                         if j != yi) for fi, yi in zip(f, y)])
+
+
+def test_stronger_measures_against_closed_forms_on_a_linear_model():
+    """rho_min is the exact minimal relative l2 distance (FMN reaches it where DeepFool's
+    overshoot does not), robust accuracy under l_inf budgets is the exact share of points whose
+    l_inf distance exceeds the budget, and a healthy model raises no flag."""
+    w, b, x, f, y = _linear_problem()
+    l2 = _distances(w, f, y, np.linalg.norm)
+    linf = _distances(w, f, y, lambda v: np.abs(v).sum())
+    budgets = [float(e) for e in np.percentile(linf, [25, 60])]
+    report = evaluate_robustness(linear_model(w, b), x, y, attacks=["fmn", "fmn_linf", "ddn"],
+                                 linf_eps=budgets, step_clip=None)
+    relative = l2 / np.linalg.norm(x, axis=1)
+    assert report["rho_adv"] == pytest.approx(1.02 * relative.mean(), rel=1e-4)
+    # Per sample: never below the minimum; at it (FMN) where the runner-up logit's boundary is
+    # the nearest, else at most DeepFool's 1.02 x the minimum.
+    found = report["distances_min"]
+    assert np.all(found >= relative * (1 - 1e-5)) and np.all(found <= 1.02 * relative * 1.0001)
+    nearest = np.array([np.argmin([abs(fi[yi] - fi[j]) / np.linalg.norm(w[yi] - w[j])
+                                   if j != yi else np.inf for j in range(len(w))])
+                        for fi, yi in zip(f, y)]) == np.argsort(-f, axis=1)[:, 1]
+    np.testing.assert_allclose(found[nearest], relative[nearest], rtol=0.01)
+    assert report["rho_min"] == pytest.approx(found.mean()) and report["rho_min"] < \
+        report["rho_adv"]
+    assert report["unfooled"] == 0.0 and report["fmn_l2_success_rate"] == 1.0
+    assert report["fmn_linf_success_rate"] == 1.0
+    assert report["fmn_linf_median"] >= np.median(linf) * (1 - 1e-5)  # never below the minimum
+    for eps in budgets:
+        assert report[f"robust_accuracy_linf_{eps:g}"] == pytest.approx((linf > eps).mean())
+    assert report["flags"] == []
+
+
+def test_a_model_gradients_cannot_attack_is_flagged_not_called_robust():
+    """A constant classifier: DeepFool 'succeeds' nowhere, gradients are zero, and 100 % of the
+    points survive half the input range; today's numbers would read as perfect robustness."""
+    flat = keras.Sequential([keras.Input((5,)), keras.layers.Dense(
+        3, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant([2, 0, 0]))])
+    x = np.random.default_rng(1).uniform(size=(20, 5)).astype("float32")
+    with pytest.warns(UserWarning) as warned:
+        report = evaluate_robustness(flat, x, np.zeros(20, int), clip_min=0.0, clip_max=1.0,
+                                     linf_eps=[0.5], apgd=attacks.APGD(steps=5))
+    expected = {"zero_gradients", "deepfool_failures", "robust_at_large_linf_budget"}
+    assert expected <= set(report["flags"])
+    assert all(any(f"[{flag}]" in str(w.message) for w in warned) for flag in expected)
+    assert np.isnan(report["rho_adv"])
+
+
+def test_deepfool_far_above_the_minimum_norm_is_flagged_as_masking():
+    from keras_margin.attacks import AttackResult
+    from keras_margin.attacks.base import Inputs
+    from keras_margin.evaluation import _Report, _sanity_checks
+
+    x = np.ones((10, 4), "float32")
+
+    def result(scale):
+        return AttackResult(np.full((10, 4), scale, "float32"), np.ones(10, bool),
+                            np.ones(10, np.int32), np.zeros(10, bool))
+
+    for ratio, flagged in ((1.2, False), (3.0, True)):
+        report = _Report({})
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            _sanity_checks(report, Inputs(x, np.zeros(10, np.int32), 3, None, None), {},
+                           {"deepfool": (result(ratio), "l2"), "fmn_l2": (result(1.0), "l2")})
+        assert len(warned) == flagged
+        assert ("gradient_masking" in report.flags) is flagged
+        assert report.values["deepfool_to_minimum_ratio"] == pytest.approx(ratio)
+
+
+def test_robust_accuracy_that_rises_with_the_budget_is_flagged():
+    from keras_margin.attacks.base import Inputs
+    from keras_margin.evaluation import _Report, _sanity_checks
+
+    report = _Report({"robust_accuracy_linf_0.1": 0.5, "robust_accuracy_linf_0.2": 0.7})
+    with pytest.warns(UserWarning, match="rises with the linf budget"):
+            _sanity_checks(report, Inputs(np.zeros((2, 3), "float32"), np.zeros(2, np.int32), 3,
+                                      0.0, 1.0), {"linf": [0.1, 0.2], "l2": []}, {})
+    assert report.flags == ["not_monotone_linf"]
+
+
+@pytest.mark.parametrize("order", ["csv_first", "callback_first"])
+def test_callback_order_does_not_matter_for_the_trainers(tmp_path, order):
+    x, y = _data_for_callback()
+    model = MarginModel(small_mlp(), C=0.1)
+    model.compile(optimizer="adam")
+    log = tmp_path / "history.csv"
+    robust = RobustnessCallback(x, y, max_samples=20, max_iter=5,
+                                attacks=[attacks.FMN(steps=5)], linf_eps=[0.1],
+                                apgd=attacks.APGD(steps=5))
+    csv_logger = keras.callbacks.CSVLogger(str(log))
+    callbacks = [csv_logger, robust] if order == "csv_first" else [robust, csv_logger]
+    history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=callbacks)
+    with open(log) as f:
+        rows = list(csv.DictReader(f))
+    for key in ("val_rho_adv", "val_rho_fmn_l2", "val_rho_min", "val_robust_accuracy_linf_0.1"):
+        assert key in rows[0], (key, sorted(rows[0]))
+        assert float(rows[1][key]) == pytest.approx(history.history[key][1])
+
+
+def _data_for_callback():
+    rng = np.random.default_rng(8)
+    return rng.normal(size=(64, 6)).astype("float32"), rng.integers(0, 4, 64)

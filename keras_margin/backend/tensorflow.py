@@ -35,10 +35,17 @@ def value_and_weight_grad(fn: Callable, variables: list) -> tuple[Any, list]:
                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def compile_fn(fn: Callable, model: Any, jit_compile: bool = False) -> Callable:
-    """`fn` as a tf.function (XLA with `jit_compile`); TensorFlow reads variables live."""
+def compile_fn(fn: Callable, model: Any, jit_compile: bool | str = False) -> Callable:
+    """`fn` as a tf.function (XLA with `jit_compile=True`); TensorFlow reads variables live.
+
+    Each attack configuration on each model traces its programs once, which TensorFlow's
+    frequent-retracing detector (keyed by the Python code, so shared by every model) would
+    report as retracing after a few models: the warning is switched off for these functions.
+    """
     del model
-    return tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
+    function = tf.function(fn, jit_compile=jit_compile is True, reduce_retracing=True)
+    function._omit_frequent_tracing_warning = True  # private TF attribute, see above
+    return function
 
 
 def is_traced(x: Any) -> bool:
