@@ -256,12 +256,15 @@ def _sanity_checks(report: _Report, inputs: base.Inputs, budgets: dict[str, list
                    found: dict[str, tuple[base.AttackResult, str]]) -> None:
     """The flags: numbers that cannot be trusted as they stand."""
     values = report.values
+    fooled = np.logical_or.reduce([r.success for r, _ in found.values()]) if found else None
     for name, (result, _) in found.items():
-        if result.stuck.any():
+        blind = result.stuck & ~fooled
+        if blind.any():
             report.flag("zero_gradients", f"{name}: the input gradient is zero for "
-                        f"{result.stuck.mean():.1%} of the correctly classified points; the "
-                        "model cannot be attacked by gradients there, so its robustness is "
-                        "unknown, not proven (saturated or flat logits, or gradient masking).")
+                        f"{blind.mean():.1%} of the correctly classified points, and no attack "
+                        "fooled them: the model cannot be attacked by gradients there, so its "
+                        "robustness is unknown, not proven (saturated or flat logits, or "
+                        "gradient masking).")
             break
     for name, (result, _) in found.items():
         if result.success.mean() < MIN_SUCCESS:

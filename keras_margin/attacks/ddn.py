@@ -3,8 +3,9 @@
 Each step ascends the cross-entropy by an l2-normalised gradient step of size alpha_t (cosine
 annealed from 1 to 0.01), then rescales delta to the norm epsilon, which shrinks by (1 - gamma)
 while the point is adversarial and grows by (1 + gamma) while it is not. The result is the
-smallest adversarial delta seen. A zero gradient leaves delta where it is (Foolbox draws a
-random direction there); such samples are reported as `stuck`.
+smallest adversarial delta seen. Where the gradient is zero (a saturated softmax: p_y rounds to
+1), the step takes a fixed random direction instead, as Foolbox does; such samples are also
+reported as `stuck`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class DDN:
     steps: int = 100
     init_epsilon: float = 1.0
     gamma: float = 0.05
+    seed: int = 0
 
     norm = "l2"
     name = "ddn"
@@ -61,12 +63,24 @@ class DDN:
             jit_compile=jit_compile)
         out = runner.run({"index": np.arange(len(inputs.x))}, lanes,
                          ("best_delta", "adv_found", "stuck", "t"),
-                         load=gather_samples(inputs.x, inputs.labels),
+                         load=self._load(inputs),
                          progress=base.progress_bar(len(inputs.x), verbose))
         perturbation, success = base.verify_minimum_norm(model, inputs, out["best_delta"],
                                                          out["adv_found"], lanes)
         return base.AttackResult(perturbation, success, out["t"].astype(np.int32),
                                  out["stuck"])
+
+
+    def _load(self, inputs: base.Inputs):
+        """Each job's sample and its fallback direction, reproducible from the sample index."""
+        gather = gather_samples(inputs.x, inputs.labels)
+
+        def load(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            noise = np.stack([np.random.default_rng([self.seed, int(i)]).normal(
+                size=inputs.x.shape[1:]) for i in params["index"]]).astype(inputs.x.dtype)
+            return {**gather(params), "noise": noise}
+
+        return load
 
 
 class _Kernel:
@@ -80,7 +94,7 @@ class _Kernel:
         x, labels = inputs["x"], ops.cast(inputs["label"], "int32")
         worst = worst_case_norm(x, self.clip, "l2")
         zeros = ops.zeros_like(labels)
-        return {"x": x, "label": labels, "delta": ops.zeros_like(x),
+        return {"x": x, "label": labels, "noise": inputs["noise"], "delta": ops.zeros_like(x),
                 "best_delta": ops.zeros_like(x), "best_norm": worst, "worst_norm": worst,
                 "epsilon": ops.full_like(worst, self.config.init_epsilon),
                 "adv_found": zeros > 0, "stuck": zeros > 0, "t": zeros,
@@ -97,6 +111,7 @@ class _Kernel:
         best_norm = ops.where(better, size, s["best_norm"])
         best_delta = ops.where(per_sample(better, x), delta, s["best_delta"])
         stuck = flat_norm(grad, "l2") <= 0
+        grad = ops.where(per_sample(stuck, x), s["noise"], grad)
         delta = delta + per_sample(alpha, x) * normalize(grad, "l2")
         epsilon = s["epsilon"] * ops.where(adversarial, 1.0 - config.gamma, 1.0 + config.gamma)
         epsilon = ops.minimum(ops.cast(epsilon, x.dtype), s["worst_norm"])

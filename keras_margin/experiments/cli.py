@@ -3,6 +3,7 @@
     keras-margin reproduce table1 --rows mlp-l2,mlp-baseline --seeds 10 --out runs/
     keras-margin reproduce table1 --quick --data-dir ../shared/data/mnist
     keras-margin sweep-c --arch mlp --C 1e-6,1e-4,1e-2,1 --seeds 3
+    keras-margin evaluate runs/ --linf-eps 0.1,0.2,0.3      # stronger attacks on finished runs
     keras-margin report runs/
     keras-margin figures runs/ --out figures/
 
@@ -75,6 +76,26 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--C", default=",".join(f"{c:g}" for c in SWEEP_C),
                        help="comma-separated values of C (default: 1e-6 ... 1)")
     _common(sweep)
+    ev = sub.add_parser("evaluate", help="stronger attacks (FMN, DDN, APGD) on finished runs")
+    ev.add_argument("runs", help="folder of runs (searched recursively)")
+    ev.add_argument("--n", type=positive_int, default=1000,
+                    help="first N test points of each run's data (default 1000)")
+    ev.add_argument("--attacks", default="fmn,ddn",
+                    help="minimum-norm attacks, from fmn (= fmn_l2), fmn_linf, fmn_l1, ddn "
+                         "(default fmn,ddn)")
+    ev.add_argument("--linf-eps", default="0.1,0.2,0.3",
+                    help="l_inf budgets of the APGD ensemble (default 0.1,0.2,0.3; '' for none)")
+    ev.add_argument("--l2-eps", default="", help="l2 budgets of the APGD ensemble")
+    ev.add_argument("--steps", type=positive_int, default=100,
+                    help="iterations of every attack (default 100)")
+    ev.add_argument("--box", default=None,
+                    help="MIN,MAX: evaluate inside this input box instead of the run's own")
+    ev.add_argument("--tag", default="", help="suffix of the result file, e.g. boxed")
+    ev.add_argument("--data-dir", default=None, help="folder with the original data files")
+    ev.add_argument("--batch-size", type=positive_int, default=500,
+                    help="samples attacked side by side (default 500)")
+    ev.add_argument("--verbose", type=int, default=0, choices=[0, 1],
+                    help="progress bars (default 0)")
     rep = sub.add_parser("report", help="Markdown and CSV tables from finished runs")
     rep.add_argument("runs", help="folder of runs (searched recursively)")
     rep.add_argument("--out", default=None, help="file prefix (default: RUNS/report)")
@@ -97,6 +118,36 @@ def _rows(args: argparse.Namespace) -> list:
     return [get_row(name, table=args.table) for name in args.rows.split(",")]
 
 
+def _numbers(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"Invalid value for {name}: {text!r}. Expected comma-separated "
+                         "numbers.") from None
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from keras_margin.evaluation import resolve_attack
+    from keras_margin.experiments import reevaluate
+
+    names = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    for name in names:
+        resolve_attack(name)
+    box = _numbers(args.box, "--box") if args.box else None
+    if box is not None and len(box) != 2:
+        raise ValueError(f"Invalid value for --box: {args.box!r}. Expected MIN,MAX.")
+    settings = reevaluate.StrongerEvaluation(
+        n=args.n, attacks=names, linf_eps=_numbers(args.linf_eps, "--linf-eps"),
+        l2_eps=_numbers(args.l2_eps, "--l2-eps"), steps=args.steps, box=box, tag=args.tag)
+    folders = reevaluate.finished_runs(args.runs)
+    if not folders:
+        raise FileNotFoundError(f"No finished runs (metrics.json, model.keras) under "
+                                f"{args.runs}.")
+    for folder in folders:
+        reevaluate.evaluate_run(folder, settings, data_dir=args.data_dir,
+                                batch_size=args.batch_size, verbose=args.verbose)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = _parser().parse_args(argv)
@@ -105,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             from keras_margin.experiments import report
 
             print(report.write(args.runs, args.out))
+            return 0
+        if args.command == "evaluate":
+            _evaluate(args)
             return 0
         if args.command == "figures":
             from keras_margin.experiments import figures

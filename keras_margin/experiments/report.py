@@ -31,7 +31,11 @@ def collect(runs_dir: str) -> list[dict[str, Any]]:
         folder = os.path.dirname(path)
         config_path = os.path.join(folder, "config.json")
         config = read_json(config_path) if os.path.exists(config_path) else {}
-        runs.append({**read_json(path), "path": folder, "config": config})
+        extra = {key: read_json(os.path.join(folder, name))
+                 for key, name in (("strong", "robustness.json"),
+                                   ("boxed", "robustness-boxed.json"))
+                 if os.path.exists(os.path.join(folder, name))}
+        runs.append({**read_json(path), "path": folder, "config": config, **extra})
     return runs
 
 
@@ -87,7 +91,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                       "error": err, "error_std": err_sd, "fgsm_error": fgsm,
                       "fgsm_error_std": fgsm_sd, "rho_adv": rho, "rho_adv_std": rho_sd,
                       "paper": members[0].get("paper") or {},
-                      "trainer_kwargs": members[0].get("trainer_kwargs", {})})
+                      "trainer_kwargs": members[0].get("trainer_kwargs", {}),
+                      **_evaluations(members)})
     baselines = {ln["setting"]: ln for ln in lines if ln["baseline"]}
     for line in lines:
         base = baselines.get(line["setting"])
@@ -96,7 +101,27 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         line["paper_rho_ratio"] = (line["paper"].get("rho_adv", math.nan)
                                    / paper_base.get("rho_adv", math.nan)
                                    if paper_base else math.nan)
+        line["rho_min_ratio"] = line["strong_rho_min"] / base["strong_rho_min"] \
+            if base and "strong_rho_min" in line and "strong_rho_min" in base else math.nan
     return sorted(lines, key=paper_order)
+
+
+def _evaluations(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seed means of the stronger evaluation ("strong_*") and the boxed one ("boxed_*"), where
+    every seed has one; the union of the flags."""
+    out: dict[str, Any] = {}
+    for kind in ("strong", "boxed"):
+        results = [m[kind] for m in members if kind in m]
+        if len(results) != len(members):
+            continue
+        keys = [k for k, v in results[0].items() if isinstance(v, (int, float))
+                and not isinstance(v, bool)]
+        for key in keys:
+            values = [r.get(key, math.nan) for r in results]
+            out[f"{kind}_{key}"] = float(np.mean(values))
+        out[f"{kind}_flags"] = sorted({f for r in results for f in r.get("flags", [])})
+        out[f"{kind}_budgets"] = results[0].get("settings", {}).get("linf_eps", [])
+    return out
 
 
 def paper_order(item: dict[str, Any]) -> tuple:
@@ -145,7 +170,49 @@ def markdown(lines: list[dict[str, Any]]) -> str:
                 f"{_fmt(m['rho_adv'], m['rho_adv_std'], m['seeds'], 3)} | "
                 f"{_paper(p.get('rho_adv'), 3)} | {ratio} | {paper_ratio} |")
         out.append("")
+        out += _strong_table(members) + _boxed_table(members)
     return "\n".join(out)
+
+
+def _strong_table(members: list[dict[str, Any]]) -> list[str]:
+    """Minimum-norm rho and APGD robust accuracy, where `keras-margin evaluate` ran."""
+    rows = [m for m in members if "strong_rho_adv" in m]
+    if not rows:
+        return []
+    budgets = rows[0]["strong_budgets"]
+    out = [f"Stronger attacks (`keras-margin evaluate`) on the first {int(rows[0]['strong_n'])} "
+           "test points: rho_min is the smallest verified adversarial per point over DeepFool, "
+           "FMN and DDN (l2, eq. 20's measure); robust accuracy is under l_inf budgets by "
+           "APGD-CE + APGD-T (and FGSM), a point counting as robust only if every attack "
+           "fails.\n",
+           "| row | rho_adv (DeepFool) | rho_min | rho_min vs baseline | "
+           + " | ".join(f"robust acc. l_inf {e:g}" for e in budgets) + " | flags |",
+           "|---|---|---|---|" + "---|" * len(budgets) + "---|"]
+    for m in rows:
+        ratio = "—" if math.isnan(m["rho_min_ratio"]) else f"x{m['rho_min_ratio']:.2f}"
+        accuracy = " | ".join(f"{100 * m.get(f'strong_robust_accuracy_linf_{e:g}', math.nan):.1f} %"
+                              for e in budgets)
+        flags = ", ".join(m["strong_flags"]) or "none"
+        out.append(f"| {m['label']} | {m['strong_rho_adv']:.3f} | "
+                   f"{m.get('strong_rho_min', math.nan):.3f} | {ratio} | {accuracy} | {flags} |")
+    return out + [""]
+
+
+def _boxed_table(members: list[dict[str, Any]]) -> list[str]:
+    """The paper's measures with and without the [0, 1] box, where both were evaluated."""
+    rows = [m for m in members if "boxed_rho_adv" in m and "strong_rho_adv" in m]
+    if not rows:
+        return []
+    out = ["What the [0, 1] input box changes (same models, same points; `evaluate --box 0,1 "
+           "--tag boxed`):\n",
+           "| row | rho_adv, no box | rho_adv, boxed | change | FGSM error %, no box | "
+           "boxed |", "|---|---|---|---|---|---|"]
+    for m in rows:
+        change = m["boxed_rho_adv"] / m["strong_rho_adv"] - 1
+        out.append(f"| {m['label']} | {m['strong_rho_adv']:.3f} | {m['boxed_rho_adv']:.3f} | "
+                   f"{100 * change:+.1f} % | {100 * m['strong_fgsm_error']:.1f} | "
+                   f"{100 * m['boxed_fgsm_error']:.1f} |")
+    return out + [""]
 
 
 def write(runs_dir: str, out_prefix: str | None = None) -> str:
@@ -157,12 +224,17 @@ def write(runs_dir: str, out_prefix: str | None = None) -> str:
     text = markdown(lines)
     with open(prefix + ".md", "w") as f:
         f.write(text)
+    extra = sorted({k for line in lines for k in line
+                    if k.startswith(("strong_", "boxed_")) and not k.endswith(("_flags",
+                                                                               "_budgets"))})
     fields = ["table", "row", "label", "dataset", "quick", "protocol", "data", "seeds", "epochs",
               "error", "error_std", "fgsm_error", "fgsm_error_std", "rho_adv", "rho_adv_std",
-              "rho_ratio", "paper_error", "paper_fgsm_error", "paper_rho_adv", "paper_rho_ratio"]
+              "rho_ratio", "paper_error", "paper_fgsm_error", "paper_rho_adv", "paper_rho_ratio",
+              "rho_min_ratio", *extra, "strong_flags"]
     with open(prefix + ".csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for line in lines:
-            writer.writerow({**line, **{f"paper_{k}": v for k, v in line["paper"].items()}})
+            writer.writerow({**line, **{f"paper_{k}": v for k, v in line["paper"].items()},
+                             "strong_flags": " ".join(line.get("strong_flags", []))})
     return text

@@ -1,0 +1,95 @@
+"""Evaluates finished runs again, with the stronger attacks: `keras-margin evaluate RUNS`.
+
+A run's own evaluation (metrics.json) is the paper's: DeepFool's rho_adv and FGSM. This adds,
+on the first `n` test points of the run's own data, the minimum-norm attacks (rho_min) and
+robust accuracy under l_inf / l2 budgets from the APGD ensemble, with the sanity flags, into
+`robustness<-tag>.json` beside metrics.json (per-sample arrays as .npy). `box` evaluates a model
+trained without an input box inside [0, 1] instead (the "boxed" evaluation of a "reference" run,
+to measure what the box changes). Finished evaluations with the same settings are skipped, so
+the command resumes; one process per run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import keras
+
+from keras_margin import attacks
+from keras_margin.evaluation import evaluate_robustness, resolve_attack
+from keras_margin.experiments.files import read_json, run_lock, write_json
+from keras_margin.experiments.rows import Row
+from keras_margin.experiments.runner import load_data, save_arrays
+
+log = logging.getLogger("keras_margin.experiments")
+
+
+@dataclasses.dataclass(frozen=True)
+class StrongerEvaluation:
+    """What `keras-margin evaluate` runs on each finished run."""
+
+    n: int = 1000
+    attacks: tuple[str, ...] = ("fmn", "ddn")
+    linf_eps: tuple[float, ...] = (0.1, 0.2, 0.3)
+    l2_eps: tuple[float, ...] = ()
+    steps: int = 100
+    box: tuple[float, float] | None = None
+    tag: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {**data, "attacks": list(self.attacks), "linf_eps": list(self.linf_eps),
+                "l2_eps": list(self.l2_eps), "box": None if self.box is None else list(self.box)}
+
+    @property
+    def filename(self) -> str:
+        return f"robustness{'-' + self.tag if self.tag else ''}.json"
+
+
+def finished_runs(runs_dir: str) -> list[str]:
+    """Folders under `runs_dir` that hold a finished run (metrics.json and model.keras)."""
+    found = []
+    for root, _, files in os.walk(runs_dir):
+        if "metrics.json" in files and "model.keras" in files and "config.json" in files:
+            found.append(root)
+    return sorted(found)
+
+
+def evaluate_run(folder: str, settings: StrongerEvaluation, data_dir: str | None = None,
+                 batch_size: int = 500, verbose: int = 0) -> dict[str, Any]:
+    """The stronger evaluation of one finished run (cached in its folder)."""
+    path = os.path.join(folder, settings.filename)
+    with run_lock(folder):
+        if os.path.exists(path):
+            done = read_json(path)
+            if done.get("settings") == settings.to_dict():
+                log.info("[%s] evaluated already: skipped", folder)
+                return done
+        config = read_json(os.path.join(folder, "config.json"))
+        row = Row(**{**config["row"], "hidden": tuple(config["row"]["hidden"]),
+                     "lr_boundaries": tuple(config["row"]["lr_boundaries"])})
+        data = load_data(row.dataset, data_dir, config["quick"], row.validation,
+                         row.pixel_scale)
+        model = keras.models.load_model(os.path.join(folder, "model.keras"))
+        base = getattr(model, "base", model)
+        lo, hi = settings.box or row.input_box
+        x, y = data.x_test[:settings.n], data.y_test[:settings.n]
+        apgd = attacks.APGD(steps=settings.steps)
+        chosen = [dataclasses.replace(resolve_attack(name), steps=settings.steps)
+                  for name in settings.attacks]
+        report = evaluate_robustness(base, x, y, fgsm_eps=row.fgsm_eps, batch_size=batch_size,
+                                     clip_min=lo, clip_max=hi, verbose=verbose,
+                                     attacks=chosen, linf_eps=settings.linf_eps,
+                                     l2_eps=settings.l2_eps, apgd=apgd, **row.deepfool)
+        suffix = f"-{settings.tag}" if settings.tag else ""
+        result = {**save_arrays(folder, report, suffix=f"-strong{suffix}"),
+                  "settings": settings.to_dict(), "box": [lo, hi]}
+        write_json(path, result)
+    log.info("[%s] rho_adv %.4f, rho_min %.4f, robust accuracy %s, flags %s", folder,
+             result["rho_adv"], result.get("rho_min", float("nan")),
+             {k: v for k, v in result.items() if k.startswith("robust_accuracy")},
+             result["flags"])
+    return result
