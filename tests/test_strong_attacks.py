@@ -43,6 +43,18 @@ def test_fmn_finds_the_closed_form_minimal_distance(norm):
     assert np.all(found >= truth * (1 - 1e-5))
 
 
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_fmn_from_deepfool_reaches_the_minimum_everywhere(norm):
+    """Started from DeepFool's adversarial (the nearest linearised boundary, exact on a linear
+    model) FMN stays on the nearest boundary, for every sample."""
+    w, b, x, f = _linear(6, 9, 60, seed=5)
+    y = f.argmax(axis=1)
+    truth = _boundary_distances(w, f, y, norm).min(axis=1)
+    res = attacks.fmn(linear_model(w, b), x, y, norm=norm, init="deepfool", steps=30)
+    assert res.success.all()
+    np.testing.assert_allclose(res.distances(norm), truth, rtol=0.01)
+
+
 def test_ddn_finds_the_closed_form_minimal_distance_of_two_classes():
     """With two logits the cross-entropy gradient is the boundary's normal, so DDN's direction
     is exact; distances within its reach from init_epsilon = 1 in 100 steps."""

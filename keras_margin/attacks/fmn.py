@@ -10,7 +10,9 @@ growth, so that a point resting on the boundary, as on a linear model, still cro
 alpha_t and gamma_t follow
 cosine schedules (alpha from `max_stepsize` to `min_stepsize`, gamma from `gamma` to 0.001).
 The result is the smallest adversarial delta seen. Unlike Foolbox 3.3.4's `L2FMNAttack`, whose
-l2 projection is a no-op (`norms / norms`), the l2 ball projection here is the paper's.
+l2 projection is a no-op (`norms / norms`), the l2 ball projection here is the paper's. With an
+input box, the gradient's blocked coordinates (pixels at a bound, pushed outwards) are left out
+of the step and of the distance estimate (`free_directions`), so no step is wasted on clipping.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from keras import ops
 
 from keras_margin._validation import check_choice, check_integer, check_non_negative
 from keras_margin.attacks import base
+from keras_margin.attacks.deepfool import DeepFool
 from keras_margin.attacks.lanes import gather_samples
 from keras_margin.attacks.norms import DUAL, normalize, project_ball
 from keras_margin.jacobian import flat_norm, logits_and_pullback, per_sample, runner_up
+
+INITS = (None, "deepfool")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +44,11 @@ class FMN:
     max_stepsize: float = 1.0
     min_stepsize: float | None = None
     gamma: float = 0.05
+    init: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("norm", self.norm, base.THREAT_NORMS)
+        check_choice("init", self.init, INITS)
         object.__setattr__(self, "steps", check_integer("steps", self.steps))
         object.__setattr__(self, "max_stepsize",
                            check_non_negative("max_stepsize", self.max_stepsize))
@@ -65,16 +72,20 @@ class FMN:
         return self.run(model, inputs, base.check_lanes(batch_size), jit_compile, verbose)
 
     def run(self, model: Callable, inputs: base.Inputs, lanes: int,
-            jit_compile: bool | str = "auto", verbose: int = 0) -> base.AttackResult:
-        """The attack on inputs already checked (`base.check_inputs`)."""
+            jit_compile: bool | str = "auto", verbose: int = 0,
+            init_result: base.AttackResult | None = None) -> base.AttackResult:
+        """The attack on inputs already checked (`base.check_inputs`); `init_result`, an
+        initial attack's result already at hand, saves running it again."""
         dtype = str(inputs.x.dtype)
         runner = base.lane_runner(
             model, (self, inputs.clip_min, inputs.clip_max, dtype, inputs.num_classes),
             lambda: _Kernel(model, self, inputs, dtype), round_steps=min(self.steps, 25),
             jit_compile=jit_compile)
+        start = self._starting_points(model, inputs, lanes, jit_compile, init_result)
+        gather = gather_samples(inputs.x, inputs.labels)
         out = runner.run({"index": np.arange(len(inputs.x))}, lanes,
                          ("best_delta", "adv_found", "stuck", "t"),
-                         load=gather_samples(inputs.x, inputs.labels),
+                         load=lambda p: {**gather(p), "start": start[p["index"]]},
                          progress=base.progress_bar(len(inputs.x), verbose))
         perturbation, success = base.verify_minimum_norm(model, inputs, out["best_delta"],
                                                          out["adv_found"], lanes)
@@ -82,10 +93,46 @@ class FMN:
                                  out["stuck"])
 
 
+    def _starting_points(self, model: Callable, inputs: base.Inputs, lanes: int,
+                         jit_compile: bool | str,
+                         found: base.AttackResult | None = None) -> np.ndarray:
+        """Zeros (the paper's default), or with init="deepfool" DeepFool's adversarials pulled
+        back to the decision boundary by a 10-step bisection along the segment from x, as
+        FMN's init_attack option does."""
+        if self.init is None:
+            return np.zeros_like(inputs.x)
+        if found is None:
+            found = DeepFool(norm="l2" if self.norm == "l2" else "linf").run(
+                model, inputs, lanes, jit_compile)
+        low, high = np.zeros(len(inputs.x)), np.ones(len(inputs.x))
+        for _ in range(10):
+            middle = (low + high) / 2
+            trial = base.per_sample_mask(middle, inputs.x) * found.perturbation
+            fooled = base.predictions(model, inputs.x + trial, lanes) != inputs.labels
+            low, high = np.where(fooled, low, middle), np.where(fooled, middle, high)
+        start = base.per_sample_mask(high, inputs.x) * found.perturbation
+        return np.where(base.per_sample_mask(found.success, start), start, 0).astype(
+            inputs.x.dtype)
+
+
 def cosine_schedule(t: Any, steps: int, start: float, end: float):
     """end + (start - end) (1 + cos(pi t / steps)) / 2: start at t = 0, end at t = steps."""
     t = ops.cast(t, "float32")
     return end + (start - end) * (1.0 + ops.cos(math.pi * t / steps)) / 2.0
+
+
+def free_directions(grad: Any, point: Any, clip: tuple[float | None, float | None]):
+    """The gradient without the coordinates that the box blocks: pixels at its lower bound that
+    the ascent would lower, or at its upper bound that it would raise. Step lengths and the
+    linearised distance to the boundary are then those of the moves actually possible (MNIST
+    digits have most pixels at 0 or 1, where a full-gradient step is mostly clipped away)."""
+    lo, hi = clip
+    blocked = ops.zeros_like(grad) > 0
+    if lo is not None:
+        blocked = ops.logical_or(blocked, ops.logical_and(point <= lo, grad < 0))
+    if hi is not None:
+        blocked = ops.logical_or(blocked, ops.logical_and(point >= hi, grad > 0))
+    return ops.where(blocked, ops.zeros_like(grad), grad)
 
 
 def worst_case_norm(x: Any, clip: tuple[float | None, float | None], norm: str):
@@ -104,13 +151,15 @@ class _Kernel:
         self.k, self.clip = inputs.num_classes, (inputs.clip_min, inputs.clip_max)
 
     def init(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        x, labels = inputs["x"], ops.cast(inputs["label"], "int32")
+        x, labels, start = inputs["x"], ops.cast(inputs["label"], "int32"), inputs["start"]
         worst = worst_case_norm(x, self.clip, self.config.norm)
+        size = flat_norm(start, self.config.norm)
+        found = size > 0  # a starting point is adversarial (zero: start from x)
         zeros = ops.zeros_like(labels)
-        return {"x": x, "label": labels, "delta": ops.zeros_like(x),
-                "best_delta": ops.zeros_like(x), "best_norm": worst, "worst_norm": worst,
-                "epsilon": ops.full_like(worst, np.inf), "adv_found": zeros > 0,
-                "stuck": zeros > 0, "t": zeros,
+        return {"x": x, "label": labels, "delta": start, "best_delta": start,
+                "best_norm": ops.where(found, size, worst), "worst_norm": worst,
+                "epsilon": ops.where(found, size, ops.full_like(worst, np.inf)),
+                "adv_found": found, "stuck": zeros > 0, "t": zeros,
                 "active": ops.convert_to_tensor(inputs["valid"])}
 
     def step(self, s: dict[str, Any]) -> dict[str, Any]:
@@ -123,6 +172,7 @@ class _Kernel:
         rival = runner_up(logits, labels)
         # d/dx (f_rival - f_y): the direction that crosses the boundary.
         grad = pullback(ops.one_hot(rival, self.k) - ops.one_hot(labels, self.k))
+        grad = free_directions(grad, x + delta, self.clip)
         margin = ops.take_along_axis(logits, labels[:, None], axis=1)[:, 0] \
             - ops.take_along_axis(logits, rival[:, None], axis=1)[:, 0]
         adversarial = ops.cast(ops.argmax(logits, axis=1), "int32") != labels
@@ -152,7 +202,7 @@ class _Kernel:
 
 def fmn(model: Callable, x: Any, y: Any, norm: str = "l2", steps: int = 100,
         max_stepsize: float = 1.0, min_stepsize: float | None = None, gamma: float = 0.05,
-        clip_min: float | None = None, clip_max: float | None = None,
+        init: str | None = None, clip_min: float | None = None, clip_max: float | None = None,
         batch_size: int | None = None, jit_compile: bool | str = "auto",
         verbose: int = 0) -> base.AttackResult:
     """The smallest l_p perturbation that flips each prediction, by Fast Minimum-Norm.
@@ -165,6 +215,10 @@ def fmn(model: Callable, x: Any, y: Any, norm: str = "l2", steps: int = 100,
         max_stepsize, min_stepsize: the cosine schedule of the gradient step (the paper: 1.0 to
             1.0 / 100).
         gamma: the initial rate of the epsilon update, annealed to 0.001 (the paper: 0.05).
+        init: None (the paper's default: start from x) or "deepfool": start from DeepFool's
+            adversarial pulled back to the boundary (FMN's init_attack option). FMN follows
+            the runner-up logit's boundary, which can be a farther one than DeepFool's (the
+            nearest linearised one): from DeepFool's start it refines the nearer boundary.
         clip_min, clip_max: optional input box; x must lie inside it.
         batch_size: samples attacked side by side (lanes, default 256).
         jit_compile: as for `deepfool`.
@@ -179,5 +233,5 @@ def fmn(model: Callable, x: Any, y: Any, norm: str = "l2", steps: int = 100,
         >>> np.median(res.distances("linf"))
     """
     return FMN(norm=norm, steps=steps, max_stepsize=max_stepsize, min_stepsize=min_stepsize,
-               gamma=gamma)(model, x, y, clip_min=clip_min, clip_max=clip_max,
+               gamma=gamma, init=init)(model, x, y, clip_min=clip_min, clip_max=clip_max,
                             batch_size=batch_size, jit_compile=jit_compile, verbose=verbose)
