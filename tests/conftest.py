@@ -130,6 +130,22 @@ def mnist_dir():
     return path
 
 
+@pytest.fixture
+def tiny_mnist(tmp_path):
+    """A learnable fake MNIST: the label is the brightest of ten image bands."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split, n in (("train", 240), ("t10k", 60)):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 60, (n, 28, 28))
+        for i, label in enumerate(y):
+            x[i, label * 2: label * 2 + 3] += 150
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", x)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", y)
+    return str(folder)
+
+
 def write_idx(path, array: np.ndarray) -> None:
     """Writes an unsigned-byte array as a gzipped IDX file (MNIST's format)."""
     import gzip

@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-from conftest import write_idx
 
 from keras_margin.experiments import TABLES, build_model, cli, get_row, runner
 from keras_margin.experiments.rows import Row
@@ -17,23 +16,6 @@ EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 # The tiny 16-unit models on fake data trip the robustness sanity checks by design (zero
 # gradients, DeepFool stopped after a few steps); those checks are tested in test_evaluation.
 pytestmark = pytest.mark.filterwarnings("ignore:evaluate_robustness \\[")
-
-
-
-@pytest.fixture
-def tiny_mnist(tmp_path):
-    """A learnable fake MNIST: the label is the brightest of ten image bands."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for split, n in (("train", 240), ("t10k", 60)):
-        y = rng.integers(0, 10, n)
-        x = rng.integers(0, 60, (n, 28, 28))
-        for i, label in enumerate(y):
-            x[i, label * 2: label * 2 + 3] += 150
-        write_idx(folder / f"{split}-images-idx3-ubyte.gz", x)
-        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", y)
-    return str(folder)
 
 
 def _tiny_row(**changes):

@@ -21,23 +21,6 @@ from keras_margin.experiments.files import RunLockedError, run_lock
 pytestmark = pytest.mark.filterwarnings("ignore:evaluate_robustness \\[")
 
 
-
-@pytest.fixture
-def tiny_mnist(tmp_path):
-    """A learnable fake MNIST: the label is the brightest of ten image bands."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for split, n in (("train", 240), ("t10k", 60)):
-        y = rng.integers(0, 10, n)
-        x = rng.integers(0, 60, (n, 28, 28))
-        for i, label in enumerate(y):
-            x[i, label * 2: label * 2 + 3] += 150
-        write_idx(folder / f"{split}-images-idx3-ubyte.gz", x)
-        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", y)
-    return str(folder)
-
-
 def _tiny(name="mlp-l2", **changes):
     row = dataclasses.replace(get_row(name), name=f"tiny-{name}", hidden=(16,), epochs=2,
                               validation=40, batch_size=50,
