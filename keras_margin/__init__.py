@@ -3,13 +3,17 @@
 The functional core (`margin_sensitivity`, `multiclass_hinge`, the attacks) works with any Keras
 model or callable that returns logits; `MarginModel` and the baseline trainers wrap it for `fit`.
 
-Names are imported on first use, so `import keras_margin` (and the `keras-margin` command's
-`--help`) does not start the Keras backend.
+Importing the package registers its Keras classes (trainers, losses), so that
+`keras.models.load_model` reads the `.keras` files they save; the other names are imported on
+first use. The `keras-margin` command imports only what a subcommand needs, so that `--help`
+answers without starting the Keras backend.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -55,6 +59,14 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_NAMES) | set(_SUBMODULES))
 
+
+def _command_line() -> bool:
+    """Running as the `keras-margin` command (its subcommands import what they need)."""
+    return bool(sys.argv) and os.path.basename(sys.argv[0]) == "keras-margin"
+
+
+if not _command_line():
+    importlib.import_module("keras_margin.training")  # registers the Keras classes
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from keras_margin import architectures, attacks, datasets

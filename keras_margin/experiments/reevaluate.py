@@ -18,7 +18,7 @@ from typing import Any
 
 import keras
 
-from keras_margin import attacks
+from keras_margin import attacks, training  # noqa: F401 - registers the trainers for loading
 from keras_margin.evaluation import evaluate_robustness, resolve_attack
 from keras_margin.experiments.files import read_json, run_lock, write_json
 from keras_margin.experiments.rows import Row
