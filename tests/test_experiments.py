@@ -70,10 +70,16 @@ def test_report_and_figures_from_runs(tiny_mnist, tmp_path):
         runner.run(_tiny_row(name="tiny-baseline", label="tiny baseline", trainer="plain",
                              trainer_kwargs={}, epochs=1, paper=get_row("mlp-baseline").paper),
                    seed, out, data_dir=tiny_mnist, verbose=0)
+    assert cli.main(["evaluate", out, "--data-dir", tiny_mnist, "--n", "20", "--steps", "3",
+                     "--attacks", "fmn,ddn", "--linf-eps", "0.1,0.3"]) == 0
+    assert cli.main(["evaluate", out, "--data-dir", tiny_mnist, "--n", "20", "--box", "0,1",
+                     "--tag", "boxed", "--attacks", "", "--linf-eps", ""]) == 0
     assert cli.main(["report", out]) == 0
     with open(os.path.join(out, "report.md")) as f:
         text = f.read()
     assert "| tiny l2 |" in text and "±" in text and "0.259" in text
+    assert "Stronger attacks" in text and "robust acc. l_inf 0.3" in text
+    assert "What the [0, 1] input box changes" in text
     assert "seeds per row: 2" in text
     ratio = [line for line in text.splitlines() if line.startswith("| tiny l2 |")][0]
     assert ratio.endswith("| x2.27 |")  # the paper's l2 / baseline ratio beside ours
@@ -81,8 +87,10 @@ def test_report_and_figures_from_runs(tiny_mnist, tmp_path):
         assert f.readline().startswith("table,row,label")
     figures = str(tmp_path / "figures")
     assert cli.main(["figures", out, "--out", figures]) == 0
-    assert sorted(os.listdir(figures)) == ["fig5_mlp_rho_adv_density.png",
-                                           "fig6_mlp_adversarial_examples.png"]
+    assert sorted(os.listdir(figures)) == [
+        "fig5_mlp_1ep_reference_rho_adv_density.png",
+        "fig6_mlp_1ep_reference_adversarial_examples.png",
+        "robustness_curve_mlp_1ep_reference_linf.png"]
 
 
 def test_cli_refuses_bad_input_clearly(tmp_path, capsys):

@@ -1,8 +1,9 @@
 """The paper's figures from finished runs, as PNG files (matplotlib, Agg backend).
 
 Figure 4: test error and rho_adv over C (from `keras-margin sweep-c` runs); Figure 5: densities
-of rho_adv per method; Figures 1/6: adversarial examples per method. Quick runs say so in the
-figure titles.
+of rho_adv per method; Figures 1/6: adversarial examples per method; and the field's robustness
+curve, robust accuracy against the l_inf budget per method (from `keras-margin evaluate`).
+Quick runs say so in the figure titles.
 """
 
 from __future__ import annotations
@@ -73,48 +74,67 @@ def error_and_robustness_over_c(runs: list[dict[str, Any]], out: str) -> list[st
     return written
 
 
+def _panels(runs: list[dict[str, Any]]) -> dict[tuple, dict[str, list[dict[str, Any]]]]:
+    """Table runs by (network, epochs, quick, protocol), then by method: one figure each, so
+    that runs of different configurations never share a curve."""
+    panels: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if run["table"] != "sweep-c":
+            key = (run["architecture"], run["epochs"], run["quick"], run["protocol"])
+            panels[key][run["label"]].append(run)
+    return panels
+
+
+def _title(key: tuple, what: str) -> str:
+    arch, epochs, quick, protocol = key
+    return f"{arch}, {epochs} epochs, {protocol} protocol: {what}{_quick_note(quick)}"
+
+
+def _name(prefix: str, key: tuple, what: str) -> str:
+    arch, epochs, quick, protocol = key
+    return f"{prefix}_{arch}_{epochs}ep_{protocol}{'_quick' if quick else ''}_{what}.png"
+
+
 def robustness_densities(runs: list[dict[str, Any]], out: str) -> list[str]:
     """Figure 5: density of ||r(x)|| / ||x|| over correctly classified points, per method."""
     plt = _pyplot()
-    by_arch: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
-    quick: dict[str, bool] = {}
-    for run in runs:
-        if run["table"] == "sweep-c":
-            continue
-        path = os.path.join(run["path"], "distances.npy")
-        if os.path.exists(path):
-            arch = run["architecture"]
-            by_arch[arch][run["label"]].append(np.load(path))
-            quick[arch] = quick.get(arch, False) or run["quick"]
     written = []
-    for arch, methods in by_arch.items():
+    for key, methods in _panels(runs).items():
+        curves = {label: [np.load(os.path.join(r["path"], "distances.npy")) for r in members
+                          if os.path.exists(os.path.join(r["path"], "distances.npy"))]
+                  for label, members in methods.items()}
+        curves = {label: arrays for label, arrays in curves.items() if arrays}
+        if not curves:
+            continue
         fig, ax = plt.subplots(figsize=(6, 4))
         grid = np.linspace(0, 1, 400)
-        for label, arrays in methods.items():
+        for label, arrays in curves.items():
             values = np.concatenate(arrays)
             ax.plot(grid, _density(values[values > 0], grid), label=label)
         ax.set_xlabel("rho_adv = ||r(x)|| / ||x|| (DeepFool)")
         ax.set_ylabel("density")
-        ax.set_title(f"{arch}: robustness per method{_quick_note(quick[arch])}", fontsize=9)
+        ax.set_title(_title(key, "robustness per method"), fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        written.append(_save(fig, os.path.join(out, f"fig5_{arch}_rho_adv_density.png")))
+        written.append(_save(fig, os.path.join(out, _name("fig5", key, "rho_adv_density"))))
     return written
 
 
 def adversarial_grids(runs: list[dict[str, Any]], out: str) -> list[str]:
     """Figures 1/6: originals in the first row, then each method's DeepFool adversarials."""
     plt = _pyplot()
-    by_arch: dict[str, dict[str, Any]] = defaultdict(dict)
-    for run in runs:
-        path = os.path.join(run["path"], "adversarial.npz")
-        if run["table"] != "sweep-c" and os.path.exists(path) and run["dataset"] != "cifar10":
-            by_arch[run["architecture"]].setdefault(run["label"], (np.load(path), run))
     written = []
-    for arch, methods in by_arch.items():
-        first = next(iter(methods.values()))[0]
+    for key, methods in _panels(runs).items():
+        shown = {}
+        for label, members in methods.items():
+            path = os.path.join(members[0]["path"], "adversarial.npz")
+            if os.path.exists(path) and members[0]["dataset"] != "cifar10":
+                shown[label] = np.load(path)
+        if not shown:
+            continue
+        first = next(iter(shown.values()))
         rows = [("original", first["x"])] + [(label, data["x_adv"])
-                                             for label, (data, _) in methods.items()]
+                                             for label, data in shown.items()]
         cols = len(first["x"])
         fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 0.9, len(rows) * 1.0),
                                  squeeze=False)
@@ -124,11 +144,40 @@ def adversarial_grids(runs: list[dict[str, Any]], out: str) -> list[str]:
                 axes[r, c].set_xticks([])
                 axes[r, c].set_yticks([])
             axes[r, 0].set_ylabel(label, rotation=0, ha="right", fontsize=7)
-        quick = any(run["quick"] for _, run in methods.values())
-        fig.suptitle(f"{arch}: DeepFool adversarial examples per method{_quick_note(quick)}",
-                     fontsize=9)
-        written.append(_save(fig, os.path.join(out, f"fig6_{arch}_adversarial_examples.png"),
+        fig.suptitle(_title(key, "DeepFool adversarial examples per method"), fontsize=9)
+        written.append(_save(fig, os.path.join(out, _name("fig6", key, "adversarial_examples")),
                              bbox_inches="tight"))
+    return written
+
+
+def robust_accuracy_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
+    """Robust accuracy (APGD-CE + APGD-T) against the l_inf budget, one line per method, one
+    figure per configuration; eps = 0 is the clean accuracy on the same points."""
+    plt = _pyplot()
+    written = []
+    for key, methods in _panels(runs).items():
+        curves = {}
+        for label, members in methods.items():
+            strong = [r["strong"] for r in members if r.get("strong")
+                      and r["strong"]["settings"]["linf_eps"]]
+            if len(strong) == len(members):
+                budgets = strong[0]["settings"]["linf_eps"]
+                accuracy = [[1 - s["error"]] + [s[f"robust_accuracy_linf_{e:g}"]
+                                                 for e in budgets] for s in strong]
+                curves[label] = ([0.0] + list(budgets), np.mean(accuracy, axis=0))
+        if not curves:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, (eps, accuracy) in curves.items():
+            ax.plot(eps, 100 * accuracy, marker="o", label=label)
+        ax.set_xlabel("l_inf budget eps")
+        ax.set_ylabel("robust accuracy, % (APGD-CE + APGD-T)")
+        ax.set_ylim(0, 100)
+        ax.set_title(_title(key, "robust accuracy against the budget"), fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, os.path.join(out, _name("robustness_curve", key,
+                                                            "linf"))))
     return written
 
 
@@ -139,4 +188,4 @@ def write(runs_dir: str, out: str) -> list[str]:
         raise FileNotFoundError(f"No finished runs (metrics.json) under {runs_dir}.")
     os.makedirs(out, exist_ok=True)
     return (error_and_robustness_over_c(runs, out) + robustness_densities(runs, out)
-            + adversarial_grids(runs, out))
+            + adversarial_grids(runs, out) + robust_accuracy_curves(runs, out))
