@@ -90,7 +90,8 @@ def test_report_and_figures_from_runs(tiny_mnist, tmp_path):
     assert sorted(os.listdir(figures)) == [
         "fig5_mlp_1ep_reference_rho_adv_density.png",
         "fig6_mlp_1ep_reference_adversarial_examples.png",
-        "robustness_curve_mlp_1ep_reference_linf.png"]
+        "robustness_curve_mlp_1ep_reference_linf.png",
+        "training_mlp_1ep_reference_robustness.png"]
 
 
 def test_cli_refuses_bad_input_clearly(tmp_path, capsys):

@@ -181,6 +181,41 @@ def robust_accuracy_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
     return written
 
 
+def training_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
+    """Per-epoch robustness on the validation subset (the runner's RobustnessCallback):
+    val_rho_adv and val_fgsm_error against the epoch, one line per method and configuration."""
+    import csv
+
+    plt = _pyplot()
+    written = []
+    for key, methods in _panels(runs).items():
+        histories = {}
+        for label, members in methods.items():
+            path = os.path.join(members[0]["path"], "history.csv")
+            if os.path.exists(path):
+                with open(path, newline="") as f:
+                    rows = [r for r in csv.DictReader(f) if r.get("val_rho_adv") not in
+                            (None, "", "nan", "NA")]
+                if rows:
+                    histories[label] = rows
+        if not histories:
+            continue
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        for label, rows in histories.items():
+            epochs = [int(r["epoch"]) + 1 for r in rows]
+            left.plot(epochs, [float(r["val_rho_adv"]) for r in rows], label=label)
+            right.plot(epochs, [100 * float(r["val_fgsm_error"]) for r in rows], label=label)
+        left.set_xlabel("epoch")
+        left.set_ylabel("val rho_adv (DeepFool, eq. 20)")
+        right.set_xlabel("epoch")
+        right.set_ylabel("val FGSM error, %")
+        left.legend(fontsize=7)
+        fig.suptitle(_title(key, "robustness during training (validation subset)"), fontsize=9)
+        fig.tight_layout()
+        written.append(_save(fig, os.path.join(out, _name("training", key, "robustness"))))
+    return written
+
+
 def write(runs_dir: str, out: str) -> list[str]:
     """All figures that the finished runs under `runs_dir` allow; returns the PNG paths."""
     runs = sorted(collect(runs_dir), key=paper_order)
@@ -188,4 +223,5 @@ def write(runs_dir: str, out: str) -> list[str]:
         raise FileNotFoundError(f"No finished runs (metrics.json) under {runs_dir}.")
     os.makedirs(out, exist_ok=True)
     return (error_and_robustness_over_c(runs, out) + robustness_densities(runs, out)
-            + adversarial_grids(runs, out) + robust_accuracy_curves(runs, out))
+            + adversarial_grids(runs, out) + robust_accuracy_curves(runs, out)
+            + training_curves(runs, out))
