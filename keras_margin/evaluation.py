@@ -36,6 +36,8 @@ ATTACK_NAMES = {"fmn": FMN(norm="l2", init="deepfool"), "fmn_l2": FMN(norm="l2",
 MASKING_RATIO = 2.0
 # An unbounded attack should fool (nearly) every correctly classified point.
 MIN_SUCCESS = 0.99
+# FGSM fooling this many fewer points than APGD at a budget no larger: a masked single step.
+FGSM_GAP = 0.2
 
 
 def relative_norms(x: np.ndarray, perturbation: np.ndarray, norm: str = "l2") -> np.ndarray:
@@ -147,6 +149,7 @@ def evaluate_robustness(model: Callable, x: Any, y: Any, fgsm_eps: float | None 
     fgsm_wrong = _fgsm_errors(model, inputs, fgsm_eps, lanes) if fgsm_eps is not None else None
     report.values["fgsm_error"] = float(fgsm_wrong.mean()) if fgsm_wrong is not None \
         else math.nan
+    report.values["fgsm_eps"] = fgsm_eps
     subset = dataclasses.replace(inputs, x=inputs.x[correct], labels=inputs.labels[correct])
     found = {}  # attack name -> (result on the correct points, its norm)
     if correct.any():
@@ -274,9 +277,12 @@ def _sanity_checks(report: _Report, inputs: base.Inputs, budgets: dict[str, list
             break
     for name, (result, _) in found.items():
         if result.success.mean() < MIN_SUCCESS:
+            covered = (~result.success & fooled).sum() / max((~result.success).sum(), 1)
             report.flag(f"{name}_failures",
                         f"{name} fooled only {result.success.mean():.1%} of the correctly "
-                        "classified points, although it has no budget; "
+                        "classified points, although it has no budget ("
+                        f"{covered:.0%} of the rest were fooled by another attack, so rho_min "
+                        f"holds; rho_{name} covers the points it fooled); "
                         + ("inputs may be unscaled (see the warning above) or the "
                            "gradients masked." if result.success.mean() < 0.5 else
                            "raise its iterations (max_iter / steps)."))
@@ -295,6 +301,17 @@ def _sanity_checks(report: _Report, inputs: base.Inputs, budgets: dict[str, list
                     report.flag("gradient_masking", f"DeepFool's l2 distances are {ratio:.2f}x "
                                 "the minimum-norm attacks' (median): its rho_adv overstates "
                                 "robustness; report rho_min.")
+    fgsm_eps = values.get("fgsm_eps")
+    for eps in budgets.get("linf", ()):
+        apgd_error = 1.0 - values[budget_key("linf", eps)]  # over all points, as FGSM's
+        if fgsm_eps is not None and eps <= fgsm_eps and \
+                apgd_error - values["fgsm_error"] > FGSM_GAP:
+            report.flag("fgsm_unreliable",
+                        f"APGD at l_inf {eps:g} fools {apgd_error:.1%} of the points, FGSM at "
+                        f"{fgsm_eps:g} only {values['fgsm_error']:.1%}: the single "
+                        "step is masked (typical of FGSM adversarial training), so the FGSM "
+                        "error overstates robustness.")
+            break
     for norm, eps_values in budgets.items():
         accuracies = [values[budget_key(norm, eps)] for eps in eps_values]
         if any(b > a + 1e-12 for a, b in zip(accuracies, accuracies[1:])):
