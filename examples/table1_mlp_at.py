@@ -4,7 +4,7 @@ Paper (100 epochs, 10 seeds): error 1.19 %, FGSM error 10.17 %,
 rho_adv 0.16. The settings are row "mlp-at" of keras_margin.experiments, shared with
 `keras-margin reproduce`; only the model is written out here.
 
-    python examples/table1_mlp_at.py --quick --data-dir ../shared/data/mnist-t10k
+    python examples/table1_mlp_at.py --data-dir ../shared/data/mnist   # --quick: CPU-sized subsets
 """
 
 from keras_margin import AdversarialTrainingModel, architectures

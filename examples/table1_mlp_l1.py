@@ -4,7 +4,7 @@ Paper (100 epochs, 10 seeds): error 0.84 %, FGSM error 32.43 %,
 rho_adv 0.273. The settings are row "mlp-l1" of keras_margin.experiments, shared with
 `keras-margin reproduce`; only the model is written out here.
 
-    python examples/table1_mlp_l1.py --quick --data-dir ../shared/data/mnist-t10k
+    python examples/table1_mlp_l1.py --data-dir ../shared/data/mnist   # --quick: CPU-sized subsets
 """
 
 from keras_margin import MarginModel, architectures

@@ -4,7 +4,7 @@ Paper (100 epochs, 10 seeds): error 0.87 %, FGSM error 24.33 %,
 rho_adv 0.269. The settings are row "mlp-vat" of keras_margin.experiments, shared with
 `keras-margin reproduce`; only the model is written out here.
 
-    python examples/table1_mlp_vat.py --quick --data-dir ../shared/data/mnist-t10k
+    python examples/table1_mlp_vat.py --data-dir ../shared/data/mnist   # --quick: CPU-sized subsets
 """
 
 from keras_margin import VATModel, architectures

@@ -207,10 +207,12 @@ def _paper_measures(report: _Report, inputs: base.Inputs, correct: np.ndarray,
         report.values.update(rho_adv=math.nan, deepfool_success_rate=math.nan,
                              distances=distances)
         return
+    perturbation = np.zeros_like(inputs.x)
+    perturbation[correct] = deepfool.perturbation
     distances[correct] = relative_norms(inputs.x[correct], deepfool.perturbation)
-    rate = float(deepfool.success.mean())
-    report.values.update(rho_adv=float(distances[correct].mean()) if deepfool.success.any()
-                         else math.nan, deepfool_success_rate=rate, distances=distances)
+    report.values.update(
+        rho_adv=rho_adv(inputs.x, perturbation, correct) if deepfool.success.any() else math.nan,
+        deepfool_success_rate=float(deepfool.success.mean()), distances=distances)
 
 
 def _minimum_norm_measures(report: _Report, subset: base.Inputs,
