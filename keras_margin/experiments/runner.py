@@ -288,16 +288,19 @@ def save_arrays(folder: str, report: dict[str, Any], suffix: str = "") -> dict[s
 
 
 def _code_version() -> str:
-    """keras_margin's version and, in a git checkout, the commit (for the results' provenance)."""
+    """keras_margin's version, in a git checkout the commit, and the Keras backend (for the
+    results' provenance)."""
     import subprocess
 
     here = os.path.dirname(os.path.abspath(keras_margin.__file__))
+    version = f"{keras_margin.__version__}"
     try:
         commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, timeout=10, check=True)
-        return f"{keras_margin.__version__} ({commit.stdout.strip()})"
+        version += f" ({commit.stdout.strip()})"
     except (OSError, subprocess.SubprocessError):
-        return keras_margin.__version__
+        pass
+    return f"{version}, Keras {keras.__version__} on {keras.backend.backend()}"
 
 
 def _finish(row: Row, model: keras.Model, data: Data, folder: str,
