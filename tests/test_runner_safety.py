@@ -173,3 +173,27 @@ def test_report_never_averages_different_configurations(tiny_mnist, tmp_path):
     text = report.write(out)
     assert "seeds per row: 2" not in text
     assert "Protocol: boxed" in text and "Protocol: reference" in text
+
+
+def test_the_command_resumes_a_run_in_a_fresh_process(tiny_mnist, tmp_path):
+    """`keras-margin` imports lazily; loading the checkpoint must still find the trainers'
+    classes (it once failed with "Could not locate class 'MarginModel'")."""
+    out = str(tmp_path / "runs")
+    row = _tiny(epochs=2)
+    assert runner.run(row, 0, out, data_dir=tiny_mnist, verbose=0, stop_after=1) is None
+    script = textwrap.dedent(f"""
+        import dataclasses, sys
+        sys.argv[0] = "keras-margin"  # what the console script's process sees
+        from keras_margin.experiments import get_row, runner
+        row = dataclasses.replace(get_row("mlp-l2"), name="tiny-mlp-l2", hidden=(16,),
+                                  epochs=2, validation=40, batch_size=50,
+                                  deepfool={{"max_iter": 5, "step_clip": 0.5,
+                                            "overshoot": 0.02}})
+        assert runner.run(row, 0, {out!r}, data_dir={tiny_mnist!r}, verbose=0) is not None
+        print("resumed")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0 and "resumed" in proc.stdout, proc.stderr[-3000:]
+    with open(os.path.join(runner.run_dir(out, row, 0), "history.csv")) as f:
+        assert len(f.read().strip().splitlines()) == 1 + 2  # epoch 1 kept, epoch 2 resumed

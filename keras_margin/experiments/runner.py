@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 import keras_margin
-from keras_margin import datasets
+from keras_margin import datasets, training  # noqa: F401 - registers the trainers (resume)
 from keras_margin.callbacks import RobustnessCallback
 from keras_margin.evaluation import evaluate_robustness
 from keras_margin.experiments.files import read_json, run_lock, write_json
