@@ -234,7 +234,7 @@ def split_validation(x: np.ndarray, y: np.ndarray, validation: int, seed: int = 
 
 def load(name: str, validation: int = 10000, seed: int | None = None,
          data_dir: str | None = None, split: str = "random",
-         pixel_scale: float = 255.0) -> tuple[Arrays, Arrays, Arrays]:
+         pixel_scale: float = 255.0, allow_sample: bool = True) -> tuple[Arrays, Arrays, Arrays]:
     """Train, validation and test arrays of a data set (the paper: 50k/10k/10k on MNIST).
 
     Args:
@@ -246,6 +246,8 @@ def load(name: str, validation: int = 10000, seed: int | None = None,
         split: "random" or "reference" (the paper's code); see `split_validation`.
         pixel_scale: the MNISTs' bytes are divided by it: 255 gives [0, 1], 256 the
             reference code's [0, 255/256].
+        allow_sample: for MNIST with no `data_dir` given, fall back to the embedded sample
+            (never when `data_dir` is given: then its missing files are an error).
 
     Returns:
         ((x_train, y_train), (x_val, y_val), (x_test, y_test)).
@@ -266,7 +268,7 @@ def load(name: str, validation: int = 10000, seed: int | None = None,
             train = _load_tfds(name, "train", pixel_scale)
             test = _load_tfds(name, "test", pixel_scale)
         except DatasetNotFoundError as tfds_error:
-            if name != "mnist":
+            if name != "mnist" or data_dir is not None or not allow_sample:
                 raise DatasetNotFoundError(f"{local_error}\n{tfds_error}") from None
             train, test = _load_embedded(pixel_scale)
             validation = min(validation, len(train[0]) // 8)

@@ -66,7 +66,8 @@ def load_data(dataset: str, data_dir: str | None, quick: bool, validation: int =
     split = "random" if dataset == "cifar10" else "reference"
     try:
         train, val, test = datasets.load(dataset, validation=validation, data_dir=data_dir,
-                                         split=split, pixel_scale=pixel_scale)
+                                         split=split, pixel_scale=pixel_scale,
+                                         allow_sample=False)
         protocol = f"{dataset} train {len(train[0])} / validation {len(val[0])} / test " \
                    f"{len(test[0])}, {split} split, pixels / {pixel_scale:g}"
         if quick:
@@ -78,8 +79,13 @@ def load_data(dataset: str, data_dir: str | None, quick: bool, validation: int =
         if not quick or dataset == "cifar10":
             raise
         n_fit = QUICK["train"] + QUICK["validation"]
-        (x, y), test = datasets.split_test_set(dataset, data_dir, train=n_fit, seed=0,
-                                               pixel_scale=pixel_scale)
+        try:
+            (x, y), test = datasets.split_test_set(dataset, data_dir, train=n_fit, seed=0,
+                                                   pixel_scale=pixel_scale)
+        except datasets.DatasetNotFoundError:
+            if dataset != "mnist" or data_dir is not None:
+                raise
+            return _embedded_quick(pixel_scale)
         train, val = (x[:QUICK["train"]], y[:QUICK["train"]]), (x[QUICK["train"]:],
                                                                 y[QUICK["train"]:])
         protocol = f"QUICK: {dataset}'s test set only (no training files here), cut into " \
@@ -93,6 +99,16 @@ def load_data(dataset: str, data_dir: str | None, quick: bool, validation: int =
     data = Data(*train, *val, *test, protocol=protocol)
     _DATA_CACHE[key] = data
     return data
+
+
+def _embedded_quick(pixel_scale: float) -> Data:
+    """QUICK on the MNIST sample embedded in the package (no files, no network)."""
+    (x, y), (x_val, y_val), test = datasets.load(
+        "mnist", validation=QUICK["validation"], split="reference", pixel_scale=pixel_scale)
+    return Data(x, y, x_val, y_val, *test,
+                protocol=f"QUICK: the MNIST sample embedded in keras-margin, train {len(x)} / "
+                         f"validation {len(x_val)} / test {len(test[0])}, pixels / "
+                         f"{pixel_scale:g}")
 
 
 def run_dir(out: str, row: Row, seed: int) -> str:
