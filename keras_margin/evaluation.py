@@ -140,8 +140,8 @@ def evaluate_robustness(model: Callable, x: Any, y: Any, fgsm_eps: float | None 
     minimum_norm = [resolve_attack(spec) for spec in attacks]
     budgets = {"linf": check_budgets("linf_eps", linf_eps), "l2": check_budgets("l2_eps", l2_eps)}
     apgd = apgd or APGD()
-    lanes = base.check_lanes(batch_size)
     inputs = base.check_inputs(model, x, y, clip_min, clip_max, "evaluate_robustness")
+    lanes = base.check_lanes(batch_size, len(inputs.x))
     n = len(inputs.x)
     wrong = base.predictions(model, inputs.x, lanes) != inputs.labels
     correct = ~wrong

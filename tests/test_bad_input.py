@@ -145,12 +145,17 @@ def test_embedded_sample_when_nothing_else_can_provide_mnist(tmp_path, monkeypat
     monkeypatch.setattr(datasets, "_load_tfds", no_tfds)
     monkeypatch.delenv("KERAS_MARGIN_DATA", raising=False)
     with caplog.at_level(logging.WARNING, logger="keras_margin.datasets"):
-        (x, y), (x_val, y_val), (x_te, y_te) = datasets.load("mnist", data_dir=str(tmp_path))
+        (x, y), (x_val, y_val), (x_te, y_te) = datasets.load("mnist")
     assert (len(x), len(x_val), len(x_te)) == (7000, 1000, 2000)
     assert x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
     assert sorted(np.unique(y_te)) == list(range(10))
     notices = [r.getMessage() for r in caplog.records if "embedded sample" in r.getMessage()]
     assert len(notices) == 1 and "\n" not in notices[0] and "--data-dir" in notices[0]
+    # A folder the user named is a promise: its missing files stay an error, never the sample.
+    with pytest.raises(datasets.DatasetNotFoundError, match=str(tmp_path)):
+        datasets.load("mnist", data_dir=str(tmp_path))
+    with pytest.raises(datasets.DatasetNotFoundError):
+        datasets.load("mnist", allow_sample=False)
 
 
 def test_embedded_sample_matches_its_readme_and_size_budget():

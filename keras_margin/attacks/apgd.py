@@ -71,7 +71,8 @@ class APGD:
                  verbose: int = 0) -> base.AttackResult:
         inputs = base.check_inputs(model, x, y, clip_min, clip_max, "apgd")
         eps = check_positive("eps", eps)
-        result = run_schedule(model, inputs, [self], [eps], base.check_lanes(batch_size),
+        result = run_schedule(model, inputs, [self], [eps],
+                              base.check_lanes(batch_size, len(inputs.x)),
                               jit_compile, verbose)
         return result[eps]
 

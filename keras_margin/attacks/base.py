@@ -212,9 +212,16 @@ def lane_runner(model: Callable, config: Any, make_kernel: Callable[[], Kernel],
     return cache[key]
 
 
-def check_lanes(batch_size: int | None) -> int:
-    """The number of lanes (samples attacked side by side); None gives the default 256."""
-    return DEFAULT_LANES if batch_size is None else check_integer("batch_size", batch_size)
+def check_lanes(batch_size: int | None, n: int) -> int:
+    """The number of lanes (samples attacked side by side) for `n` samples: `batch_size`
+    (None: the default 256), at most n.
+
+    Fixed at the public entry from the whole input, never from a subset of it, so one call's
+    programs have one shape whatever the subset (the points still correct at an epoch); a
+    TensorFlow function traced for a second shape generalises it and may round differently.
+    """
+    lanes = DEFAULT_LANES if batch_size is None else check_integer("batch_size", batch_size)
+    return max(1, min(lanes, n))
 
 
 def progress_bar(total: int, verbose: int) -> Callable[[int], None] | None:

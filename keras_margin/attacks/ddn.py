@@ -51,7 +51,8 @@ class DDN:
                  clip_max: float | None = None, batch_size: int | None = None,
                  jit_compile: bool | str = "auto", verbose: int = 0) -> base.AttackResult:
         inputs = base.check_inputs(model, x, y, clip_min, clip_max, "ddn")
-        return self.run(model, inputs, base.check_lanes(batch_size), jit_compile, verbose)
+        return self.run(model, inputs, base.check_lanes(batch_size, len(inputs.x)), jit_compile,
+                        verbose)
 
     def run(self, model: Callable, inputs: base.Inputs, lanes: int,
             jit_compile: bool | str = "auto", verbose: int = 0) -> base.AttackResult:

@@ -62,14 +62,15 @@ class DeepFool:
                  batch_size: int | None = None, jit_compile: bool | str = "auto",
                  verbose: int = 0) -> base.AttackResult:
         check_choice("target", target, TARGETS)
-        lanes = base.check_lanes(batch_size)
         if target == "prediction":
             inputs = base.check_inputs(model, x, np.zeros(len(x), np.int32), clip_min,
                                        clip_max, "deepfool")
+            lanes = base.check_lanes(batch_size, len(inputs.x))
             inputs = dataclasses.replace(inputs, labels=base.predictions(model, inputs.x, lanes))
         else:
             inputs = base.check_inputs(model, x, y, clip_min, clip_max,
                                        'deepfool(target="label")')
+            lanes = base.check_lanes(batch_size, len(inputs.x))
         return self.run(model, inputs, lanes, jit_compile, verbose)
 
     def run(self, model: Callable, inputs: base.Inputs, lanes: int,

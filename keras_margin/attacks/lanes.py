@@ -78,7 +78,8 @@ class LaneRunner:
 
         Args:
             jobs: per-job parameters (small arrays of one length, e.g. a sample index).
-            lanes: how many jobs run side by side.
+            lanes: how many jobs run side by side (exactly: fewer jobs leave lanes empty, so
+                the compiled programs keep one shape; see `base.check_lanes`).
             outputs: the state keys to collect when a job ends.
             load: the kernel's `init` inputs of some jobs from their parameters (e.g. their
                 samples gathered by index); `valid` is added by the runner.
@@ -89,7 +90,7 @@ class LaneRunner:
         params = {key: np.asarray(value) for key, value in jobs.items()}
         total = len(next(iter(params.values())))
         queue = collections.deque(range(total))
-        lanes = max(1, min(lanes, total))
+        lanes = max(1, lanes)
         lane_job = np.full(lanes, -1)
         results: dict[str, list] = {key: [] for key in outputs}
         ended_ids: list[np.ndarray] = []
