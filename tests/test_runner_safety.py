@@ -13,7 +13,7 @@ import pytest
 from conftest import write_idx
 
 from keras_margin import datasets
-from keras_margin.experiments import cli, get_row, report, runner, sweep_row
+from keras_margin.experiments import cli, figures, get_row, report, runner, sweep_row
 from keras_margin.experiments.files import RunLockedError, run_lock
 
 # The tiny 16-unit models on fake data trip the robustness sanity checks by design (zero
@@ -197,3 +197,18 @@ def test_the_command_resumes_a_run_in_a_fresh_process(tiny_mnist, tmp_path):
     assert proc.returncode == 0 and "resumed" in proc.stdout, proc.stderr[-3000:]
     with open(os.path.join(runner.run_dir(out, row, 0), "history.csv")) as f:
         assert len(f.read().strip().splitlines()) == 1 + 2  # epoch 1 kept, epoch 2 resumed
+
+
+def test_report_and_figures_show_runs_in_progress_apart(tiny_mnist, tmp_path):
+    out = str(tmp_path / "runs")
+    runner.run(_tiny(epochs=1), 0, os.path.join(out, "a"), data_dir=tiny_mnist, verbose=0)
+    runner.run(_tiny(epochs=2), 0, os.path.join(out, "b"), data_dir=tiny_mnist, verbose=0,
+               stop_after=1)
+    running = report.in_progress(out)
+    assert [(r["epochs_done"], r["epochs"]) for r in running] == [(1, 2)]
+    text = report.write(out)
+    finished, _, progress = text.partition("### Runs in progress")
+    assert "| 1 / 2 |" in progress and "seeds per row: 1" in finished
+    pytest.importorskip("matplotlib")
+    written = [os.path.basename(p) for p in figures.write(out, str(tmp_path / "figs"))]
+    assert any(name.startswith("training_") and "_2ep_" in name for name in written)

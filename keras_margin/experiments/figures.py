@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_margin.experiments.report import collect, paper_order, summarize
+from keras_margin.experiments.report import collect, in_progress, paper_order, summarize
 
 
 def _pyplot():
@@ -183,7 +183,8 @@ def robust_accuracy_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
 
 def training_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
     """Per-epoch robustness on the validation subset (the runner's RobustnessCallback):
-    val_rho_adv and val_fgsm_error against the epoch, one line per method and configuration."""
+    val_rho_adv and val_fgsm_error against the epoch, one line per method and configuration;
+    runs still in progress (`report.in_progress`) are drawn dashed up to their last epoch."""
     import csv
 
     plt = _pyplot()
@@ -202,9 +203,12 @@ def training_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
             continue
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
         for label, rows in histories.items():
+            running = "epochs_done" in methods[label][0]
+            style = {"linestyle": "--" if running else "-",
+                     "label": f"{label} (in progress)" if running else label}
             epochs = [int(r["epoch"]) + 1 for r in rows]
-            left.plot(epochs, [float(r["val_rho_adv"]) for r in rows], label=label)
-            right.plot(epochs, [100 * float(r["val_fgsm_error"]) for r in rows], label=label)
+            left.plot(epochs, [float(r["val_rho_adv"]) for r in rows], **style)
+            right.plot(epochs, [100 * float(r["val_fgsm_error"]) for r in rows], **style)
         left.set_xlabel("epoch")
         left.set_ylabel("val rho_adv (DeepFool, eq. 20)")
         right.set_xlabel("epoch")
@@ -224,4 +228,4 @@ def write(runs_dir: str, out: str) -> list[str]:
     os.makedirs(out, exist_ok=True)
     return (error_and_robustness_over_c(runs, out) + robustness_densities(runs, out)
             + adversarial_grids(runs, out) + robust_accuracy_curves(runs, out)
-            + training_curves(runs, out))
+            + training_curves(runs + in_progress(runs_dir), out))

@@ -39,6 +39,56 @@ def collect(runs_dir: str) -> list[dict[str, Any]]:
     return runs
 
 
+def in_progress(runs_dir: str) -> list[dict[str, Any]]:
+    """Every run that has started but not finished (config.json and history.csv, no
+    metrics.json): its row's fields as `collect` gives them, "epochs_done" and the last line of
+    its history (the validation numbers of the robustness callback) under "last"."""
+    runs = []
+    for path in sorted(glob.glob(os.path.join(runs_dir, "**", "history.csv"), recursive=True)):
+        folder = os.path.dirname(path)
+        config_path = os.path.join(folder, "config.json")
+        if os.path.exists(os.path.join(folder, "metrics.json")) or \
+                not os.path.exists(config_path):
+            continue
+        config = read_json(config_path)
+        with open(path, newline="") as f:
+            history = list(csv.DictReader(f))
+        if not history:
+            continue
+        row = config.get("row", {})
+        runs.append({**{k: row.get(k) for k in ("table", "label", "architecture", "epochs",
+                                                  "protocol")},
+                     "row": row.get("name"), "quick": config.get("quick", False),
+                     "seed": config.get("seed"), "path": folder, "config": config,
+                     "epochs_done": len(history), "last": history[-1]})
+    return runs
+
+
+def _number(line: dict[str, str], key: str, transform=lambda v: v, digits: int = 3) -> str:
+    try:
+        return f"{transform(float(line[key])):.{digits}f}"
+    except (KeyError, TypeError, ValueError):
+        return "—"
+
+
+def _in_progress_table(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return ""
+    out = ["### Runs in progress\n",
+           "Not finished, so not in the tables above: the validation subset's numbers after "
+           "the last finished epoch (the runner's robustness callback).\n",
+           "| run | epochs done | val error % | val rho_adv | val FGSM error % |",
+           "|---|---|---|---|---|"]
+    for run in runs:
+        last = run["last"]
+        error = _number(last, "val_accuracy", lambda v: 100 * (1 - v), 2)
+        out.append(f"| {run['label']} ({run['protocol']}, {run['epochs']} epochs, seed "
+                   f"{run['seed']}) | {run['epochs_done']} / {run['epochs']} | {error} | "
+                   f"{_number(last, 'val_rho_adv')} | "
+                   f"{_number(last, 'val_fgsm_error', lambda v: 100 * v, 1)} |")
+    return "\n".join(out) + "\n"
+
+
 def configuration_key(run: dict[str, Any]) -> str:
     """Everything a run's configuration holds but its seed: runs with equal keys are seeds of
     one experiment; any other difference (epochs, data, protocol, a hyper-parameter) is not."""
@@ -221,7 +271,8 @@ def write(runs_dir: str, out_prefix: str | None = None) -> str:
     if not lines:
         raise FileNotFoundError(f"No finished runs (metrics.json) under {runs_dir}.")
     prefix = out_prefix or os.path.join(runs_dir, "report")
-    text = markdown(lines)
+    running = _in_progress_table(in_progress(runs_dir))
+    text = markdown(lines) + ("\n" + running if running else "")
     with open(prefix + ".md", "w") as f:
         f.write(text)
     extra = sorted({k for line in lines for k in line
