@@ -4,7 +4,8 @@ Paper (100 epochs, 10 seeds): error 0.72 %, FGSM error 72.14 %,
 rho_adv 0.154. The settings are row "lenet5-baseline" of keras_margin.experiments, shared with
 `keras-margin reproduce`; only the model is written out here.
 
-    python examples/table1_lenet5_baseline.py --data-dir ../shared/data/mnist   # --quick: CPU-sized subsets
+    python examples/table1_lenet5_baseline.py --data-dir ../shared/data/mnist
+    python examples/table1_lenet5_baseline.py --quick   # CPU-sized subsets
 """
 
 from keras_margin import architectures

@@ -4,7 +4,8 @@ Paper (100 epochs, 10 seeds): error 0.62 %, FGSM error 28.26 %,
 rho_adv 0.217. The settings are row "lenet5-l2" of keras_margin.experiments, shared with
 `keras-margin reproduce`; only the model is written out here.
 
-    python examples/table1_lenet5_l2.py --data-dir ../shared/data/mnist   # --quick: CPU-sized subsets
+    python examples/table1_lenet5_l2.py --data-dir ../shared/data/mnist
+    python examples/table1_lenet5_l2.py --quick   # CPU-sized subsets
 """
 
 from keras_margin import MarginModel, architectures

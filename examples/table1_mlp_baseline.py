@@ -4,7 +4,8 @@ Paper (100 epochs, 10 seeds): error 1.42 %, FGSM error 95.8 %,
 rho_adv 0.114. The settings are row "mlp-baseline" of keras_margin.experiments, shared with
 `keras-margin reproduce`; only the model is written out here.
 
-    python examples/table1_mlp_baseline.py --data-dir ../shared/data/mnist   # --quick: CPU-sized subsets
+    python examples/table1_mlp_baseline.py --data-dir ../shared/data/mnist
+    python examples/table1_mlp_baseline.py --quick   # CPU-sized subsets
 """
 
 from keras_margin import architectures

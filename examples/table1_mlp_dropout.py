@@ -4,7 +4,8 @@ Paper (100 epochs, 10 seeds): error 1.34 %, FGSM error 93.4 %,
 rho_adv 0.12. The settings are row "mlp-dropout" of keras_margin.experiments, shared with
 `keras-margin reproduce`; only the model is written out here.
 
-    python examples/table1_mlp_dropout.py --data-dir ../shared/data/mnist   # --quick: CPU-sized subsets
+    python examples/table1_mlp_dropout.py --data-dir ../shared/data/mnist
+    python examples/table1_mlp_dropout.py --quick   # CPU-sized subsets
 """
 
 from keras_margin import architectures

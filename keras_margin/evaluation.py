@@ -310,9 +310,10 @@ def _sanity_checks(report: _Report, inputs: base.Inputs, budgets: dict[str, list
                 apgd_error - values["fgsm_error"] > FGSM_GAP:
             report.flag("fgsm_unreliable",
                         f"APGD at l_inf {eps:g} fools {apgd_error:.1%} of the points, FGSM at "
-                        f"{fgsm_eps:g} only {values['fgsm_error']:.1%}: the single "
-                        "step is masked (typical of FGSM adversarial training), so the FGSM "
-                        "error overstates robustness.")
+                        f"{fgsm_eps:g} only {values['fgsm_error']:.1%}: one linear step "
+                        "misses most adversarials here (a curved loss surface, or gradient "
+                        "masking as FGSM adversarial training makes), so the FGSM error "
+                        "overstates robustness.")
             break
     for norm, eps_values in budgets.items():
         accuracies = [values[budget_key(norm, eps)] for eps in eps_values]
