@@ -311,7 +311,7 @@ def _sanity_checks(report: _Report, inputs: base.Inputs, budgets: dict[str, list
             report.flag("fgsm_unreliable",
                         f"APGD at l_inf {eps:g} fools {apgd_error:.1%} of the points, FGSM at "
                         f"{fgsm_eps:g} only {values['fgsm_error']:.1%}: one linear step "
-                        "misses most adversarials here (a curved loss surface, or gradient "
+                        "misses many adversarials here (a curved loss surface, or gradient "
                         "masking as FGSM adversarial training makes), so the FGSM error "
                         "overstates robustness.")
             break
