@@ -95,13 +95,18 @@ def _name(prefix: str, key: tuple, what: str) -> str:
     return f"{prefix}_{arch}_{epochs}ep_{protocol}{'_quick' if quick else ''}_{what}.png"
 
 
+def _existing(members: list[dict[str, Any]], name: str) -> list[str]:
+    """The paths of file `name` in those of the runs' folders that hold it."""
+    paths = (os.path.join(run["path"], name) for run in members)
+    return [path for path in paths if os.path.exists(path)]
+
+
 def robustness_densities(runs: list[dict[str, Any]], out: str) -> list[str]:
     """Figure 5: density of ||r(x)|| / ||x|| over correctly classified points, per method."""
     plt = _pyplot()
     written = []
     for key, methods in _panels(runs).items():
-        curves = {label: [np.load(os.path.join(r["path"], "distances.npy")) for r in members
-                          if os.path.exists(os.path.join(r["path"], "distances.npy"))]
+        curves = {label: [np.load(path) for path in _existing(members, "distances.npy")]
                   for label, members in methods.items()}
         curves = {label: arrays for label, arrays in curves.items() if arrays}
         if not curves:
@@ -127,9 +132,9 @@ def adversarial_grids(runs: list[dict[str, Any]], out: str) -> list[str]:
     for key, methods in _panels(runs).items():
         shown = {}
         for label, members in methods.items():
-            path = os.path.join(members[0]["path"], "adversarial.npz")
-            if os.path.exists(path) and members[0]["dataset"] != "cifar10":
-                shown[label] = np.load(path)
+            if members[0]["dataset"] != "cifar10":
+                for path in _existing(members[:1], "adversarial.npz"):
+                    shown[label] = np.load(path)
         if not shown:
             continue
         first = next(iter(shown.values()))
@@ -192,8 +197,7 @@ def training_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
     for key, methods in _panels(runs).items():
         histories = {}
         for label, members in methods.items():
-            path = os.path.join(members[0]["path"], "history.csv")
-            if os.path.exists(path):
+            for path in _existing(members[:1], "history.csv"):
                 with open(path, newline="") as f:
                     rows = [r for r in csv.DictReader(f) if r.get("val_rho_adv") not in
                             (None, "", "nan", "NA")]
