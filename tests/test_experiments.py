@@ -27,7 +27,7 @@ def _tiny_row(**changes):
 
 
 def _metrics(out):
-    with open(os.path.join(out, "table1", "tiny-l2", "seed-0", "metrics.json")) as f:
+    with open(os.path.join(runner.run_dir(out, _tiny_row(), 0), "metrics.json")) as f:
         return json.load(f)
 
 
@@ -44,7 +44,8 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tiny_mnist, tmp_path):
     with open(os.path.join(folder, "history.csv")) as f:
         assert len(f.read().strip().splitlines()) == 1 + 3  # header + one row per epoch
     assert not os.path.exists(os.path.join(folder, "checkpoint.keras"))
-    for name in ("model.keras", "distances.npy", "adversarial.npz", "config.json"):
+    for name in ("model.keras", "points.npz", "adversarial.npz", "config.json",
+                 "environment.json"):
         assert os.path.exists(os.path.join(folder, name))
 
 
@@ -146,7 +147,9 @@ def test_example_script_runs_quick_on_real_mnist(mnist_t10k_dir, tmp_path):
                           timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "QUICK" in proc.stdout and "paper" in proc.stdout
-    with open(os.path.join(out, "table1", "mlp-baseline", "seed-0", "metrics.json")) as f:
+    folder = os.path.join(out, "table1", "mlp-baseline", "mnist-e1-reference-float32-quick",
+                          "seed-0")
+    with open(os.path.join(folder, "metrics.json")) as f:
         metrics = json.load(f)
     assert metrics["error"] < 0.2 and metrics["n"] == 2000
 

@@ -58,6 +58,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="CPU-sized: data subsets, 10 epochs; labelled QUICK everywhere")
     parser.add_argument("--verbose", type=int, default=2, choices=[0, 1, 2],
                         help="Keras fit verbosity (default 2: one line per epoch)")
+    parser.add_argument("--dtype-policy", default="float32",
+                        choices=["float32", "mixed_bfloat16"],
+                        help="the layers' precision (default float32, the paper's); the "
+                             "margin penalty stays float32")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             for row in rows:
                 runner.run(row, seed, args.out, epochs=args.epochs, quick=args.quick,
                            data_dir=args.data_dir, dataset=args.dataset,
-                           protocol=args.protocol, verbose=args.verbose)
+                           protocol=args.protocol, verbose=args.verbose,
+                           dtype_policy=args.dtype_policy)
     except (ValueError, FileNotFoundError, RunLockedError) as err:
         print(f"keras-margin: error: {err}", file=sys.stderr)
         return 2

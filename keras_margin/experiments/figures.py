@@ -106,7 +106,8 @@ def robustness_densities(runs: list[dict[str, Any]], out: str) -> list[str]:
     plt = _pyplot()
     written = []
     for key, methods in _panels(runs).items():
-        curves = {label: [np.load(path) for path in _existing(members, "distances.npy")]
+        curves = {label: [np.load(path)["distances"]
+                          for path in _existing(members, "points.npz")]
                   for label, members in methods.items()}
         curves = {label: arrays for label, arrays in curves.items() if arrays}
         if not curves:

@@ -1,23 +1,27 @@
 """Runs one table row for one seed into its own folder; resumable, never mixing configurations.
 
-A run folder holds `config.json` (what ran), `history.csv` (per-epoch logs with the robustness
-callback's numbers), `checkpoint.keras` + `state.json` while training (saved after every epoch,
-atomically), and at the end `model.keras`, `distances.npy`, `adversarial.npz` and `metrics.json`
-(written last, atomically). A finished run is skipped; an interrupted one resumes from its last
-epoch, so a killed process loses at most one epoch. Epoch e shuffles with a generator seeded by
-(seed, e) and resets Keras's seeds, so a resumed run ends with the same metrics as an
-uninterrupted one.
+A run folder, `OUT/<table>/<row>/<configuration>/seed-<n>/` (`config_name`), holds
+`config.json` (what ran), `environment.json` (where and on what it ran: backend, versions,
+machine, one entry per start or resume), `history.csv` (per-epoch logs with the robustness
+callback's numbers and the epoch's wall-clock and CPU seconds), `checkpoint.keras` +
+`state.json` while training (saved after every epoch, atomically), and at the end
+`model.keras`, `points.npz` (per-point numbers, compressed), `adversarial.npz` and
+`metrics.json` (written last, atomically). A finished run is skipped; an interrupted one
+resumes from its last epoch, so a killed process loses at most one epoch. Epoch e shuffles with
+a generator seeded by (seed, e) and resets Keras's seeds, so a resumed run ends with the same
+metrics as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -111,8 +115,20 @@ def _embedded_quick(pixel_scale: float) -> Data:
                          f"{pixel_scale:g}")
 
 
-def run_dir(out: str, row: Row, seed: int) -> str:
-    return os.path.join(out, row.table, row.name, f"seed-{seed}")
+def config_name(row: Row, quick: bool = False, dtype_policy: str = "float32") -> str:
+    """The folder name of a row's configuration: data set, epochs, protocol, precision.
+
+    For example `mnist-e20-reference-float32`; QUICK runs end in `-quick`.
+    """
+    name = f"{row.dataset}-e{row.epochs}-{row.protocol}-{dtype_policy}"
+    return name + ("-quick" if quick else "")
+
+
+def run_dir(out: str, row: Row, seed: int, quick: bool = False,
+            dtype_policy: str = "float32") -> str:
+    """`out/<table>/<row>/<configuration>/seed-<seed>`."""
+    return os.path.join(out, row.table, row.name, config_name(row, quick, dtype_policy),
+                        f"seed-{seed}")
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -138,18 +154,23 @@ def check_same_config(path: str, config: dict[str, Any]) -> None:
 
 
 class ProgressLine(keras.callbacks.Callback):
-    """One log line per epoch: run, seed, epoch k/n, time per epoch and ETA."""
+    """One log line per epoch (run, seed, epoch k/n, time per epoch and ETA), and the epoch's
+    wall-clock and CPU seconds (training, validation and the callbacks before this one) in its
+    logs as `epoch_seconds` and `epoch_cpu_seconds`: put it before `CSVLogger`."""
 
     def __init__(self, name: str, seed: int, epochs: int) -> None:
         super().__init__()
         self.name, self.seed, self.epochs = name, seed, epochs
-        self.start = 0.0
+        self.start = self.cpu = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.start = time.perf_counter()
+        self.start, self.cpu = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         took = time.perf_counter() - self.start
+        if logs is not None:
+            logs["epoch_seconds"] = took
+            logs["epoch_cpu_seconds"] = time.process_time() - self.cpu
         eta = took * (self.epochs - epoch - 1)
         log.info("[%s seed %d] epoch %d/%d, %.1f s/epoch, ETA %dm%02ds", self.name, self.seed,
                  epoch + 1, self.epochs, took, eta // 60, eta % 60)
@@ -186,7 +207,8 @@ def _load_checkpoint(path: str) -> keras.Model:
 def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = False,
         data_dir: str | None = None, dataset: str | None = None, verbose: int = 2,
         stop_after: int | None = None, protocol: str | None = None,
-        build: Callable[[Row], keras.Model] | None = None) -> dict[str, Any] | None:
+        build: Callable[[Row], keras.Model] | None = None,
+        dtype_policy: str = "float32") -> dict[str, Any] | None:
     """Trains and evaluates `row` with `seed` into its folder under `out`; returns its metrics.
 
     Args:
@@ -197,6 +219,8 @@ def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = 
         protocol: overrides the row's protocol ("reference" or "boxed").
         build: makes the model from the row (default `rows.build_model`); the examples pass
             their own, written with the public API.
+        dtype_policy: Keras's dtype policy for the layers ("float32", the paper's precision,
+            or "mixed_bfloat16"); the margin penalty stays float32 either way.
 
     Returns:
         The metrics dict, or None when stopped by `stop_after` before the end.
@@ -206,24 +230,93 @@ def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = 
         ConfigMismatchError: the folder holds a run of another configuration.
     """
     check_epochs(epochs)
+    dtype_policy = check_dtype_policy(dtype_policy)
     changes = {key: value for key, value in (("dataset", dataset), ("protocol", protocol))
                if value}
     row = dataclasses.replace(row, **changes)
     row = dataclasses.replace(row, epochs=epochs or (QUICK["epochs"] if quick else row.epochs))
-    folder = run_dir(out, row, seed)
+    folder = run_dir(out, row, seed, quick, dtype_policy)
     data = load_data(row.dataset, data_dir, quick, row.validation, row.pixel_scale)
     config = json.loads(json.dumps({"row": row.to_dict(), "seed": seed, "quick": quick,
-                                    "data": data.protocol,
+                                    "data": data.protocol, "dtype_policy": dtype_policy,
                                     "keras_margin": keras_margin.__version__}))
-    with run_lock(folder):
+    with run_lock(folder), _policy(dtype_policy):
         metrics_path = os.path.join(folder, "metrics.json")
         if _claim_folder(folder, config) and os.path.exists(metrics_path):
             log.info("[%s seed %d] finished already: skipped", row.name, seed)
             return read_json(metrics_path)
         model, start = _model_at_start(row, folder, seed, len(data.x_train), build)
+        _record_environment(folder, start)
         if not _train(row, model, data, folder, seed, start, quick, verbose, stop_after):
             return None
         return _finish(row, model, data, folder, config)
+
+
+DTYPE_POLICIES = ("float32", "mixed_bfloat16")
+
+
+def check_dtype_policy(name: str) -> str:
+    """One of `DTYPE_POLICIES`."""
+    if name not in DTYPE_POLICIES:
+        raise ValueError(f"Invalid value for argument dtype_policy: {name!r}. Expected one of "
+                         f"{set(DTYPE_POLICIES)}.")
+    return name
+
+
+@contextlib.contextmanager
+def _policy(name: str) -> Iterator[None]:
+    """Keras's global dtype policy set to `name` while a run builds and trains its model."""
+    before = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def machine() -> dict[str, Any]:
+    """The processor (model, cores, bfloat16 support) and the backend's devices."""
+    import platform
+
+    info: dict[str, Any] = {"platform": platform.platform(), "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                      if line.startswith("model name")), None)
+        flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                      if line.startswith("flags")), [])
+        info.update(cpu=model, avx512_bf16="avx512_bf16" in flags, amx_bf16="amx_bf16" in flags)
+    except OSError:
+        info["cpu"] = platform.processor() or None
+    if keras.backend.backend() == "jax":
+        import jax
+
+        info["devices"] = sorted({d.device_kind for d in jax.devices()})
+    return info
+
+
+def environment() -> dict[str, Any]:
+    """What a run ran on: backend and its version, Keras, keras-margin, Python, the machine."""
+    import importlib
+    import platform
+
+    backend = keras.backend.backend()
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
+    version = getattr(importlib.import_module(module), "__version__", None) if module else None
+    return {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "backend": backend, "backend_version": version, "keras": keras.__version__,
+            "keras_margin": _code_version(), "python": platform.python_version(),
+            "numpy": np.__version__, "dtype_policy": keras.config.dtype_policy().name,
+            "machine": machine()}
+
+
+def _record_environment(folder: str, start: int) -> None:
+    """Appends this start (or resume, from epoch `start`) to the folder's environment.json."""
+    path = os.path.join(folder, "environment.json")
+    sessions = read_json(path).get("sessions", []) if os.path.exists(path) else []
+    sessions.append({**environment(), "from_epoch": start})
+    write_json(path, {"sessions": sessions})
 
 
 def _claim_folder(folder: str, config: dict[str, Any]) -> bool:
@@ -267,9 +360,11 @@ def _train(row: Row, model: keras.Model, data: Data, folder: str, seed: int, sta
                                  max_samples=QUICK["monitor"] if quick else 1000,
                                  clip_min=lo, clip_max=hi, **row.deepfool)
     checkpoint = os.path.join(folder, "checkpoint.keras")
-    callbacks = [monitor, keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"),
-                                                    append=True),
-                 ProgressLine(f"{row.table}/{row.name}", seed, row.epochs)]
+    callbacks = [monitor, ProgressLine(f"{row.table}/{row.name}", seed, row.epochs),
+                 keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=True)]
+    validation = (data.x_val, data.y_val)
+    if not len(data.x_val):  # every training digit trains (validation=0): nothing to monitor
+        callbacks, validation = callbacks[1:], None
     for epoch in range(start, row.epochs):
         if stop_after is not None and epoch - start >= stop_after:
             return False
@@ -279,12 +374,11 @@ def _train(row: Row, model: keras.Model, data: Data, folder: str, seed: int, sta
         if row.augmentation:
             train = datasets.make_dataset(x, y, row.batch_size, shuffle=False, augmentation=True)
             model.fit(train, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
-                      validation_data=(data.x_val, data.y_val), callbacks=callbacks,
-                      verbose=verbose)
+                      validation_data=validation, callbacks=callbacks, verbose=verbose)
         else:
             model.fit(x, y, batch_size=row.batch_size, epochs=epoch + 1, initial_epoch=epoch,
-                      shuffle=False, validation_data=(data.x_val, data.y_val),
-                      callbacks=callbacks, verbose=verbose)
+                      shuffle=False, validation_data=validation, callbacks=callbacks,
+                      verbose=verbose)
         model.save(checkpoint + ".tmp.keras")
         os.replace(checkpoint + ".tmp.keras", checkpoint)
         write_json(os.path.join(folder, "state.json"), {"epoch": epoch + 1})
@@ -292,15 +386,15 @@ def _train(row: Row, model: keras.Model, data: Data, folder: str, seed: int, sta
 
 
 def save_arrays(folder: str, report: dict[str, Any], suffix: str = "") -> dict[str, Any]:
-    """Saves the report's per-sample arrays as `<key><suffix>.npy` in `folder`; returns the
-    rest (what metrics.json holds)."""
-    scalars = {}
-    for key, value in report.items():
-        if isinstance(value, np.ndarray):
-            np.save(os.path.join(folder, f"{key}{suffix}.npy"), value)
-        else:
-            scalars[key] = value
-    return scalars
+    """Saves the report's per-sample arrays into `points<suffix>.npz` (compressed) in
+    `folder`; returns the rest (what metrics.json holds)."""
+    arrays = {k: v for k, v in report.items() if isinstance(v, np.ndarray)}
+    if arrays:
+        path = os.path.join(folder, f"points{suffix}.npz")
+        with open(path + ".tmp", "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(path + ".tmp", path)
+    return {k: v for k, v in report.items() if k not in arrays}
 
 
 def _code_version() -> str:
@@ -329,7 +423,7 @@ def _finish(row: Row, model: keras.Model, data: Data, folder: str,
     shown = data.x_test[:10]
     adversarial = keras_margin.attacks.deepfool(base, shown, data.y_test[:10], clip_min=lo,
                                                 clip_max=hi, **row.deepfool)
-    np.savez(os.path.join(folder, "adversarial.npz"), x=shown, y=data.y_test[:10],
+    np.savez_compressed(os.path.join(folder, "adversarial.npz"), x=shown, y=data.y_test[:10],
              x_adv=shown + adversarial.perturbation,
              success=adversarial.success)
     model.save(os.path.join(folder, "model.keras"))
