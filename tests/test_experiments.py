@@ -82,8 +82,11 @@ def test_report_and_figures_from_runs(tiny_mnist, tmp_path):
     assert "Stronger attacks" in text and "robust acc. l_inf 0.3" in text
     assert "What the [0, 1] input box changes" in text
     assert "seeds per row: 2" in text
-    ratio = [line for line in text.splitlines() if line.startswith("| tiny l2 |")][0]
+    section = text[text.index("## Table I — MLP 16, 1 epoch"):]
+    ratio = [line for line in section.splitlines() if line.startswith("| tiny l2 |")][0]
     assert ratio.endswith("| x2.27 |")  # the paper's l2 / baseline ratio beside ours
+    verdicts = text[text.index("## Verdict"):text.index("## Table I")]
+    assert "| tiny l2 | 1 | 2 |" in verdicts and "A cell is reproduced when" in verdicts
     with open(os.path.join(out, "report.csv")) as f:
         assert f.readline().startswith("table,row,label")
     figures = str(tmp_path / "figures")

@@ -213,7 +213,7 @@ def test_report_and_figures_show_runs_in_progress_apart(tiny_mnist, tmp_path):
     running = report.in_progress(out)
     assert [(r["epochs_done"], r["epochs"]) for r in running] == [(1, 2)]
     text = report.write(out)
-    finished, _, progress = text.partition("### Runs in progress")
+    finished, _, progress = text.partition("## Runs in progress")
     assert "| 1 / 2 |" in progress and "seeds per row: 1" in finished
     pytest.importorskip("matplotlib")
     written = [os.path.basename(p) for p in figures.write(out, str(tmp_path / "figs"))]

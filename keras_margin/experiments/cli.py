@@ -6,6 +6,7 @@
     keras-margin evaluate runs/ --linf-eps 0.1,0.2,0.3      # stronger attacks on finished runs
     keras-margin report runs/
     keras-margin figures runs/ --out figures/
+    keras-margin publish runs/ docs/results/runs     # the evidence files, no models
 
 TensorFlow (or the Keras backend in use) is imported only by the commands that train or attack.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from keras_margin.experiments.files import RunLockedError
@@ -103,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="Markdown and CSV tables from finished runs")
     rep.add_argument("runs", help="folder of runs (searched recursively)")
     rep.add_argument("--out", default=None, help="file prefix (default: RUNS/report)")
+    rep.add_argument("--readme", default=None,
+                     help="also rewrite this Markdown file's generated blocks (the README's "
+                          "Results tables)")
+    pub = sub.add_parser("publish", help="copy the runs' evidence files (configs, histories, "
+                                         "metrics, per-point arrays; no models) to a folder")
+    pub.add_argument("runs", help="folder of runs (searched recursively)")
+    pub.add_argument("dest", help="destination, e.g. docs/results/runs")
     fig = sub.add_parser("figures", help="PNG figures from finished runs")
     fig.add_argument("runs", help="folder of runs (searched recursively)")
     fig.add_argument("--out", default="figures", help="output folder (default: figures/)")
@@ -159,7 +168,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from keras_margin.experiments import report
 
-            print(report.write(args.runs, args.out))
+            prefix = args.out or os.path.join(args.runs, "report")
+            report.write(args.runs, prefix)
+            print(f"wrote {prefix}.md and {prefix}.csv")
+            if args.readme:
+                names = report.update_readme(args.runs, args.readme)
+                print(f"rewrote {args.readme}'s generated blocks: {', '.join(names) or 'none'}")
+            return 0
+        if args.command == "publish":
+            from keras_margin.experiments.files import publish
+
+            folders = publish(args.runs, args.dest)
+            if not folders:
+                raise FileNotFoundError(f"No run folders (config.json) under {args.runs}.")
+            print(f"copied the evidence of {len(folders)} run(s) to {args.dest}")
             return 0
         if args.command == "evaluate":
             _evaluate(args)

@@ -6,8 +6,10 @@ No TensorFlow here: `keras-margin report` and `--help` import this, not the trai
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -68,3 +70,48 @@ def read_json(path: str) -> Any:
                          "start that step again.") from None
 
 
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict with dotted keys ("row.trainer_kwargs.C")."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+# What a run folder's config.json records but what does not change the run: the paper's
+# numbers, the row's label (presentation) and the package version (metrics.json has the code).
+NOT_IDENTITY = ("row.paper", "row.label", "keras_margin")
+
+
+def run_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config without the `NOT_IDENTITY` keys: equal for the same run."""
+    return {k: v for k, v in flatten(config).items()
+            if not any(k == p or k.startswith(p + ".") for p in NOT_IDENTITY)}
+
+
+# The files of a run folder that are evidence: what ran, where, every epoch's numbers, the
+# final and the stronger evaluations with their per-point arrays. Never the models.
+EVIDENCE = ("config.json", "environment.json", "history.csv", "metrics.json", "points*.npz",
+            "adversarial.npz", "robustness*.json")
+
+
+def publish(runs_dir: str, dest: str) -> list[str]:
+    """Copies every run folder's evidence files under `runs_dir` to the same place under
+    `dest` (checkpoints, `.keras` files, locks and temporary files stay behind); returns the
+    run folders copied, relative to `runs_dir`."""
+    copied = []
+    for root, _, files in os.walk(runs_dir):
+        if "config.json" not in files:
+            continue
+        relative = os.path.relpath(root, runs_dir)
+        names = [f for f in files if any(fnmatch.fnmatch(f, p) for p in EVIDENCE)
+                 and not f.endswith(".tmp")]
+        os.makedirs(os.path.join(dest, relative), exist_ok=True)
+        for name in sorted(names):
+            shutil.copy2(os.path.join(root, name), os.path.join(dest, relative, name))
+        copied.append(relative)
+    return sorted(copied)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_margin.experiments.files import read_json
+from keras_margin.experiments.files import read_json, run_identity
 from keras_margin.experiments.rows import TABLES
 
 PROTOCOL_NOTES = {
@@ -24,7 +24,8 @@ PROTOCOL_NOTES = {
 
 def collect(runs_dir: str) -> list[dict[str, Any]]:
     """Every finished run's metrics.json under `runs_dir` (unfinished runs have none), with the
-    configuration it ran (config.json beside it) under "config"."""
+    configuration it ran (config.json beside it) under "config", its precision under
+    "dtype_policy", and the paper's numbers of its row as the rows define them now."""
     paths = sorted(glob.glob(os.path.join(runs_dir, "**", "metrics.json"), recursive=True))
     runs = []
     for path in paths:
@@ -35,8 +36,18 @@ def collect(runs_dir: str) -> list[dict[str, Any]]:
                  for key, name in (("strong", "robustness.json"),
                                    ("boxed", "robustness-boxed.json"))
                  if os.path.exists(os.path.join(folder, name))}
-        runs.append({**read_json(path), "path": folder, "config": config, **extra})
+        metrics = read_json(path)
+        runs.append({**metrics, "path": folder, "config": config, **extra,
+                     "dtype_policy": config.get("dtype_policy", "float32"),
+                     "paper": _paper_numbers(metrics)})
     return runs
+
+
+def _paper_numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The paper's numbers (with its standard deviations) of the run's row, else as stored."""
+    rows = TABLES.get(metrics.get("table"), {})
+    row = rows.get(metrics.get("row"))
+    return dict(row.paper) if row is not None else dict(metrics.get("paper") or {})
 
 
 def in_progress(runs_dir: str) -> list[dict[str, Any]]:
@@ -60,6 +71,7 @@ def in_progress(runs_dir: str) -> list[dict[str, Any]]:
                                                   "protocol")},
                      "row": row.get("name"), "quick": config.get("quick", False),
                      "seed": config.get("seed"), "path": folder, "config": config,
+                     "dtype_policy": config.get("dtype_policy", "float32"),
                      "epochs_done": len(history), "last": history[-1]})
     return runs
 
@@ -74,7 +86,7 @@ def _number(line: dict[str, str], key: str, transform=lambda v: v, digits: int =
 def _in_progress_table(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return ""
-    out = ["### Runs in progress\n",
+    out = ["## Runs in progress\n",
            "Not finished, so not in the tables above: the validation subset's numbers after "
            "the last finished epoch (the runner's robustness callback).\n",
            "| run | epochs done | val error % | val rho_adv | val FGSM error % |",
@@ -92,7 +104,7 @@ def _in_progress_table(runs: list[dict[str, Any]]) -> str:
 def configuration_key(run: dict[str, Any]) -> str:
     """Everything a run's configuration holds but its seed: runs with equal keys are seeds of
     one experiment; any other difference (epochs, data, protocol, a hyper-parameter) is not."""
-    config = {k: v for k, v in run.get("config", {}).items() if k != "seed"}
+    config = {k: v for k, v in run_identity(run.get("config", {})).items() if k != "seed"}
     if not config:  # a run without its config.json: what its metrics say of it
         config = {k: run.get(k) for k in ("table", "row", "dataset", "quick", "protocol",
                                            "epochs", "trainer_kwargs")}
@@ -113,13 +125,21 @@ def _mean_std(values: list[float], scale: float = 1.0) -> tuple[float, float]:
 
 
 def _setting(run: dict[str, Any]) -> tuple:
-    """What a row's effect is measured within: network, data, augmentation, protocol."""
-    return (run["table"], run["architecture"], run["dataset"], run["quick"],
-            run["augmentation"], run["protocol"], run["data"], run["epochs"])
+    """What a row's effect is measured within: network, data set, augmentation, protocol,
+    epochs and whether QUICK; a row's baseline is Table I's plain row of the same setting (so
+    that the sweep and the ablations have one too), in float32 (the paper's precision: a
+    mixed_bfloat16 row is measured against it)."""
+    return (run["architecture"], run["dataset"], run["quick"], run["augmentation"],
+            run["protocol"], run["epochs"])
 
 
 def _is_baseline(run: dict[str, Any]) -> bool:
-    return run["trainer"] == "plain" and not run["dropout"]
+    return run["trainer"] == "plain" and not run["dropout"] and run["table"] == "table1"
+
+
+def _hidden(run: dict[str, Any]) -> str:
+    hidden = (run.get("config") or {}).get("row", {}).get("hidden") or []
+    return "-".join(str(h) for h in hidden)
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -127,23 +147,21 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     lines = []
     for members in group(runs).values():
         first = members[0]
-        table, row, dataset = first["table"], first["row"], first["dataset"]
-        quick, protocol = first["quick"], first["protocol"]
         err, err_sd = _mean_std([m["error"] for m in members], 100)
         fgsm, fgsm_sd = _mean_std([m["fgsm_error"] for m in members], 100)
         rho, rho_sd = _mean_std([m["rho_adv"] for m in members])
-        lines.append({"table": table, "row": row, "label": members[0]["label"],
-                      "setting": _setting(members[0]), "baseline": _is_baseline(members[0]),
-                      "architecture": members[0]["architecture"],
-                      "dataset": dataset, "quick": quick, "protocol": protocol,
-                      "data": first["data"],
-                      "seeds": len(members), "epochs": members[0]["epochs"],
+        lines.append({**{k: first[k] for k in ("table", "row", "label", "architecture",
+                                               "dataset", "quick", "protocol", "data",
+                                               "epochs", "dtype_policy", "paper")},
+                      "setting": _setting(first), "baseline": _is_baseline(first),
+                      "hidden": _hidden(first), "seeds": len(members),
+                      "seed_list": sorted(m["seed"] for m in members),
                       "error": err, "error_std": err_sd, "fgsm_error": fgsm,
                       "fgsm_error_std": fgsm_sd, "rho_adv": rho, "rho_adv_std": rho_sd,
-                      "paper": members[0].get("paper") or {},
-                      "trainer_kwargs": members[0].get("trainer_kwargs", {}),
+                      "trainer_kwargs": first.get("trainer_kwargs", {}),
                       **_evaluations(members)})
-    baselines = {ln["setting"]: ln for ln in lines if ln["baseline"]}
+    baselines = {ln["setting"]: ln for ln in sorted(lines, key=lambda ln: ln["dtype_policy"]
+                                                   == "float32") if ln["baseline"]}
     for line in lines:
         base = baselines.get(line["setting"])
         line["rho_ratio"] = line["rho_adv"] / base["rho_adv"] if base else math.nan
@@ -153,6 +171,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                    if paper_base else math.nan)
         line["rho_min_ratio"] = line["strong_rho_min"] / base["strong_rho_min"] \
             if base and "strong_rho_min" in line and "strong_rho_min" in base else math.nan
+        line.update(verdict(line))
     return sorted(lines, key=paper_order)
 
 
@@ -174,12 +193,48 @@ def _evaluations(members: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# When a Table I cell counts as reproduced (`verdict`).
+FGSM_POINTS = 5.0  # FGSM error within this many percentage points of the paper's
+RHO_RATIO_TOLERANCE = 0.10  # rho_adv / baseline within 10 % of the paper's ratio
+VERDICT_RULE = (
+    "A cell is reproduced when: **error** — ours and the paper's differ by at most the sum of "
+    "the two seed standard deviations (ours is 0 for a single seed); **FGSM error** — within "
+    f"{FGSM_POINTS:g} percentage points; **rho_adv** — its ratio to the same network's "
+    f"baseline (same epochs) within {100 * RHO_RATIO_TOLERANCE:g} % of the paper's ratio (the "
+    f"baseline rows: rho_adv itself within {100 * RHO_RATIO_TOLERANCE:g} %). A row is "
+    "reproduced when all three cells are. The paper averages 10 seeds of 100 epochs.")
+
+
+def verdict(line: dict[str, Any]) -> dict[str, Any]:
+    """Which of the row's cells reproduce the paper's (see `VERDICT_RULE`); empty where the
+    paper has no number for the row."""
+    p = line["paper"]
+    if not {"error", "fgsm_error", "rho_adv"} <= set(p):
+        return {}
+    slack = 1e-9  # the printed precision, not a tolerance: 0.86 vs 0.86 +- 0 is equal
+    error_ok = abs(line["error"] - p["error"]) <= line["error_std"] + p.get("error_std",
+                                                                          0.0) + slack
+    fgsm_ok = abs(line["fgsm_error"] - p["fgsm_error"]) <= FGSM_POINTS + slack
+    if line["baseline"]:
+        rho_ok = abs(line["rho_adv"] / p["rho_adv"] - 1) <= RHO_RATIO_TOLERANCE + slack
+    else:
+        rho_ok = abs(line["rho_ratio"] / line["paper_rho_ratio"] - 1) \
+            <= RHO_RATIO_TOLERANCE + slack
+    failed = [name for name, ok in (("error", error_ok), ("FGSM error", fgsm_ok),
+                                    ("rho_adv", rho_ok)) if not ok]
+    text = "reproduced" if not failed else (
+        "not reproduced" if len(failed) == 3 else "not reproduced: " + ", ".join(failed))
+    return {"error_ok": error_ok, "fgsm_ok": fgsm_ok, "rho_ok": rho_ok, "verdict": text}
+
+
 def paper_order(item: dict[str, Any]) -> tuple:
-    """Sort key of a run or report line: table, the paper's row order, C, name."""
+    """Sort key of a run or report line: table, the paper's row order, C, epochs, name."""
     order = {name: i for table in TABLES.values() for i, name in enumerate(table)}
     tables = list(TABLES)
     table = tables.index(item["table"]) if item["table"] in tables else len(tables)
-    return (table, item["table"], order.get(item["row"], len(order)),
+    return (table, item["table"], item.get("architecture") or "", item.get("quick", False),
+            item.get("epochs") or 0, item.get("dtype_policy") or "",
+            order.get(item["row"], len(order)),
             (item.get("trainer_kwargs") or {}).get("C", 0), item["row"])
 
 
@@ -187,23 +242,78 @@ def _fmt(mean: float, std: float, seeds: int, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{mean:.{digits}f}"
 
 
-def _paper(value: Any, digits: int) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else f"{value:.{digits}f}"
+def _paper(value: Any, digits: int, std: Any = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+TABLE_TITLES = {"table1": "Table I", "table2": "Table II", "ablation": "Ablation",
+                "sweep-c": "Figure 4 (l2 margin maximization over C)"}
+NETWORKS = {"mlp": "MLP", "lenet5": "LeNet-5", "nin": "Network in Network"}
+
+
+def section_title(line: dict[str, Any]) -> str:
+    """"Table I — MLP 1000-1000-1000, 20 epochs" and what else sets the section apart."""
+    network = NETWORKS.get(line["architecture"], line["architecture"])
+    if line["architecture"] == "mlp" and line.get("hidden"):
+        network += f" {line['hidden']}"
+    title = f"{TABLE_TITLES.get(line['table'], line['table'])} — {network}, " \
+            f"{_epochs(line['epochs'])}"
+    extras = [line["dataset"]] if line["dataset"] != "mnist" else []
+    extras += [f"{line['protocol']} protocol"] if line["protocol"] != "reference" else []
+    extras += [line["dtype_policy"]] if line["dtype_policy"] != "float32" else []
+    extras += ["QUICK (reduced data, see the protocol)"] if line["quick"] else []
+    return title + "".join(f", {e}" for e in extras)
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
+def verdict_table(lines: list[dict[str, Any]]) -> str:
+    """The first table: for each Table I row (float32, full data), ours against the paper's,
+    cell by cell, with the rule."""
+    rows = [ln for ln in lines if ln["table"] == "table1" and "verdict" in ln
+            and not ln["quick"] and ln["dtype_policy"] == "float32"]
+    if not rows:
+        return ""
+    out = ["| row | epochs | seeds | error % (ours / paper) | FGSM error % (ours / paper) | "
+           "rho_adv / baseline (ours / paper) | verdict |", "|---|---|---|---|---|---|---|"]
+    mark = {True: "✓", False: "✗"}
+    for m in rows:
+        p = m["paper"]
+        rho = (f"{_fmt(m['rho_adv'], m['rho_adv_std'], m['seeds'], 3)} / "
+               f"{_paper(p['rho_adv'], 3, p.get('rho_adv_std'))} (rho_adv)"
+               if m["baseline"] else f"x{m['rho_ratio']:.2f} / x{m['paper_rho_ratio']:.2f}")
+        out.append(
+            f"| {m['label']} | {m['epochs']} | {m['seeds']} | "
+            f"{_fmt(m['error'], m['error_std'], m['seeds'], 2)} / "
+            f"{_paper(p['error'], 2, p.get('error_std'))} {mark[m['error_ok']]} | "
+            f"{_fmt(m['fgsm_error'], m['fgsm_error_std'], m['seeds'], 1)} / "
+            f"{_paper(p['fgsm_error'], 1, p.get('fgsm_error_std'))} {mark[m['fgsm_ok']]} | "
+            f"{rho} {mark[m['rho_ok']]} | {m['verdict']} |")
+    return "\n".join(out) + "\n\n" + VERDICT_RULE + "\n"
 
 
 def markdown(lines: list[dict[str, Any]]) -> str:
-    """Markdown tables, one per (table, protocol), ours beside the paper's."""
+    """The verdict table, then one section per configuration: ours beside the paper's, the
+    stronger attacks and the box where evaluated."""
     out = []
-    sections: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    verdicts = verdict_table(lines)
+    if verdicts:
+        out += ["## Verdict: Table I, cell by cell\n", verdicts]
+    sections: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for line in lines:
-        sections[(line["table"], line["protocol"], line["data"], line["epochs"])].append(line)
-    for (table, protocol, data, epochs), members in sections.items():
+        sections[section_title(line)].append(line)
+    for title, members in sections.items():
+        first = members[0]
         seeds = sorted({m["seeds"] for m in members})
-        quick = any(m["quick"] for m in members)
-        out.append(f"### {table}{' — QUICK (reduced, see protocol)' if quick else ''}\n")
-        out.append(f"Protocol: {protocol} ({PROTOCOL_NOTES.get(protocol, '')}); data: {data}; "
-                   f"{epochs} epochs; seeds per row: {', '.join(map(str, seeds))}.\n")
+        out.append(f"## {title}\n")
+        out.append(f"Protocol: {first['protocol']} "
+                   f"({PROTOCOL_NOTES.get(first['protocol'], '')}); data: {first['data']}; "
+                   f"{_epochs(first['epochs'])}; precision: {first['dtype_policy']}; seeds per "
+                   f"row: {', '.join(map(str, seeds))}.\n")
         out.append("| row | error % | paper | FGSM error % | paper | rho_adv | paper | "
                    "rho_adv vs baseline | paper |")
         out.append("|---|---|---|---|---|---|---|---|---|")
@@ -214,11 +324,12 @@ def markdown(lines: list[dict[str, Any]]) -> str:
                 else f"x{m['paper_rho_ratio']:.2f}"
             out.append(
                 f"| {m['label']} | {_fmt(m['error'], m['error_std'], m['seeds'], 2)} | "
-                f"{_paper(p.get('error'), 2)} | "
+                f"{_paper(p.get('error'), 2, p.get('error_std'))} | "
                 f"{_fmt(m['fgsm_error'], m['fgsm_error_std'], m['seeds'], 1)} | "
-                f"{_paper(p.get('fgsm_error'), 1)} | "
+                f"{_paper(p.get('fgsm_error'), 1, p.get('fgsm_error_std'))} | "
                 f"{_fmt(m['rho_adv'], m['rho_adv_std'], m['seeds'], 3)} | "
-                f"{_paper(p.get('rho_adv'), 3)} | {ratio} | {paper_ratio} |")
+                f"{_paper(p.get('rho_adv'), 3, p.get('rho_adv_std'))} | {ratio} | "
+                f"{paper_ratio} |")
         out.append("")
         out += _strong_table(members) + _boxed_table(members)
     return "\n".join(out)
@@ -235,16 +346,19 @@ def _strong_table(members: list[dict[str, Any]]) -> list[str]:
            "FMN and DDN (l2, eq. 20's measure); robust accuracy is under l_inf budgets by "
            "APGD-CE + APGD-T (and FGSM), a point counting as robust only if every attack "
            "fails.\n",
-           "| row | rho_adv (DeepFool) | rho_min | rho_min vs baseline | "
+           "| row | rho_adv (DeepFool) | rho_min | DeepFool / minimum (median) | "
+           "rho_min vs baseline | "
            + " | ".join(f"robust acc. l_inf {e:g}" for e in budgets) + " | flags |",
-           "|---|---|---|---|" + "---|" * len(budgets) + "---|"]
+           "|---|---|---|---|---|" + "---|" * len(budgets) + "---|"]
     for m in rows:
         ratio = "—" if math.isnan(m["rho_min_ratio"]) else f"x{m['rho_min_ratio']:.2f}"
         accuracy = " | ".join(f"{100 * m.get(f'strong_robust_accuracy_linf_{e:g}', math.nan):.1f} %"
                               for e in budgets)
         flags = ", ".join(m["strong_flags"]) or "none"
+        over = m.get("strong_deepfool_to_minimum_ratio", math.nan)
         out.append(f"| {m['label']} | {m['strong_rho_adv']:.3f} | "
-                   f"{m.get('strong_rho_min', math.nan):.3f} | {ratio} | {accuracy} | {flags} |")
+                   f"{m.get('strong_rho_min', math.nan):.3f} | {over:.2f} | {ratio} | "
+                   f"{accuracy} | {flags} |")
     return out + [""]
 
 
@@ -265,6 +379,79 @@ def _boxed_table(members: list[dict[str, Any]]) -> list[str]:
     return out + [""]
 
 
+CSV_FIELDS = ["table", "row", "label", "architecture", "dataset", "quick", "protocol", "data",
+              "dtype_policy", "epochs", "seeds", "seed_list", "error", "error_std",
+              "fgsm_error", "fgsm_error_std", "rho_adv", "rho_adv_std", "rho_ratio",
+              "paper_error", "paper_error_std", "paper_fgsm_error", "paper_fgsm_error_std",
+              "paper_rho_adv", "paper_rho_adv_std", "paper_rho_ratio", "error_ok", "fgsm_ok",
+              "rho_ok", "verdict", "rho_min_ratio"]
+
+
+def csv_rows(lines: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The CSV's header and rows: every summary field, the paper's, the stronger ones."""
+    extra = sorted({k for line in lines for k in line
+                    if k.startswith(("strong_", "boxed_")) and not k.endswith(("_flags",
+                                                                               "_budgets"))})
+    fields = CSV_FIELDS + extra + ["strong_flags"]
+    rows = []
+    for line in lines:
+        rows.append({**line, **{f"paper_{k}": v for k, v in line["paper"].items()},
+                     "seed_list": " ".join(map(str, line["seed_list"])),
+                     "strong_flags": " ".join(line.get("strong_flags", []))})
+    return fields, rows
+
+
+def readme_blocks(lines: list[dict[str, Any]]) -> dict[str, str]:
+    """The README's generated Results tables, by name: "verdict" (the verdict table and its
+    rule) and "stronger" (the stronger attacks on every Table I configuration)."""
+    table1 = [ln for ln in lines if ln["table"] == "table1" and not ln["quick"]]
+    sections: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for line in table1:
+        sections[section_title(line)].append(line)
+    stronger = []
+    for title, members in sections.items():
+        rows = _strong_table(members)
+        if rows:
+            stronger += [f"**{title}**\n"] + rows[1:]
+    return {"verdict": verdict_table(lines), "stronger": "\n".join(stronger)}
+
+
+BLOCK = "<!-- generated by `keras-margin report --readme`: {name} -->"
+BLOCK_END = "<!-- end of {name} -->"
+
+
+def replace_blocks(text: str, blocks: dict[str, str]) -> str:
+    """`text` with each generated block (between its two markers) replaced by `blocks`; a
+    missing end marker is an error."""
+    for name, body in blocks.items():
+        begin, end = BLOCK.format(name=name), BLOCK_END.format(name=name)
+        if begin not in text:
+            continue
+        head, _, rest = text.partition(begin)
+        if end not in rest:
+            raise ValueError(f"The README's block {name!r} has no end marker {end!r}.")
+        _, _, tail = rest.partition(end)
+        text = f"{head}{begin}\n{body.strip()}\n{end}{tail}"
+    return text
+
+
+def update_readme(runs_dir: str, readme: str) -> list[str]:
+    """Rewrites the generated blocks of `readme` from the runs; returns the blocks' names."""
+    blocks = readme_blocks(summarize(collect(runs_dir)))
+    with open(readme) as f:
+        text = f.read()
+    new = replace_blocks(text, blocks)
+    with open(readme, "w") as f:
+        f.write(new)
+    return [name for name in blocks if BLOCK.format(name=name) in text]
+
+
+HEADER = ("# Results\n\nGenerated by `keras-margin report docs/results/runs --out "
+          "docs/results/report` from the run folders under `docs/results/runs/` (each run's "
+          "config, environment, per-epoch history, metrics and per-point arrays); a test "
+          "regenerates this file and `report.csv` and compares them.\n")
+
+
 def write(runs_dir: str, out_prefix: str | None = None) -> str:
     """Writes `<prefix>.md` and `<prefix>.csv` (default: runs_dir/report) and returns the text."""
     lines = summarize(collect(runs_dir))
@@ -272,20 +459,12 @@ def write(runs_dir: str, out_prefix: str | None = None) -> str:
         raise FileNotFoundError(f"No finished runs (metrics.json) under {runs_dir}.")
     prefix = out_prefix or os.path.join(runs_dir, "report")
     running = _in_progress_table(in_progress(runs_dir))
-    text = markdown(lines) + ("\n" + running if running else "")
+    text = HEADER + "\n" + markdown(lines) + ("\n" + running if running else "")
     with open(prefix + ".md", "w") as f:
         f.write(text)
-    extra = sorted({k for line in lines for k in line
-                    if k.startswith(("strong_", "boxed_")) and not k.endswith(("_flags",
-                                                                               "_budgets"))})
-    fields = ["table", "row", "label", "dataset", "quick", "protocol", "data", "seeds", "epochs",
-              "error", "error_std", "fgsm_error", "fgsm_error_std", "rho_adv", "rho_adv_std",
-              "rho_ratio", "paper_error", "paper_fgsm_error", "paper_rho_adv", "paper_rho_ratio",
-              "rho_min_ratio", *extra, "strong_flags"]
+    fields, rows = csv_rows(lines)
     with open(prefix + ".csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
-        for line in lines:
-            writer.writerow({**line, **{f"paper_{k}": v for k, v in line["paper"].items()},
-                             "strong_flags": " ".join(line.get("strong_flags", []))})
+        writer.writerows(rows)
     return text

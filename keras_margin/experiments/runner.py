@@ -31,7 +31,7 @@ import keras_margin
 from keras_margin import datasets, training  # noqa: F401 - registers the trainers (resume)
 from keras_margin.callbacks import RobustnessCallback
 from keras_margin.evaluation import evaluate_robustness
-from keras_margin.experiments.files import read_json, run_lock, write_json
+from keras_margin.experiments.files import read_json, run_identity, run_lock, write_json
 from keras_margin.experiments.rows import Row, build_model, compile_row
 
 log = logging.getLogger("keras_margin.experiments")
@@ -131,19 +131,10 @@ def run_dir(out: str, row: Row, seed: int, quick: bool = False,
                         f"seed-{seed}")
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
 def check_same_config(path: str, config: dict[str, Any]) -> None:
     """Raises `ConfigMismatchError` naming the keys where the stored config differs."""
-    stored = _flatten(read_json(path))
-    ours = _flatten(config)
+    stored = run_identity(read_json(path))
+    ours = run_identity(config)
     differ = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))
     if differ:
         detail = ", ".join(f"{k}: {stored.get(k)!r} there vs {ours.get(k)!r} now"

@@ -1,0 +1,105 @@
+"""The published results come from the committed run files, and nothing else.
+
+`keras-margin report docs/results/runs` must regenerate docs/results/report.md exactly and
+report.csv to 1e-9, and the README's Results tables must be the report's own (its generated
+blocks regenerated, every other number of its Results tables found in the report). Reads JSON
+and CSV only: no training, no TensorFlow.
+"""
+
+import csv
+import math
+import os
+import re
+
+import pytest
+
+from keras_margin.experiments import report
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+RESULTS = os.path.join(ROOT, "docs", "results")
+RUNS = os.path.join(RESULTS, "runs")
+README = os.path.join(ROOT, "README.md")
+
+
+def _cells_equal(a: str, b: str, tol: float = 1e-9) -> bool:
+    try:
+        x, y = float(a), float(b)
+    except ValueError:
+        return a == b
+    if math.isnan(x) or math.isnan(y):
+        return math.isnan(x) and math.isnan(y)
+    return abs(x - y) <= tol * max(1.0, abs(x), abs(y))
+
+
+def compare_csv(expected: str, actual: str) -> list[str]:
+    """The differences between two report CSV files (numbers to 1e-9), as readable lines."""
+    with open(expected, newline="") as f:
+        ours = list(csv.reader(f))
+    with open(actual, newline="") as f:
+        theirs = list(csv.reader(f))
+    if ours[:1] != theirs[:1]:
+        return [f"header differs: {ours[:1]} vs {theirs[:1]}"]
+    if len(ours) != len(theirs):
+        return [f"{len(ours) - 1} rows committed, {len(theirs) - 1} regenerated"]
+    header = ours[0]
+    return [f"row {i} ({a[1]}), {header[j]}: {a[j]!r} committed, {b[j]!r} regenerated"
+            for i, (a, b) in enumerate(zip(ours[1:], theirs[1:]), 1)
+            for j in range(len(header)) if not _cells_equal(a[j], b[j])]
+
+
+@pytest.fixture(scope="module")
+def regenerated(tmp_path_factory):
+    assert os.path.isdir(RUNS), "docs/results/runs is missing: the raw results are not here"
+    prefix = str(tmp_path_factory.mktemp("report") / "report")
+    report.write(RUNS, prefix)
+    return prefix
+
+
+def test_the_report_is_regenerated_exactly_from_the_run_files(regenerated):
+    with open(os.path.join(RESULTS, "report.md")) as f, open(regenerated + ".md") as g:
+        assert f.read() == g.read(), "docs/results/report.md differs from the regenerated one"
+    assert compare_csv(os.path.join(RESULTS, "report.csv"), regenerated + ".csv") == []
+
+
+def test_a_hand_edited_number_fails_the_comparison(regenerated, tmp_path):
+    with open(regenerated + ".csv", newline="") as f:
+        rows = list(csv.reader(f))
+    column = rows[0].index("rho_adv")
+    rows[1][column] = repr(float(rows[1][column]) + 1e-6)
+    edited = tmp_path / "edited.csv"
+    with open(edited, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    assert len(compare_csv(regenerated + ".csv", str(edited))) == 1
+
+
+def _results_section(text: str) -> str:
+    start = text.index("\n## Results")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_the_readme_results_tables_are_the_reports():
+    with open(README) as f:
+        text = f.read()
+    blocks = report.readme_blocks(report.summarize(report.collect(RUNS)))
+    assert report.replace_blocks(text, blocks) == text, \
+        "a generated block of the README differs: run keras-margin report docs/results/runs " \
+        "--out docs/results/report --readme README.md"
+    for name in blocks:
+        assert report.BLOCK.format(name=name) in text, f"the README lacks the {name} block"
+    with open(os.path.join(RESULTS, "report.md")) as f:
+        published = f.read()
+    numbers = set(re.findall(r"\d+\.\d+", published))
+    for line in _results_section(text).splitlines():
+        if line.startswith("|"):
+            missing = [n for n in re.findall(r"\d+\.\d+", line) if n not in numbers]
+            assert not missing, f"README numbers {missing} are in no report table: {line}"
+
+
+def test_every_reported_run_has_its_raw_files():
+    for run in report.collect(RUNS):
+        for name in ("config.json", "environment.json", "history.csv", "metrics.json",
+                     "points.npz"):
+            assert os.path.exists(os.path.join(run["path"], name)), (run["path"], name)
+    for root, _, files in os.walk(RUNS):
+        assert not [f for f in files if f.endswith(".keras") or f == "state.json"], root
