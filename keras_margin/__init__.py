@@ -19,9 +19,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _SUBMODULES = ("architectures", "attacks", "callbacks", "datasets", "evaluation", "losses",
-               "sensitivity", "training")
+               "robustness_report", "sensitivity", "training")
 _NAMES = {
     "AdversarialTrainingModel": "training",
+    "EvaluationPlan": "evaluation",
+    "RobustnessCallback": "callbacks",
+    "RobustnessReport": "robustness_report",
     "MarginModel": "training",
     "RobustModel": "training",
     "VATModel": "training",
@@ -34,6 +37,9 @@ _NAMES = {
 
 __all__ = [
     "AdversarialTrainingModel",
+    "EvaluationPlan",
+    "RobustnessCallback",
+    "RobustnessReport",
     "MarginModel",
     "RobustModel",
     "VATModel",
@@ -70,8 +76,10 @@ if not _command_line():
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from keras_margin import architectures, attacks, datasets
-    from keras_margin.evaluation import evaluate_robustness, rho_adv
+    from keras_margin.callbacks import RobustnessCallback
+    from keras_margin.evaluation import EvaluationPlan, evaluate_robustness, rho_adv
     from keras_margin.losses import binary_hinge, multiclass_hinge
+    from keras_margin.robustness_report import RobustnessReport
     from keras_margin.sensitivity import margin_sensitivity
     from keras_margin.training import (
         AdversarialTrainingModel,

@@ -1,27 +1,68 @@
-"""The private Keras API that keras-margin touches, and its tf.distribute workarounds: one place.
+"""The private Keras (and TensorFlow) API that keras-margin touches, and its workarounds.
 
-Everything here is checked against the Keras versions it was written for (`KERAS_TESTED`); on a
-newer Keras the workarounds still run, and a test in the suite fails if the private names move.
+Everything here is checked against the Keras versions it was written for (`KERAS_TESTED`, the
+oldest and newest minor versions tested): `check_keras_version` warns once outside them, and
+tests/test_keras_compat.py fails if a private name used here moves.
 
 * `loss_tracker(model)`: Keras's own "loss" metric (`Trainer._loss_tracker`), which the trainers
   update with the whole objective so that `loss` in the logs is what was minimised.
+* `output_tensors(model)`: a functional model's output tensors (`Functional._outputs`), to find
+  the layer that makes them (a final softmax is refused).
 * `maybe_symbolic_build` and `multi_worker_logs`: Keras 3 fails in `fit` under
   `MultiWorkerMirroredStrategy` (keras-team/keras#20585): it builds the model from a
-  `strategy.reduce` of a `PerReplica` batch, and reduces scalar logs along an axis they lack.
+  `strategy.reduce` of a `PerReplica` batch (`Trainer._symbolic_build`), and reduces scalar logs
+  along an axis they lack.
+* TensorFlow: `without_retracing_warning` (the attacks' programs are traced once per model and
+  configuration, which TF's retracing detector, keyed by the Python code, reports after a few
+  models) and `is_symbolic_tensor` (`tf.__internal__.SymbolicTensor`).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
 
 KERAS_TESTED = ((3, 8), (3, 15))
+_WARNED: list[bool] = []
 
 
 def keras_version() -> tuple[int, int]:
     major, minor = keras.__version__.split(".")[:2]
     return int(major), int(minor)
+
+
+def check_keras_version() -> bool:
+    """True if this Keras lies within `KERAS_TESTED`; else warns once (the private names used
+    here may have moved) and returns False."""
+    lowest, highest = KERAS_TESTED
+    inside = lowest <= keras_version() <= highest
+    if not inside and not _WARNED:
+        _WARNED.append(True)
+        warnings.warn(f"keras-margin was tested with Keras {lowest[0]}.{lowest[1]} to "
+                      f"{highest[0]}.{highest[1]}; this is Keras {keras.__version__}. If "
+                      "training fails inside keras_margin/_keras_compat.py, a private Keras "
+                      "name it uses has moved.", UserWarning, stacklevel=2)
+    return inside
+
+
+def output_tensors(model: Any) -> list | None:
+    """A functional model's output tensors, or None."""
+    return getattr(model, "_outputs", None) or getattr(model, "outputs", None)
+
+
+def without_retracing_warning(function: Any) -> Any:
+    """A tf.function whose frequent-retracing warning is off (a private TF attribute)."""
+    function._omit_frequent_tracing_warning = True
+    return function
+
+
+def is_symbolic_tensor(x: Any) -> bool:
+    """A TensorFlow graph tensor (inside a tf.function or a Keras functional graph)."""
+    import tensorflow as tf
+
+    return isinstance(x, tf.__internal__.SymbolicTensor)
 
 
 def loss_tracker(model: keras.Model) -> keras.metrics.Metric:

@@ -81,7 +81,9 @@ def output_layer(model: Any) -> Any:
     """The layer that produces a Sequential or functional model's output, else None."""
     if isinstance(model, keras.Sequential) and model.layers:
         return model.layers[-1]
-    outputs = getattr(model, "_outputs", None) or getattr(model, "outputs", None)
+    from keras_margin._keras_compat import output_tensors
+
+    outputs = output_tensors(model)
     if isinstance(model, keras.Model) and outputs and len(outputs) == 1:
         history = getattr(outputs[0], "_keras_history", None)
         if history is not None:
@@ -154,6 +156,22 @@ def check_batch(x: Any, y: Any | None = None) -> None:
             f"x and y have different lengths: x has {n} samples, y has {y.shape[0]} labels.")
 
 
+def check_fit_arrays(x: Any, y: Any, where: str) -> None:
+    """The inputs of a trainer's `fit` / `evaluate`: one input tensor, and labels beside an
+    array (a dataset yields its own)."""
+    if isinstance(x, (list, tuple)):
+        raise ValueError(
+            f"{where} received x as a {type(x).__name__} of {len(x)} arrays: keras_margin's "
+            "trainers take one input tensor (they differentiate the logits with respect to "
+            "it). Concatenate the inputs into one array, and split them inside the model.")
+    array_like = isinstance(x, np.ndarray) or (hasattr(x, "shape") and hasattr(x, "dtype")
+                                               and not hasattr(x, "element_spec"))
+    if array_like and y is None:
+        raise ValueError(f"{where} needs the labels y beside the array x (class indices of "
+                         "shape (batch,)); a tf.data.Dataset or PyDataset yields (x, y) pairs "
+                         "itself.")
+
+
 def as_float_inputs(x: Any, dtype: str | None = None):
     """Inputs as a float tensor; integer images (uint8) are cast, not rescaled."""
     x = ops.convert_to_tensor(x)
@@ -219,11 +237,6 @@ def class_indices(y: Any, num_classes: int):
     return ops.cast(ops.where(ok, values, 0.0), "int32"), ops.all(ok)
 
 
-def is_finite_batch(x: Any):
-    """Boolean scalar tensor: x holds no NaN or Inf."""
-    return ops.all(ops.isfinite(x))
-
-
 def check_finite_array(x: Any, name: str = "x") -> None:
     """Raises `ValueError` if a numpy (or eager) array holds NaN or Inf."""
     array = np.asarray(x)
@@ -258,6 +271,18 @@ def check_box(clip_min: float | None, clip_max: float | None, x: Any | None = No
                 "in the box: rescale x, or widen or drop the box.")
     return (None if clip_min is None else float(clip_min),
             None if clip_max is None else float(clip_max))
+
+
+def check_box_pair(name: str, value: Any) -> tuple[float, float]:
+    """A (min, max) box given as one argument: two finite numbers with min < max."""
+    pair = value.tolist() if isinstance(value, np.ndarray) else value
+    numbers = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(
+        isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in pair)
+    if not numbers or not pair[0] < pair[1]:
+        raise ValueError(f"Invalid value for argument {name}: {value!r}. Expected a pair "
+                         "(min, max) of finite numbers with min < max, or None.")
+    return float(pair[0]), float(pair[1])
 
 
 def warn_if_unscaled(x: Any, where: str) -> bool:

@@ -1,31 +1,29 @@
-"""RobustnessCallback: robustness of the model after each epoch, into Keras's logs."""
+"""RobustnessCallback, robustness after each epoch in Keras's logs, and the trainers' helpers.
+
+`RobustnessCallback` is public; `SkippedBatchesLogger` is what the trainers of keras-margin
+add to `fit` themselves (`with_helpers` puts it and every RobustnessCallback ahead of the
+user's callbacks, since Keras hands each callback the epoch's logs in list order).
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import warnings
 from typing import Any
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_margin._validation import (
     check_batch,
+    check_choice,
     check_finite_array,
     check_integer,
     check_label_array,
     label_array,
     probe_model,
 )
-from keras_margin.attacks.apgd import APGD
-from keras_margin.attacks.deepfool import DeepFool
-from keras_margin.evaluation import (
-    _deepfool_settings,
-    budget_key,
-    check_budgets,
-    evaluate_robustness,
-    resolve_attack,
-)
+from keras_margin.evaluation import EvaluationPlan, budget_key, evaluate_robustness
 
 
 class RobustnessCallback(keras.callbacks.Callback):
@@ -36,26 +34,29 @@ class RobustnessCallback(keras.callbacks.Callback):
     `History.history`, `CSVLogger`, `TensorBoard` and the progress bar. Keras hands the epoch's
     logs to the callbacks in list order, so another logger must come after this callback: the
     trainers of keras-margin (`MarginModel`, ...) put it first themselves; with a plain Keras
-    model, list it before `CSVLogger` and `TensorBoard`. Epochs in between get NaN, so CSV
-    columns exist from the first epoch.
+    model, list it before `CSVLogger` and `TensorBoard`.
 
-    Its cost is bounded: one FGSM step and at most `max_iter` DeepFool steps (each two forward
-    and k - 1 backward passes) on `max_samples` points every `every` epochs, plus the stronger
+    It evaluates the first epoch of every `fit` and then every `every`-th epoch; the epochs in
+    between carry no robustness numbers (CSVLogger, whose columns come from the first epoch,
+    writes NA there; `History` lists hold the evaluated epochs only, and `self.history` holds
+    them by epoch). Its cost is bounded: one FGSM step and at most `max_iter` DeepFool steps
+    (each two forward and k - 1 backward passes) on `max_samples` points, plus the stronger
     attacks asked for; give them cheap settings (e.g. `attacks.FMN(steps=20)`,
     `apgd=attacks.APGD(steps=20)`).
 
     Args:
         x_val, y_val: validation inputs and class indices.
         every: evaluate every this many epochs.
-        fgsm_eps: FGSM budget; None skips FGSM.
+        plan: an `EvaluationPlan` (default: the paper's, DeepFool and FGSM at 0.2).
         max_samples: a fixed random subset of this size (drawn once, with `seed`); None: all.
         batch_size: samples attacked side by side.
         seed: seed of the subset.
         prefix: prefix of the log keys.
-        clip_min, clip_max: optional input box for the attacks.
-        attacks, linf_eps, l2_eps, apgd: the stronger attacks, as in `evaluate_robustness`.
-        deepfool: DeepFool's settings, or give them as keywords (norm, max_iter, overshoot,
-            step_clip, candidates).
+        verbose: 1 shows each attack's progress bar, named, while the callback evaluates (when
+            `fit` itself shows progress); 0 is quiet.
+        **settings: `EvaluationPlan` fields by keyword (fgsm_eps, clip_min, clip_max, attacks,
+            linf_eps, l2_eps, apgd, deepfool) or DeepFool's settings (max_iter, overshoot,
+            step_clip, candidates), as for `evaluate_robustness`.
 
     Every argument is checked here, and the labels against the model when training begins,
     so a mistake fails before the first epoch trains.
@@ -65,21 +66,22 @@ class RobustnessCallback(keras.callbacks.Callback):
         ...           callbacks=[RobustnessCallback(x_val, y_val, every=1)])
     """
 
-    def __init__(self, x_val: Any, y_val: Any, every: int = 1, fgsm_eps: float | None = 0.2,
-                 max_samples: int | None = 1000, batch_size: int = 500, seed: int = 0,
-                 prefix: str = "val_", clip_min: float | None = None,
-                 clip_max: float | None = None, attacks: Sequence[Any] = (),
-                 linf_eps: Sequence[float] = (), l2_eps: Sequence[float] = (),
-                 apgd: APGD | None = None, deepfool: DeepFool | None = None,
-                 **deepfool_kwargs: Any) -> None:
+    def __init__(self, x_val: Any, y_val: Any, every: int = 1,
+                 plan: EvaluationPlan | None = None, max_samples: int | None = 1000,
+                 batch_size: int = 500, seed: int = 0, prefix: str = "val_",
+                 verbose: int = 1, **settings: Any) -> None:
         super().__init__()
         x_val, y_val = np.asarray(x_val), label_array(y_val)
         check_batch(x_val, y_val)
         check_finite_array(x_val, "x_val")
         self.every = check_integer("every", every)
         self.batch_size = check_integer("batch_size", batch_size)
+        self.verbose = check_choice("verbose", verbose, (0, 1))
         if max_samples is not None:
             max_samples = check_integer("max_samples", max_samples)
+        check_integer("seed", seed, minimum=0)
+        if not isinstance(prefix, str):
+            raise ValueError(f"Invalid value for argument prefix: {prefix!r}. Expected a string.")
         if np.any(y_val < 0):
             raise ValueError(f"y_val holds negative labels {np.unique(y_val[y_val < 0])[:5]}; "
                              "expected class indices.")
@@ -87,20 +89,18 @@ class RobustnessCallback(keras.callbacks.Callback):
             keep = np.sort(np.random.default_rng(seed).choice(len(x_val), max_samples,
                                                               replace=False))
             x_val, y_val = x_val[keep], y_val[keep]
-        self.x_val, self.y_val = x_val, y_val
-        self.fgsm_eps, self.prefix = fgsm_eps, prefix
-        self.settings = {
-            "fgsm_eps": fgsm_eps, "batch_size": self.batch_size, "clip_min": clip_min,
-            "clip_max": clip_max, "attacks": [resolve_attack(a) for a in attacks],
-            "linf_eps": check_budgets("linf_eps", linf_eps),
-            "l2_eps": check_budgets("l2_eps", l2_eps), "apgd": apgd,
-            "deepfool": _deepfool_settings(deepfool, deepfool_kwargs)}
+        self.x_val, self.y_val, self.prefix = x_val, y_val, prefix
+        settings = {k: v for k, v in settings.items()
+                    if not (k in ("apgd", "deepfool") and v is None)}
+        self.plan = EvaluationPlan.resolve(plan, settings)
         self.keys = ["rho_adv", "fgsm_error", "deepfool_success"]
-        if self.settings["attacks"]:
-            self.keys += [f"rho_{a.name}" for a in self.settings["attacks"]] + ["rho_min"]
-        self.keys += [budget_key(norm, eps) for norm in ("linf", "l2")
-                      for eps in self.settings[f"{norm}_eps"]]
-        self.last_report: dict[str, Any] | None = None
+        if self.plan.attacks:
+            self.keys += [f"rho_{a.name}" for a in self.plan.attacks] + ["rho_min"]
+        self.keys += [budget_key(norm, eps) for norm, budgets in self.plan.budgets.items()
+                      for eps in budgets]
+        self.last_report = None
+        self.history: dict[str, list] = {}
+        self._first = True
 
     def _target(self) -> Any:
         return getattr(self.model, "base", self.model)
@@ -112,14 +112,52 @@ class RobustnessCallback(keras.callbacks.Callback):
                              "attacks the label against the other classes); this model has "
                              "one. Measure a binary model with attacks.fgsm.")
         check_label_array(self.y_val, k)
+        self._first = True
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is None:
+        if logs is None or not (self._first or (epoch + 1) % self.every == 0):
             return
-        if (epoch + 1) % self.every:
-            logs.update({self.prefix + key: math.nan for key in self.keys})
-            return
-        report = evaluate_robustness(self._target(), self.x_val, self.y_val, **self.settings)
+        self._first = False
+        shown = self.verbose and (self.params or {}).get("verbose", 1) != 0
+        report = evaluate_robustness(self._target(), self.x_val, self.y_val, self.plan,
+                                     batch_size=self.batch_size, verbose=int(shown))
         self.last_report = report
-        values = {**report, "deepfool_success": report["deepfool_success_rate"]}
-        logs.update({self.prefix + key: values.get(key, math.nan) for key in self.keys})
+        values = {**report.to_dict(), "deepfool_success": report.deepfool_success_rate}
+        numbers = {self.prefix + key: values.get(key, float("nan")) for key in self.keys}
+        logs.update(numbers)
+        for key, value in {"epoch": epoch, **numbers}.items():
+            self.history.setdefault(key, []).append(value)
+
+
+class SkippedBatchesLogger(keras.callbacks.Callback):
+    """Puts `skipped_batches` into the epoch's logs where batches left the weights untouched
+    (NaN/Inf inputs, labels out of range, a non-finite objective; compiled steps cannot raise)
+    and warns. The trainers add it ahead of the user's callbacks, so CSVLogger and TensorBoard
+    see the column."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        skipped = float(ops.convert_to_numpy(ops.stop_gradient(
+            self.model.skipped_tracker.result())))
+        if logs is not None:
+            logs["skipped_batches"] = skipped
+        if skipped:
+            warnings.warn(
+                f"Epoch {epoch + 1}: {int(skipped)} batch(es) left the weights untouched: they "
+                "held NaN/Inf inputs, labels outside the model's classes, or gave a non-finite "
+                "objective (too large a C or learning rate?). Check the input pipeline.",
+                UserWarning, stacklevel=2)
+
+
+def with_helpers(callbacks: Any) -> list:
+    """The trainers' callbacks for `fit`: RobustnessCallbacks first, then the skipped-batch
+    logger, then the user's others (Keras hands the epoch's logs to them in list order)."""
+    if isinstance(callbacks, keras.callbacks.Callback):
+        callbacks = [callbacks]
+    callbacks = list(callbacks or [])
+    robustness = [c for c in callbacks if isinstance(c, RobustnessCallback)]
+    others = [c for c in callbacks if not isinstance(c, RobustnessCallback)
+              and not isinstance(c, SkippedBatchesLogger)]
+    return robustness + [SkippedBatchesLogger()] + others
+
+
+__all__ = ["RobustnessCallback", "SkippedBatchesLogger", "with_helpers"]

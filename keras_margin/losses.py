@@ -102,11 +102,17 @@ def get(spec: Any, num_outputs: int | None) -> keras.losses.Loss:
     if isinstance(spec, dict):
         spec = keras.losses.deserialize(spec)
     if isinstance(spec, keras.losses.Loss):
+        if isinstance(spec, ONE_HOT_LOSSES):
+            raise ValueError(
+                f"The loss {type(spec).__name__} needs one-hot labels, but keras_margin passes "
+                "class indices (batch,) to the loss. Use keras.losses."
+                "SparseCategoricalCrossentropy(from_logits=True) (or loss='crossentropy').")
         if getattr(spec, "from_logits", True) is False or \
                 spec.get_config().get("from_logits", True) is False:
             raise ValueError(
                 f"The loss {type(spec).__name__} has from_logits=False: it would read the "
                 f"model's logits as probabilities. Pass {type(spec).__name__}(from_logits=True).")
+        reduction(spec)
         return spec
     if callable(spec):
         return _wrap(spec)
@@ -114,6 +120,25 @@ def get(spec: Any, num_outputs: int | None) -> keras.losses.Loss:
         f"Invalid value for argument loss: {spec!r}. Expected one of "
         f"{set(BUILTIN_LOSSES)}, a Keras loss or a callable (y_true, logits) -> loss."
     )
+
+
+# Keras losses that take one-hot (or probability) targets: refused, labels are class indices.
+ONE_HOT_LOSSES = (keras.losses.CategoricalCrossentropy, keras.losses.CategoricalFocalCrossentropy,
+                  keras.losses.CategoricalHinge, keras.losses.KLDivergence)
+# How the trainers reduce a Loss's per-sample values over the batch, by its `reduction`.
+REDUCTIONS = {"sum_over_batch_size": "mean", "mean": "mean", None: "mean", "none": "mean",
+              "sum": "sum"}
+
+
+def reduction(loss: keras.losses.Loss) -> str:
+    """"mean" or "sum": how a trainer reduces `loss` over the batch (its `reduction`; None and
+    "none" leave it to the trainer, which takes the mean). Other reductions are refused."""
+    value = getattr(loss, "reduction", "sum_over_batch_size")
+    if value not in REDUCTIONS:
+        raise ValueError(f"Invalid value for the loss's reduction: {value!r}. keras_margin's "
+                         f"trainers support {sorted(str(r) for r in REDUCTIONS)} "
+                         "('sum_over_batch_size', Keras's default, is the batch mean).")
+    return REDUCTIONS[value]
 
 
 class _FunctionLoss(keras.losses.Loss):
@@ -147,6 +172,4 @@ class BinaryHinge(_FunctionLoss):
 
 
 def _wrap(fn: Any) -> keras.losses.Loss:
-    if isinstance(fn, keras.losses.Loss):
-        return fn
     return _FunctionLoss(fn)

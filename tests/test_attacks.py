@@ -107,9 +107,16 @@ def test_fgsm_is_the_signed_crossentropy_gradient_by_hand(linear_case):
     x_adv = attacks.fgsm(linear_model(w, b), x, y, eps=0.1)
     np.testing.assert_allclose(x_adv, x + 0.1 * by_hand(x), atol=1e-6)
     inside = np.clip(x, -0.5, 0.5)
-    clipped = attacks.fgsm(linear_model(w, b), inside, y, eps=0.1, clip=(-0.5, 0.5))
+    clipped = attacks.fgsm(linear_model(w, b), inside, y, eps=0.1, clip_min=-0.5, clip_max=0.5)
     np.testing.assert_allclose(clipped, np.clip(inside + 0.1 * by_hand(inside), -0.5, 0.5),
                                atol=1e-6)
+    with pytest.warns(DeprecationWarning, match="clip_min"):
+        older = attacks.fgsm(linear_model(w, b), inside, y, eps=0.1, clip=(-0.5, 0.5))
+    np.testing.assert_allclose(older, clipped)
+    result = attacks.FGSM()(linear_model(w, b), inside, y, eps=0.1, clip_min=-0.5, clip_max=0.5)
+    np.testing.assert_allclose(inside + result.perturbation, clipped, atol=1e-6)
+    predicted = (np.asarray(clipped) @ w.T + b).argmax(axis=1)
+    np.testing.assert_array_equal(result.success, predicted != y)
 
 
 def test_fgsm_binary_single_logit():

@@ -19,7 +19,8 @@ def test_at_example_equals_attacks_fgsm():
     base = small_mlp()
     model = AdversarialTrainingModel(base, eps=0.2, clip=(-1.0, 1.0))
     np.testing.assert_allclose(model.adversarial_examples(x, y),
-                               attacks.fgsm(base, x, y, eps=0.2, clip=(-1.0, 1.0)), atol=1e-6)
+                               attacks.fgsm(base, x, y, eps=0.2, clip_min=-1.0, clip_max=1.0),
+                               atol=1e-6)
 
 
 def test_at_l2_step_has_norm_eps():
@@ -92,7 +93,7 @@ def test_a_step_decreases_its_own_loss_and_reports_its_term(make, extra):
 
 
 @pytest.mark.parametrize("make", [
-    lambda b: AdversarialTrainingModel(b, eps=0.1, alpha=0.3, norm="l2"),
+    lambda b: AdversarialTrainingModel(b, eps=0.1, clean_weight=0.3, norm="l2"),
     lambda b: VATModel(b, eps=1.5, xi=1e-5, power_iterations=2, seed=3),
 ])
 def test_trainers_save_and_load(make, tmp_path):
@@ -114,14 +115,41 @@ def test_trainers_save_and_load(make, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"eps": -0.1}, "eps"), ({"alpha": 1.5}, "alpha"), ({"norm": "l1"}, "norm"),
+    ({"eps": -0.1}, "eps"), ({"eps": 0.0}, "eps"), ({"clean_weight": 1.5}, "clean_weight"),
+    ({"norm": "l1"}, "norm"), ({"clip": (1.0, 0.0)}, "clip"), ({"clip": (np.nan, 1.0)}, "clip"),
+    ({"clip": (0.0, 1.0, 2.0)}, "clip"), ({"clip": (0.0,)}, "clip"), ({"clip": "0,1"}, "clip"),
+    ({"clip": (0.0, np.inf)}, "clip"), ({"clean_weight": 0.5, "alpha": 0.5}, "clean_weight"),
 ])
 def test_at_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AdversarialTrainingModel(small_mlp(), **kwargs)
 
 
+def test_at_refuses_inputs_outside_its_clip_box_before_training():
+    x, y = _batch()
+    base = small_mlp()
+    before = [to_numpy(w).copy() for w in base.weights]
+    model = AdversarialTrainingModel(base, clip=(0.0, 1.0))
+    model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="outside the input box"):
+        model.fit(x, y, epochs=1, verbose=0)  # normal samples: many outside [0, 1]
+    for old, new in zip(before, base.weights):
+        np.testing.assert_array_equal(old, to_numpy(new))
+
+
+def test_at_alpha_is_the_deprecated_name_of_clean_weight(tmp_path):
+    with pytest.warns(DeprecationWarning, match="clean_weight"):
+        old = AdversarialTrainingModel(small_mlp(), alpha=0.3)
+    assert old.clean_weight == 0.3 and old.alpha == 0.3 and old.data_weight == 0.3
+    config = old.get_config()
+    config["alpha"] = config.pop("clean_weight")  # a .keras file saved before the rename
+    assert AdversarialTrainingModel.from_config(config).clean_weight == 0.3
+
+
 def test_vat_bad_arguments():
+    for name in ("xi", "eps"):
+        with pytest.raises(ValueError, match=name):
+            VATModel(small_mlp(), **{name: 0.0})
     with pytest.raises(ValueError, match="power_iterations"):
         VATModel(small_mlp(), power_iterations=-1)
     with pytest.raises(ValueError, match="power_iterations"):

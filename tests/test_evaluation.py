@@ -54,16 +54,20 @@ def test_callback_numbers_land_in_history_csv_and_progress_bar(tmp_path, capsys)
     callback = RobustnessCallback(x, y, every=2, fgsm_eps=0.1, max_samples=40, max_iter=10)
     history = model.fit(x, y, epochs=4, batch_size=32, verbose=2,
                         callbacks=[callback, keras.callbacks.CSVLogger(str(log))])
+    # The first epoch of the fit, then every 2nd: epochs 1, 2 and 4 (0, 1 and 3 from 0).
     rho = history.history["val_rho_adv"]
-    assert np.isnan(rho[0]) and np.isnan(rho[2])
-    assert rho[1] > 0 and rho[3] > 0
+    assert callback.history["epoch"] == [0, 1, 3] and len(rho) == 3
+    assert all(r > 0 for r in rho) and callback.history["val_rho_adv"] == rho
     assert len(callback.x_val) == 40
-    assert callback.last_report["rho_adv"] == pytest.approx(rho[3])
+    assert callback.last_report["rho_adv"] == pytest.approx(rho[-1])
     with open(log) as f:
         rows = list(csv.DictReader(f))
-    assert float(rows[3]["val_rho_adv"]) == pytest.approx(rho[3])
+    assert float(rows[3]["val_rho_adv"]) == pytest.approx(rho[-1])
+    assert rows[2]["val_rho_adv"] == "NA"  # not evaluated: no number, the column stays
     assert "val_fgsm_error" in rows[0] and "val_deepfool_success" in rows[0]
-    assert "val_rho_adv:" in capsys.readouterr().out
+    lines = [line for line in capsys.readouterr().out.splitlines() if "loss:" in line]
+    assert len(lines) == 4 and "val_rho_adv:" in lines[3]
+    assert "val_rho_adv" not in lines[2] and "nan" not in lines[2]
 
 
 @tensorflow_only
@@ -146,37 +150,38 @@ def test_a_model_gradients_cannot_attack_is_flagged_not_called_robust():
     assert np.isnan(report["rho_adv"])
 
 
+def _report(**fields):
+    from keras_margin import RobustnessReport
+
+    base = {"n": 2, "error": 0.0, "fgsm_eps": 0.2, "fgsm_error": 0.5, "rho_adv": 0.1,
+            "deepfool_success_rate": 1.0, "distances": np.zeros(2)}
+    return RobustnessReport(**{**base, **fields})
+
+
 def test_deepfool_far_above_the_minimum_norm_is_flagged_as_masking():
     from keras_margin.attacks import AttackResult
-    from keras_margin.attacks.base import Inputs
-    from keras_margin.evaluation import _Report, _sanity_checks
-
-    x = np.ones((10, 4), "float32")
+    from keras_margin.evaluation import check_gradient_masking, deepfool_to_minimum_ratio
 
     def result(scale):
         return AttackResult(np.full((10, 4), scale, "float32"), np.ones(10, bool),
                             np.ones(10, np.int32), np.zeros(10, bool))
 
+    norms = {"deepfool": "l2", "fmn_l2": "l2"}
     for ratio, flagged in ((1.2, False), (3.0, True)):
-        report = _Report({})
-        with warnings.catch_warnings(record=True) as warned:
-            warnings.simplefilter("always")
-            _sanity_checks(report, Inputs(x, np.zeros(10, np.int32), 3, None, None), {},
-                           {"deepfool": (result(ratio), "l2"), "fmn_l2": (result(1.0), "l2")})
-        assert len(warned) == flagged
-        assert ("gradient_masking" in report.flags) is flagged
-        assert report.values["deepfool_to_minimum_ratio"] == pytest.approx(ratio)
+        measured = deepfool_to_minimum_ratio({"deepfool": result(ratio),
+                                              "fmn_l2": result(1.0)}, norms)
+        assert measured == pytest.approx(ratio)
+        flags = check_gradient_masking(_report(deepfool_to_minimum_ratio=measured))
+        assert [flag for flag, _ in flags] == (["gradient_masking"] if flagged else [])
 
 
 def test_robust_accuracy_that_rises_with_the_budget_is_flagged():
-    from keras_margin.attacks.base import Inputs
-    from keras_margin.evaluation import _Report, _sanity_checks
+    from keras_margin.evaluation import check_monotone
 
-    report = _Report({"robust_accuracy_linf_0.1": 0.5, "robust_accuracy_linf_0.2": 0.7})
-    with pytest.warns(UserWarning, match="rises with the linf budget"):
-            _sanity_checks(report, Inputs(np.zeros((2, 3), "float32"), np.zeros(2, np.int32), 3,
-                                      0.0, 1.0), {"linf": [0.1, 0.2], "l2": []}, {})
-    assert report.flags == ["not_monotone_linf"]
+    flags = check_monotone(_report(robust_accuracy={"linf": {0.1: 0.5, 0.2: 0.7}}))
+    assert [flag for flag, _ in flags] == ["not_monotone_linf"]
+    assert "rises with the linf budget" in flags[0][1]
+    assert check_monotone(_report(robust_accuracy={"linf": {0.1: 0.7, 0.2: 0.5}})) == []
 
 
 @pytest.mark.parametrize("order", ["csv_first", "callback_first"])
@@ -206,15 +211,9 @@ def _data_for_callback():
 def test_fgsm_far_weaker_than_apgd_is_flagged():
     """FGSM adversarial training's signature (measured on the full-data MLP AT run: FGSM error
     7.6 % at 0.2, APGD fools 96.6 % at 0.1): the FGSM number cannot be trusted."""
-    from keras_margin.attacks.base import Inputs
-    from keras_margin.evaluation import _Report, _sanity_checks
+    from keras_margin.evaluation import EvaluationPlan, check_fgsm_unreliable
 
     for robust, flagged in ((0.034, True), (0.85, False)):
-        report = _Report({"robust_accuracy_linf_0.1": robust, "fgsm_error": 0.076,
-                          "fgsm_eps": 0.2})
-        with warnings.catch_warnings(record=True) as warned:
-            warnings.simplefilter("always")
-            _sanity_checks(report, Inputs(np.zeros((2, 3), "float32"), np.zeros(2, np.int32),
-                                          3, 0.0, 1.0), {"linf": [0.1], "l2": []}, {})
-        assert ("fgsm_unreliable" in report.flags) is flagged
-        assert len(warned) == flagged
+        report = _report(robust_accuracy={"linf": {0.1: robust}}, fgsm_error=0.076)
+        flags = check_fgsm_unreliable(report, EvaluationPlan(fgsm_eps=0.2, linf_eps=[0.1]))
+        assert [flag for flag, _ in flags] == (["fgsm_unreliable"] if flagged else [])

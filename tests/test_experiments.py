@@ -193,3 +193,43 @@ def test_quickstart_runs_offline_on_real_mnist(mnist_t10k_dir):
     rho = re.search(r"^DeepFool rho_adv\s+([0-9.]+)", proc.stdout, re.M)
     assert error and float(error.group(1)) < 0.2
     assert rho and 0 < float(rho.group(1)) < 1
+
+
+def test_the_command_line_offers_the_rows_names():
+    from keras_margin.experiments import rows
+
+    assert set(cli.TABLE_NAMES) == set(rows.TABLES) and cli.PROTOCOLS == rows.PROTOCOLS
+    assert cli.SWEEP_ARCHITECTURES == rows.SWEEP_ARCHITECTURES
+
+
+def test_help_needs_no_keras_and_reproduce_lists_the_rows(capsys):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv = ['keras-margin', '--help']\n"
+            "from keras_margin.experiments import cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'keras' not in sys.modules, 'keras was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert cli.main(["reproduce", "table1", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in TABLES["table1"])
+
+
+def test_configs_of_older_runs_are_the_same_runs():
+    """config.json as runs before the attack objects wrote it (DeepFool's settings without
+    its defaults, AT's weight as alpha) is upgraded where it is compared."""
+    from keras_margin.experiments.files import run_identity
+
+    for name in ("mlp-at", "mlp-l2"):
+        row = get_row(name)
+        new = {"row": row.to_dict(), "seed": 0}
+        old = json.loads(json.dumps(new))
+        old["row"]["deepfool"] = {"max_iter": 50, "step_clip": 0.5, "overshoot": 0.02}
+        if name == "mlp-at":
+            old["row"]["trainer_kwargs"]["alpha"] = old["row"]["trainer_kwargs"].pop(
+                "clean_weight")
+        assert run_identity(old) == run_identity(new)
+        assert Row.from_dict(old["row"]) == row

@@ -1,6 +1,7 @@
 """MarginModel: the soft-margin SVM in the linear case, saving, XLA, tf.distribute, bad input."""
 
 import contextlib
+import csv
 import os
 import subprocess
 import sys
@@ -168,7 +169,7 @@ class _Batches(keras.utils.PyDataset):
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="PyTorch steps run eagerly and raise instead")
-def test_out_of_range_labels_in_compiled_steps_skip_the_batch_and_warn():
+def test_out_of_range_labels_in_compiled_steps_skip_the_batch_and_warn(tmp_path):
     """Keras turns XLA on by itself on GPUs, XLA drops assertions, and JAX steps are always
     compiled: the batch must still never reach the weights (before: hinge data_loss 1e29 and
     NaN weights)."""
@@ -179,9 +180,13 @@ def test_out_of_range_labels_in_compiled_steps_skip_the_batch_and_warn():
     before = [to_numpy(w).copy() for w in model.weights]
     labels = y.copy()
     labels[:16] = 9
+    log = os.path.join(str(tmp_path), "history.csv")
     with pytest.warns(UserWarning, match="1 batch"):
-        history = model.fit(_Batches(x, labels, 16), epochs=1, verbose=0)
-    assert history.history["skipped_batches"] == [1.0]
+        history = model.fit(_Batches(x, labels, 16), epochs=2, verbose=0,
+                            callbacks=[keras.callbacks.CSVLogger(log)])
+    assert history.history["skipped_batches"] == [1.0, 1.0]
+    with open(log) as f:  # the helper runs before the user's CSVLogger: the column is there
+        assert [row["skipped_batches"] for row in csv.DictReader(f)] == ["1.0", "1.0"]
     assert np.isfinite(history.history["loss"][0]) and history.history["loss"][0] < 10
     assert all(np.isfinite(to_numpy(w)).all() for w in model.weights)
     assert any(not np.array_equal(a, to_numpy(w)) for a, w in zip(before, model.weights))

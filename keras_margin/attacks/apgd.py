@@ -24,7 +24,6 @@ from keras_margin._validation import (
     check_choice,
     check_integer,
     check_non_negative,
-    check_positive,
 )
 from keras_margin.attacks import base
 from keras_margin.attacks.norms import normalize, project_ball
@@ -36,8 +35,9 @@ LOSSES = ("ce", "dlr")
 CE, DLR, DLR_TARGETED, CE_TARGETED = 0, 1, 2, 3
 
 
+@base.register
 @dataclasses.dataclass(frozen=True)
-class APGD:
+class APGD(base.BudgetAttack):
     """Auto-PGD's settings (the paper's defaults); see `apgd`."""
 
     norm: str = "linf"
@@ -62,19 +62,9 @@ class APGD:
     def name(self) -> str:
         return f"apgd_{'t_' if self.targeted else ''}{self.loss}_{self.norm}"
 
-    def get_config(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def __call__(self, model: Callable, x: Any, y: Any, eps: float,
-                 clip_min: float | None = None, clip_max: float | None = None,
-                 batch_size: int | None = None, jit_compile: bool | str = "auto",
-                 verbose: int = 0) -> base.AttackResult:
-        inputs = base.check_inputs(model, x, y, clip_min, clip_max, "apgd")
-        eps = check_positive("eps", eps)
-        result = run_schedule(model, inputs, [self], [eps],
-                              base.check_lanes(batch_size, len(inputs.x)),
-                              jit_compile, verbose)
-        return result[eps]
+    def run(self, model: Callable, inputs: base.Inputs, budgets: Sequence[float], lanes: int,
+            jit_compile: bool | str = "auto", verbose: int = 0) -> dict[float, base.AttackResult]:
+        return run_schedule(model, inputs, [self], budgets, lanes, jit_compile, verbose)
 
     def job_kinds(self, num_classes: int) -> list[tuple[int, int]]:
         """(loss kind, target rank) of this attack's runs on one sample, in order: one per
@@ -85,6 +75,14 @@ class APGD:
         kind = DLR_TARGETED if self.loss == "dlr" else CE_TARGETED
         ranks = range(1, min(self.n_target_classes, num_classes - 1) + 1)
         return [(kind, rank) for rank in ranks for _ in range(self.restarts)]
+
+
+def ensemble(apgd: APGD, norm: str, num_classes: int) -> list[APGD]:
+    """AutoAttack's pair with `apgd`'s steps, restarts and seed: APGD-CE, then APGD-T (targeted
+    DLR, one restart per target), the latter only where there are 4 classes or more."""
+    pair = [dataclasses.replace(apgd, norm=norm, loss="ce", targeted=False),
+            dataclasses.replace(apgd, norm=norm, loss="dlr", targeted=True, restarts=1)]
+    return pair if num_classes >= 4 else pair[:1]
 
 
 def check_classes(attacks: Sequence[APGD], num_classes: int) -> None:
@@ -104,73 +102,85 @@ def run_schedule(model: Callable, inputs: base.Inputs, attacks: Sequence[APGD],
     its first verified-to-be success; one result per budget (a sample counts as fooled if any
     attack fooled it, as AutoAttack's robust accuracy)."""
     check_classes(attacks, inputs.num_classes)
-    norm = attacks[0].norm
-    if any(a.norm != norm or a.steps != attacks[0].steps or a.rho != attacks[0].rho
+    first = attacks[0]
+    if any(a.norm != first.norm or a.steps != first.steps or a.rho != first.rho
            for a in attacks):
         raise ValueError("The APGD attacks of one schedule must share norm, steps and rho.")
-    plan = [kind for attack in attacks for kind in attack.job_kinds(inputs.num_classes)]
-    n, budgets = len(inputs.x), [float(b) for b in budgets]
-    ranked = np.argsort(-_clean_logits(model, inputs.x, lanes), axis=1)
-    jobs = {"index": np.tile(np.arange(n), len(budgets)),
-            "budget": np.repeat(np.arange(len(budgets)), n),
-            "position": np.zeros(n * len(budgets), np.int32)}
     dtype = str(inputs.x.dtype)
-    config = attacks[0]
     runner = base.lane_runner(
-        model, ("apgd", norm, config.steps, config.rho, inputs.clip_min, inputs.clip_max, dtype,
-                inputs.num_classes),
-        lambda: _Kernel(model, config, inputs, dtype), round_steps=min(config.steps, 10),
+        model, ("apgd", first.norm, first.steps, first.rho, inputs.clip_min, inputs.clip_max,
+                dtype, inputs.num_classes),
+        lambda: _Kernel(model, first, inputs, dtype), round_steps=min(first.steps, 10),
         jit_compile=jit_compile)
-    fooled = np.zeros((len(budgets), n), bool)
-    perturbation = np.zeros((len(budgets),) + inputs.x.shape, inputs.x.dtype)
-    iterations = np.zeros((len(budgets), n), np.int32)
-    stuck = np.zeros((len(budgets), n), bool)
-    seeds = [attack.seed for attack in attacks for _ in attack.job_kinds(inputs.num_classes)]
-
-    def load(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        index, position = params["index"], params["position"]
-        kinds = np.array([plan[p] for p in position]).reshape(-1, 2)
-        noise = np.stack([_noise(norm, inputs.x.shape[1:], seeds[p], i, p)
-                          for i, p in zip(index, position)]).astype(inputs.x.dtype)
-        return {"x": inputs.x[index], "label": inputs.labels[index], "noise": noise,
-                "eps": np.array(budgets, inputs.x.dtype)[params["budget"]],
-                "kind": kinds[:, 0].astype(np.int32),
-                "target": ranked[index, kinds[:, 1]].astype(np.int32)}
-
-    job_table: dict[str, list] = {key: list(value) for key, value in jobs.items()}
-    bar = base.progress_bar(n * len(budgets), verbose)
-    finished = [0]
-
-    def follow_up(ids: np.ndarray, out: dict[str, np.ndarray]) -> dict | None:
-        more: dict[str, list] = {"index": [], "budget": [], "position": []}
-        for job, success, delta, steps_taken, flat in zip(ids, out["fooled"], out["delta"],
-                                                          out["t"], out["stuck"]):
-            index, budget = job_table["index"][job], job_table["budget"][job]
-            position = job_table["position"][job]
-            iterations[budget, index] += steps_taken
-            stuck[budget, index] |= flat
-            if success:
-                fooled[budget, index] = True
-                perturbation[budget, index] = delta
-            elif position + 1 < len(plan):
-                more["index"].append(index)
-                more["budget"].append(budget)
-                more["position"].append(position + 1)
-                continue
-            finished[0] += 1
-        if bar is not None:
-            bar(finished[0])
-        for key, values in more.items():
-            job_table[key].extend(values)
-        return {k: np.asarray(v, np.int64) for k, v in more.items()} if more["index"] else None
-
-    runner.run(jobs, lanes, ("fooled", "delta", "t", "stuck"), load=load, follow_up=follow_up)
+    schedule = _Schedule(inputs, attacks, [float(b) for b in budgets],
+                         np.argsort(-_clean_logits(model, inputs.x, lanes), axis=1))
+    schedule.bar = base.progress_bar(len(schedule.jobs["index"]), verbose,
+                                     "+".join(a.name for a in attacks))
+    runner.run(schedule.jobs, lanes, ("fooled", "delta", "t", "stuck"), load=schedule.load,
+               follow_up=schedule.follow_up)
     results = {}
-    for b, eps in enumerate(budgets):
-        delta, success = base.verify(model, inputs, perturbation[b], lanes)
+    for b, eps in enumerate(schedule.budgets):
+        delta, success = base.verify(model, inputs, schedule.perturbation[b], lanes)
         delta = np.where(base.per_sample_mask(success, delta), delta, 0).astype(inputs.x.dtype)
-        results[eps] = base.AttackResult(delta, success, iterations[b], stuck[b])
+        results[eps] = base.AttackResult(delta, success, schedule.iterations[b],
+                                         schedule.stuck[b])
     return results
+
+
+class _Schedule:
+    """The jobs of `run_schedule`: one per (sample, budget) at first; a job that ends without
+    success queues the sample's next run of the plan (next restart, target or attack)."""
+
+    def __init__(self, inputs: base.Inputs, attacks: Sequence[APGD], budgets: list[float],
+                 ranked: np.ndarray) -> None:
+        self.inputs, self.budgets, self.ranked = inputs, budgets, ranked
+        self.norm = attacks[0].norm
+        self.plan = [kind for a in attacks for kind in a.job_kinds(inputs.num_classes)]
+        self.seeds = [a.seed for a in attacks for _ in a.job_kinds(inputs.num_classes)]
+        n, shape = len(inputs.x), (len(budgets), len(inputs.x))
+        self.jobs = {"index": np.tile(np.arange(n), len(budgets)),
+                     "budget": np.repeat(np.arange(len(budgets)), n),
+                     "position": np.zeros(n * len(budgets), np.int32)}
+        self.table = {key: list(value) for key, value in self.jobs.items()}
+        self.perturbation = np.zeros((len(budgets),) + inputs.x.shape, inputs.x.dtype)
+        self.iterations = np.zeros(shape, np.int32)
+        self.stuck = np.zeros(shape, bool)
+        self.finished = 0
+        self.bar: Callable[[int], None] | None = None
+
+    def load(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The kernel's inputs of some jobs: sample, random start, budget, loss and target."""
+        x, index, position = self.inputs.x, params["index"], params["position"]
+        kinds = np.array([self.plan[p] for p in position]).reshape(-1, 2)
+        noise = np.stack([_noise(self.norm, x.shape[1:], self.seeds[p], i, p)
+                          for i, p in zip(index, position)]).astype(x.dtype)
+        return {"x": x[index], "label": self.inputs.labels[index], "noise": noise,
+                "eps": np.array(self.budgets, x.dtype)[params["budget"]],
+                "kind": kinds[:, 0].astype(np.int32),
+                "target": self.ranked[index, kinds[:, 1]].astype(np.int32)}
+
+    def follow_up(self, ids: np.ndarray, out: dict[str, np.ndarray]) -> dict | None:
+        """Records the ended jobs; returns the next runs of the samples not fooled yet."""
+        more: dict[str, list] = {"index": [], "budget": [], "position": []}
+        for job, success, delta, steps, flat in zip(ids, out["fooled"], out["delta"],
+                                                    out["t"], out["stuck"]):
+            index, budget = self.table["index"][job], self.table["budget"][job]
+            position = self.table["position"][job]
+            self.iterations[budget, index] += steps
+            self.stuck[budget, index] |= flat
+            if success:
+                self.perturbation[budget, index] = delta
+            elif position + 1 < len(self.plan):
+                for key, value in (("index", index), ("budget", budget),
+                                   ("position", position + 1)):
+                    more[key].append(value)
+                continue
+            self.finished += 1
+        if self.bar is not None:
+            self.bar(self.finished)
+        for key, values in more.items():
+            self.table[key].extend(values)
+        return {k: np.asarray(v, np.int64) for k, v in more.items()} if more["index"] else None
 
 
 def _clean_logits(model: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:

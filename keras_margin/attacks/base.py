@@ -1,18 +1,21 @@
-"""What every attack shares: its result, the checks at its entry, the lanes, the verification.
+"""What every attack shares: the two interfaces, the result, the entry checks, the verification.
 
 An attack is a frozen dataclass of its hyper-parameters (defaults from the paper that introduced
-it, `get_config` for logs), called as `attack(model, x, y, clip_min=, clip_max=)`; a function of
-the same name (`attacks.fmn(model, x, y, ...)`) builds and calls it. Arguments are checked once
-at that entry; the compiled loops trust their inputs. Every reported success is verified by a
-fresh forward pass on x + perturbation, and the perturbation stays inside the input box.
+it), of one of two kinds, as Foolbox separates them: a `MinimumNormAttack` looks for the
+smallest perturbation that flips each prediction (`attack(model, x, y)`), a `BudgetAttack` for
+any perturbation within a budget eps (`attack(model, x, y, eps)`). Both check their arguments
+once at that entry (the compiled loops trust their inputs), run in lanes (`lanes.py`), verify
+every reported success by a fresh forward pass on x + perturbation, keep the perturbation inside
+the input box, and save and load as JSON (`to_dict` / `from_dict`). A function of the same name
+(`attacks.fmn(model, x, y, ...)`) builds and calls each.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import keras
 import numpy as np
@@ -23,6 +26,7 @@ from keras_margin._validation import (
     check_box,
     check_finite_array,
     check_integer,
+    check_positive,
     label_array,
     probe_model,
     warn_if_unscaled,
@@ -136,13 +140,11 @@ def project_box(x: Any, x_adv: Any, clip_min: float | None, clip_max: float | No
     return ops.clip(x_adv, lo, hi)
 
 
-def verify(model: Callable, inputs: Inputs, perturbation: np.ndarray, lanes: int,
-           targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(perturbation inside the box, success) from a fresh forward pass on x + perturbation.
-
-    Untargeted: success where the prediction differs from the label; targeted: where it equals
-    the target. A non-finite perturbation never counts.
-    """
+def verify(model: Callable, inputs: Inputs, perturbation: np.ndarray,
+           lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(perturbation inside the box, success) from a fresh forward pass on x + perturbation:
+    success where the prediction differs from the label. A non-finite perturbation never
+    counts."""
     perturbation = perturbation.astype(inputs.x.dtype)
     x_adv = inputs.x + perturbation
     if inputs.clip_min is not None or inputs.clip_max is not None:
@@ -150,11 +152,7 @@ def verify(model: Callable, inputs: Inputs, perturbation: np.ndarray, lanes: int
         perturbation = x_adv - inputs.x
     predicted = predictions(model, x_adv, lanes)
     finite = np.isfinite(perturbation.reshape(len(x_adv), -1)).all(axis=1)
-    if targets is None:
-        success = predicted != inputs.labels
-    else:
-        success = predicted == targets
-    return perturbation, success & finite
+    return perturbation, (predicted != inputs.labels) & finite
 
 
 def verify_minimum_norm(model: Callable, inputs: Inputs, delta: np.ndarray, found: np.ndarray,
@@ -224,9 +222,114 @@ def check_lanes(batch_size: int | None, n: int) -> int:
     return max(1, min(lanes, n))
 
 
-def progress_bar(total: int, verbose: int) -> Callable[[int], None] | None:
-    """A Keras progress bar over samples, or None when quiet."""
+def progress_bar(total: int, verbose: int, title: str) -> Callable[[int], None] | None:
+    """A Keras progress bar over samples that names what runs (`title`, e.g. "fmn_l2"), or
+    None when quiet."""
     if not verbose:
         return None
-    bar = keras.utils.Progbar(total, unit_name="sample", verbose=verbose)
+    bar = keras.utils.Progbar(total, unit_name=f"point ({title})", verbose=verbose)
     return lambda done: bar.update(min(done, total))
+
+
+_CLASSES: dict[str, type[Attack]] = {}
+
+
+def register(cls: type[Attack]) -> type[Attack]:
+    """Class decorator: `Attack.from_dict` finds the class by its name."""
+    _CLASSES[cls.__name__] = cls
+    return cls
+
+
+def attack_class(name: str) -> type[Attack]:
+    """The registered attack class called `name` ("DeepFool", ...)."""
+    if name not in _CLASSES:
+        raise ValueError(f"Unknown attack class {name!r}. Expected one of {sorted(_CLASSES)}.")
+    return _CLASSES[name]
+
+
+class Attack:
+    """An attack's settings (a frozen dataclass in each subclass): its `name`, its threat
+    model's `norm`, `get_config` / `from_config` and `to_dict` / `from_dict` (JSON)."""
+
+    kind: ClassVar[str] = "attack"
+
+    @property
+    def name(self) -> str:
+        """A short identifier, e.g. "fmn_linf" (the key of its numbers in reports)."""
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        """The hyper-parameters, nested attacks as their `to_dict()`."""
+        return {f.name: _serialize(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Attack:
+        return cls(**{key: _deserialize(value) for key, value in config.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"class_name": ..., "config": ...}, JSON-ready; `Attack.from_dict` inverts it."""
+        return {"class_name": type(self).__name__, "config": self.get_config()}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Attack:
+        return attack_class(data["class_name"]).from_config(data["config"])
+
+
+def _serialize(value: Any) -> Any:
+    if isinstance(value, Attack):
+        return value.to_dict()
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _deserialize(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"class_name", "config"}:
+        return Attack.from_dict(value)
+    return value
+
+
+class MinimumNormAttack(Attack):
+    """Finds, per sample, the smallest perturbation (in the threat `norm`) that flips the
+    prediction; `success` is False where none was found. Subclasses implement `run`."""
+
+    kind: ClassVar[str] = "minimum_norm"
+
+    def __call__(self, model: Callable, x: Any, y: Any, clip_min: float | None = None,
+                 clip_max: float | None = None, batch_size: int | None = None,
+                 jit_compile: bool | str = "auto", verbose: int = 0) -> AttackResult:
+        """The attack on `x` with labels `y`; the arguments as in `run`'s public functions."""
+        inputs = check_inputs(model, x, y, clip_min, clip_max, self.name)
+        return self.run(model, inputs, check_lanes(batch_size, len(inputs.x)), jit_compile,
+                        verbose)
+
+    def run(self, model: Callable, inputs: Inputs, lanes: int,
+            jit_compile: bool | str = "auto", verbose: int = 0,
+            init_result: AttackResult | None = None) -> AttackResult:
+        """The attack on inputs already checked (`check_inputs`); `init_result`, where an
+        attack starts from another's result, is that result if already at hand."""
+        raise NotImplementedError
+
+
+class BudgetAttack(Attack):
+    """Finds, per sample, a perturbation of norm at most `eps` (in the threat `norm`) that
+    flips the prediction; `success` is False where none was found. Subclasses implement
+    `run` for several budgets at once."""
+
+    kind: ClassVar[str] = "budget"
+
+    def __call__(self, model: Callable, x: Any, y: Any, eps: float,
+                 clip_min: float | None = None, clip_max: float | None = None,
+                 batch_size: int | None = None, jit_compile: bool | str = "auto",
+                 verbose: int = 0) -> AttackResult:
+        """The attack on `x` with labels `y` within the budget `eps`."""
+        inputs = check_inputs(model, x, y, clip_min, clip_max, self.name,
+                              min_classes=self.min_classes)
+        eps = check_positive("eps", eps)
+        return self.run(model, inputs, [eps], check_lanes(batch_size, len(inputs.x)),
+                        jit_compile, verbose)[eps]
+
+    min_classes: ClassVar[int] = 2
+
+    def run(self, model: Callable, inputs: Inputs, budgets: Sequence[float], lanes: int,
+            jit_compile: bool | str = "auto", verbose: int = 0) -> dict[float, AttackResult]:
+        """One result per budget, on inputs already checked (`check_inputs`)."""
+        raise NotImplementedError

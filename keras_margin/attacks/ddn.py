@@ -19,44 +19,42 @@ from keras import ops
 
 from keras_margin._validation import check_integer, check_non_negative, check_positive
 from keras_margin.attacks import base
-from keras_margin.attacks.fgsm import loss_gradient
-from keras_margin.attacks.fmn import cosine_schedule, worst_case_norm
 from keras_margin.attacks.lanes import gather_samples
 from keras_margin.attacks.norms import normalize
+from keras_margin.attacks.steps import cosine_schedule, loss_gradient, worst_case_norm
 from keras_margin.jacobian import flat_norm, per_sample
 
 
+@base.register
 @dataclasses.dataclass(frozen=True)
-class DDN:
-    """DDN's settings (the paper's defaults); see `ddn`."""
+class DDN(base.MinimumNormAttack):
+    """DDN's settings (the paper's defaults); an l2 attack. See `ddn`."""
 
     steps: int = 100
     init_epsilon: float = 1.0
     gamma: float = 0.05
     seed: int = 0
 
-    norm = "l2"
-    name = "ddn"
-
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", check_integer("steps", self.steps))
         object.__setattr__(self, "init_epsilon", check_positive("init_epsilon",
                                                                 self.init_epsilon))
         object.__setattr__(self, "gamma", check_non_negative("gamma", self.gamma, maximum=1))
+        object.__setattr__(self, "seed", check_integer("seed", self.seed, minimum=0))
 
-    def get_config(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @property
+    def name(self) -> str:
+        return "ddn"
 
-    def __call__(self, model: Callable, x: Any, y: Any, clip_min: float | None = None,
-                 clip_max: float | None = None, batch_size: int | None = None,
-                 jit_compile: bool | str = "auto", verbose: int = 0) -> base.AttackResult:
-        inputs = base.check_inputs(model, x, y, clip_min, clip_max, "ddn")
-        return self.run(model, inputs, base.check_lanes(batch_size, len(inputs.x)), jit_compile,
-                        verbose)
+    @property
+    def norm(self) -> str:
+        """The threat model's norm: DDN is an l2 attack."""
+        return "l2"
 
     def run(self, model: Callable, inputs: base.Inputs, lanes: int,
-            jit_compile: bool | str = "auto", verbose: int = 0) -> base.AttackResult:
-        """The attack on inputs already checked (`base.check_inputs`)."""
+            jit_compile: bool | str = "auto", verbose: int = 0,
+            init_result: base.AttackResult | None = None) -> base.AttackResult:
+        del init_result  # DDN starts from x
         dtype = str(inputs.x.dtype)
         runner = base.lane_runner(
             model, (self, inputs.clip_min, inputs.clip_max, dtype, inputs.num_classes),
@@ -65,12 +63,11 @@ class DDN:
         out = runner.run({"index": np.arange(len(inputs.x))}, lanes,
                          ("best_delta", "adv_found", "stuck", "t"),
                          load=self._load(inputs),
-                         progress=base.progress_bar(len(inputs.x), verbose))
+                         progress=base.progress_bar(len(inputs.x), verbose, self.name))
         perturbation, success = base.verify_minimum_norm(model, inputs, out["best_delta"],
                                                          out["adv_found"], lanes)
         return base.AttackResult(perturbation, success, out["t"].astype(np.int32),
                                  out["stuck"])
-
 
     def _load(self, inputs: base.Inputs):
         """Each job's sample and its fallback direction, reproducible from the sample index."""

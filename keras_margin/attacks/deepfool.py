@@ -15,7 +15,12 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-from keras_margin._validation import check_choice, check_integer, check_non_negative
+from keras_margin._validation import (
+    check_choice,
+    check_integer,
+    check_non_negative,
+    check_positive,
+)
 from keras_margin.attacks import base
 from keras_margin.attacks.lanes import gather_samples
 from keras_margin.jacobian import (
@@ -31,9 +36,13 @@ NORMS = ("l2", "linf")
 TARGETS = ("label", "prediction")
 
 
+@base.register
 @dataclasses.dataclass(frozen=True)
-class DeepFool:
-    """DeepFool's settings; call it as `DeepFool(...)(model, x, y)`. See `deepfool`."""
+class DeepFool(base.MinimumNormAttack):
+    """DeepFool's settings (the paper's defaults); call it as `DeepFool(...)(model, x, y)`.
+
+    See `deepfool` for the arguments.
+    """
 
     norm: str = "l2"
     max_iter: int = 50
@@ -46,36 +55,33 @@ class DeepFool:
         object.__setattr__(self, "max_iter", check_integer("max_iter", self.max_iter))
         object.__setattr__(self, "overshoot", check_non_negative("overshoot", self.overshoot))
         if self.step_clip is not None:
-            object.__setattr__(self, "step_clip", check_non_negative("step_clip",
-                                                                     self.step_clip))
+            object.__setattr__(self, "step_clip", check_positive("step_clip", self.step_clip))
         if self.candidates is not None:
             object.__setattr__(self, "candidates",
                                check_integer("candidates", self.candidates, minimum=2))
 
-    name = "deepfool"
-
-    def get_config(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @property
+    def name(self) -> str:
+        return "deepfool"
 
     def __call__(self, model: Callable, x: Any, y: Any = None, target: str = "label",
                  clip_min: float | None = None, clip_max: float | None = None,
                  batch_size: int | None = None, jit_compile: bool | str = "auto",
                  verbose: int = 0) -> base.AttackResult:
         check_choice("target", target, TARGETS)
-        if target == "prediction":
-            inputs = base.check_inputs(model, x, np.zeros(len(x), np.int32), clip_min,
-                                       clip_max, "deepfool")
-            lanes = base.check_lanes(batch_size, len(inputs.x))
-            inputs = dataclasses.replace(inputs, labels=base.predictions(model, inputs.x, lanes))
-        else:
-            inputs = base.check_inputs(model, x, y, clip_min, clip_max,
-                                       'deepfool(target="label")')
-            lanes = base.check_lanes(batch_size, len(inputs.x))
+        if target == "label":
+            return super().__call__(model, x, y, clip_min, clip_max, batch_size, jit_compile,
+                                    verbose)
+        inputs = base.check_inputs(model, x, np.zeros(len(x), np.int32), clip_min, clip_max,
+                                   self.name)
+        lanes = base.check_lanes(batch_size, len(inputs.x))
+        inputs = dataclasses.replace(inputs, labels=base.predictions(model, inputs.x, lanes))
         return self.run(model, inputs, lanes, jit_compile, verbose)
 
     def run(self, model: Callable, inputs: base.Inputs, lanes: int,
-            jit_compile: bool | str = "auto", verbose: int = 0) -> base.AttackResult:
-        """The attack on inputs already checked (`base.check_inputs`)."""
+            jit_compile: bool | str = "auto", verbose: int = 0,
+            init_result: base.AttackResult | None = None) -> base.AttackResult:
+        del init_result  # DeepFool starts from x
         dtype = str(inputs.x.dtype)
         runner = base.lane_runner(
             model, (self, inputs.clip_min, inputs.clip_max, dtype, inputs.num_classes),
@@ -84,7 +90,7 @@ class DeepFool:
         out = runner.run({"index": np.arange(len(inputs.x))}, lanes,
                          ("r", "stuck", "iterations"),
                          load=gather_samples(inputs.x, inputs.labels),
-                         progress=base.progress_bar(len(inputs.x), verbose))
+                         progress=base.progress_bar(len(inputs.x), verbose, self.name))
         perturbation, success = base.verify(model, inputs, (1.0 + self.overshoot) * out["r"],
                                             lanes)
         return base.AttackResult(perturbation, success, out["iterations"].astype(np.int32),
@@ -192,5 +198,3 @@ def deepfool(model: Callable, x: Any, y: Any = None, norm: str = "l2", max_iter:
                                            clip_max=clip_max, batch_size=batch_size,
                                            jit_compile=jit_compile, verbose=verbose)
 
-
-DeepFoolResult = base.AttackResult  # the name of DeepFool's result before the other attacks

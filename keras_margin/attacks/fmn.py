@@ -18,7 +18,6 @@ of the step and of the distance estimate (`free_directions`), so no step is wast
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,28 +26,31 @@ from keras import ops
 
 from keras_margin._validation import check_choice, check_integer, check_non_negative
 from keras_margin.attacks import base
-from keras_margin.attacks.deepfool import DeepFool
 from keras_margin.attacks.lanes import gather_samples
 from keras_margin.attacks.norms import DUAL, normalize, project_ball
+from keras_margin.attacks.steps import cosine_schedule, free_directions, worst_case_norm
 from keras_margin.jacobian import flat_norm, logits_and_pullback, per_sample, runner_up
 
-INITS = (None, "deepfool")
 
-
+@base.register
 @dataclasses.dataclass(frozen=True)
-class FMN:
-    """Fast Minimum-Norm's settings (the paper's defaults); see `fmn`."""
+class FMN(base.MinimumNormAttack):
+    """Fast Minimum-Norm's settings (the paper's defaults); see `fmn`.
+
+    `init` is another minimum-norm attack whose adversarials FMN starts from (pulled back to
+    the decision boundary), or None to start from x; "deepfool" is accepted for
+    `DeepFool(norm="l2")` (`"linf"` for the l_inf and l1 threats).
+    """
 
     norm: str = "l2"
     steps: int = 100
     max_stepsize: float = 1.0
     min_stepsize: float | None = None
     gamma: float = 0.05
-    init: str | None = None
+    init: base.MinimumNormAttack | None = None
 
     def __post_init__(self) -> None:
         check_choice("norm", self.norm, base.THREAT_NORMS)
-        check_choice("init", self.init, INITS)
         object.__setattr__(self, "steps", check_integer("steps", self.steps))
         object.__setattr__(self, "max_stepsize",
                            check_non_negative("max_stepsize", self.max_stepsize))
@@ -57,26 +59,23 @@ class FMN:
         object.__setattr__(self, "min_stepsize",
                            check_non_negative("min_stepsize", self.min_stepsize))
         object.__setattr__(self, "gamma", check_non_negative("gamma", self.gamma, maximum=1))
+        object.__setattr__(self, "init", self._start_attack(self.init))
+
+    def _start_attack(self, init: Any) -> base.MinimumNormAttack | None:
+        if init == "deepfool":  # the name this option had before it took an attack
+            return base.attack_class("DeepFool")(norm="l2" if self.norm == "l2" else "linf")
+        if init is None or isinstance(init, base.MinimumNormAttack):
+            return init
+        raise ValueError(f"Invalid value for argument init: {init!r}. Expected None, "
+                         "'deepfool' or a minimum-norm attack object (e.g. attacks.DeepFool()).")
 
     @property
     def name(self) -> str:
         return f"fmn_{self.norm}"
 
-    def get_config(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def __call__(self, model: Callable, x: Any, y: Any, clip_min: float | None = None,
-                 clip_max: float | None = None, batch_size: int | None = None,
-                 jit_compile: bool | str = "auto", verbose: int = 0) -> base.AttackResult:
-        inputs = base.check_inputs(model, x, y, clip_min, clip_max, "fmn")
-        return self.run(model, inputs, base.check_lanes(batch_size, len(inputs.x)), jit_compile,
-                        verbose)
-
     def run(self, model: Callable, inputs: base.Inputs, lanes: int,
             jit_compile: bool | str = "auto", verbose: int = 0,
             init_result: base.AttackResult | None = None) -> base.AttackResult:
-        """The attack on inputs already checked (`base.check_inputs`); `init_result`, an
-        initial attack's result already at hand, saves running it again."""
         dtype = str(inputs.x.dtype)
         runner = base.lane_runner(
             model, (self, inputs.clip_min, inputs.clip_max, dtype, inputs.num_classes),
@@ -87,24 +86,22 @@ class FMN:
         out = runner.run({"index": np.arange(len(inputs.x))}, lanes,
                          ("best_delta", "adv_found", "stuck", "t"),
                          load=lambda p: {**gather(p), "start": start[p["index"]]},
-                         progress=base.progress_bar(len(inputs.x), verbose))
+                         progress=base.progress_bar(len(inputs.x), verbose, self.name))
         perturbation, success = base.verify_minimum_norm(model, inputs, out["best_delta"],
                                                          out["adv_found"], lanes)
         return base.AttackResult(perturbation, success, out["t"].astype(np.int32),
                                  out["stuck"])
 
-
     def _starting_points(self, model: Callable, inputs: base.Inputs, lanes: int,
                          jit_compile: bool | str,
                          found: base.AttackResult | None = None) -> np.ndarray:
-        """Zeros (the paper's default), or with init="deepfool" DeepFool's adversarials pulled
-        back to the decision boundary by a 10-step bisection along the segment from x, as
-        FMN's init_attack option does."""
+        """Zeros (the paper's default), or the `init` attack's adversarials pulled back to the
+        decision boundary by a 10-step bisection along the segment from x, as FMN's
+        init_attack option does."""
         if self.init is None:
             return np.zeros_like(inputs.x)
         if found is None:
-            found = DeepFool(norm="l2" if self.norm == "l2" else "linf").run(
-                model, inputs, lanes, jit_compile)
+            found = self.init.run(model, inputs, lanes, jit_compile)
         low, high = np.zeros(len(inputs.x)), np.ones(len(inputs.x))
         for _ in range(10):
             middle = (low + high) / 2
@@ -114,34 +111,6 @@ class FMN:
         start = base.per_sample_mask(high, inputs.x) * found.perturbation
         return np.where(base.per_sample_mask(found.success, start), start, 0).astype(
             inputs.x.dtype)
-
-
-def cosine_schedule(t: Any, steps: int, start: float, end: float):
-    """end + (start - end) (1 + cos(pi t / steps)) / 2: start at t = 0, end at t = steps."""
-    t = ops.cast(t, "float32")
-    return end + (start - end) * (1.0 + ops.cos(math.pi * t / steps)) / 2.0
-
-
-def free_directions(grad: Any, point: Any, clip: tuple[float | None, float | None]):
-    """The gradient without the coordinates that the box blocks: pixels at its lower bound that
-    the ascent would lower, or at its upper bound that it would raise. Step lengths and the
-    linearised distance to the boundary are then those of the moves actually possible (MNIST
-    digits have most pixels at 0 or 1, where a full-gradient step is mostly clipped away)."""
-    lo, hi = clip
-    blocked = ops.zeros_like(grad) > 0
-    if lo is not None:
-        blocked = ops.logical_or(blocked, ops.logical_and(point <= lo, grad < 0))
-    if hi is not None:
-        blocked = ops.logical_or(blocked, ops.logical_and(point >= hi, grad > 0))
-    return ops.where(blocked, ops.zeros_like(grad), grad)
-
-
-def worst_case_norm(x: Any, clip: tuple[float | None, float | None], norm: str):
-    """The largest ||delta|| the box allows per sample (inf without a box)."""
-    lo, hi = clip
-    if lo is None or hi is None:
-        return flat_norm(x, "linf") * 0 + np.inf
-    return flat_norm(ops.maximum(x - lo, hi - x), norm)
 
 
 class _Kernel:
@@ -203,7 +172,7 @@ class _Kernel:
 
 def fmn(model: Callable, x: Any, y: Any, norm: str = "l2", steps: int = 100,
         max_stepsize: float = 1.0, min_stepsize: float | None = None, gamma: float = 0.05,
-        init: str | None = None, clip_min: float | None = None, clip_max: float | None = None,
+        init: Any = None, clip_min: float | None = None, clip_max: float | None = None,
         batch_size: int | None = None, jit_compile: bool | str = "auto",
         verbose: int = 0) -> base.AttackResult:
     """The smallest l_p perturbation that flips each prediction, by Fast Minimum-Norm.
@@ -216,10 +185,11 @@ def fmn(model: Callable, x: Any, y: Any, norm: str = "l2", steps: int = 100,
         max_stepsize, min_stepsize: the cosine schedule of the gradient step (the paper: 1.0 to
             1.0 / 100).
         gamma: the initial rate of the epsilon update, annealed to 0.001 (the paper: 0.05).
-        init: None (the paper's default: start from x) or "deepfool": start from DeepFool's
-            adversarial pulled back to the boundary (FMN's init_attack option). FMN follows
-            the runner-up logit's boundary, which can be a farther one than DeepFool's (the
-            nearest linearised one): from DeepFool's start it refines the nearer boundary.
+        init: None (the paper's default: start from x), or a minimum-norm attack whose
+            adversarials (pulled back to the boundary) FMN starts from, as FMN's init_attack
+            option; "deepfool" for `attacks.DeepFool()`. FMN follows the runner-up logit's
+            boundary, which can be a farther one than DeepFool's (the nearest linearised one):
+            from DeepFool's start it refines the nearer boundary.
         clip_min, clip_max: optional input box; x must lie inside it.
         batch_size: samples attacked side by side (lanes, default 256).
         jit_compile: as for `deepfool`.

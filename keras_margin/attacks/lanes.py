@@ -87,56 +87,83 @@ class LaneRunner:
                 (a dict like `jobs`), which are queued and get the next ids.
             progress: called with the number of jobs ended so far.
         """
-        params = {key: np.asarray(value) for key, value in jobs.items()}
-        total = len(next(iter(params.values())))
-        queue = collections.deque(range(total))
-        lanes = max(1, lanes)
-        lane_job = np.full(lanes, -1)
-        results: dict[str, list] = {key: [] for key in outputs}
+        queue = _JobQueue(jobs)
+        lane_job = np.full(max(1, lanes), -1)
+        collected: dict[str, list] = {key: [] for key in outputs}
         ended_ids: list[np.ndarray] = []
         state = None
-        done = 0
         while queue or (lane_job >= 0).any():
-            free = np.flatnonzero(lane_job < 0)
-            if free.size and queue:
-                take = np.array([queue.popleft() for _ in range(min(free.size, len(queue)))])
-                fill = free[: take.size]
-                loaded = np.zeros(lanes, bool)
-                loaded[fill] = True
-                inputs = {}
-                for key, values in load({k: v[take] for k, v in params.items()}).items():
-                    values = np.asarray(values)
-                    lane_values = np.zeros((lanes,) + values.shape[1:], values.dtype)
-                    lane_values[fill] = values
-                    inputs[key] = ops.convert_to_tensor(lane_values)
-                inputs["valid"] = ops.convert_to_tensor(loaded)
-                fresh = self.init(inputs)
-                state = fresh if state is None else self.merge(state, fresh, inputs["valid"])
-                lane_job[fill] = take
+            state = self._refill(state, lane_job, queue, load)
             state = self.round(state)
-            active = keras.ops.convert_to_numpy(state["active"])
-            ended = np.flatnonzero((lane_job >= 0) & ~active)
-            if not ended.size:
+            ids, out = _take_ended(state, lane_job, outputs)
+            if not ids.size:
                 continue
-            ids = lane_job[ended]
-            out = {key: keras.ops.convert_to_numpy(state[key])[ended] for key in outputs}
-            for key in outputs:
-                results[key].append(out[key])
             ended_ids.append(ids)
-            lane_job[ended] = -1
-            done += ids.size
-            if follow_up is not None:
-                more = follow_up(ids, out)
-                if more:
-                    count = len(next(iter(more.values())))
-                    params = {key: np.concatenate([params[key], np.asarray(more[key])])
-                              for key in params}
-                    queue.extend(range(total, total + count))
-                    total += count
+            for key in outputs:
+                collected[key].append(out[key])
+            more = follow_up(ids, out) if follow_up is not None else None
+            if more:
+                queue.extend(more)
             if progress is not None:
-                progress(done)
+                progress(sum(len(i) for i in ended_ids))
         order = np.argsort(np.concatenate(ended_ids), kind="stable")
-        return {key: np.concatenate(parts)[order] for key, parts in results.items()}
+        return {key: np.concatenate(parts)[order] for key, parts in collected.items()}
+
+    def _refill(self, state: dict[str, Any] | None, lane_job: np.ndarray, queue: _JobQueue,
+                load: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]):
+        """Loads queued jobs into the free lanes (`lane_job` -1) and merges their fresh state."""
+        free = np.flatnonzero(lane_job < 0)
+        if not (free.size and queue):
+            return state
+        take = queue.pop(free.size)
+        fill = free[: take.size]
+        loaded = np.zeros(len(lane_job), bool)
+        loaded[fill] = True
+        inputs = {}
+        for key, values in load(queue.params_of(take)).items():
+            values = np.asarray(values)
+            lane_values = np.zeros((len(lane_job),) + values.shape[1:], values.dtype)
+            lane_values[fill] = values
+            inputs[key] = ops.convert_to_tensor(lane_values)
+        inputs["valid"] = ops.convert_to_tensor(loaded)
+        fresh = self.init(inputs)
+        lane_job[fill] = take
+        return fresh if state is None else self.merge(state, fresh, inputs["valid"])
+
+
+def _take_ended(state: dict[str, Any], lane_job: np.ndarray, outputs: tuple[str, ...]):
+    """(ids of the jobs whose lanes went inactive, their `outputs`); frees those lanes."""
+    active = keras.ops.convert_to_numpy(state["active"])
+    ended = np.flatnonzero((lane_job >= 0) & ~active)
+    ids = lane_job[ended]
+    out = {key: keras.ops.convert_to_numpy(state[key])[ended] for key in outputs} \
+        if ended.size else {}
+    lane_job[ended] = -1
+    return ids, out
+
+
+class _JobQueue:
+    """Job parameters by id and the ids still to run, in order; `extend` adds jobs."""
+
+    def __init__(self, jobs: dict[str, np.ndarray]) -> None:
+        self.params = {key: np.asarray(value) for key, value in jobs.items()}
+        self.waiting = collections.deque(range(len(next(iter(self.params.values())))))
+
+    def __bool__(self) -> bool:
+        return bool(self.waiting)
+
+    def pop(self, count: int) -> np.ndarray:
+        return np.array([self.waiting.popleft() for _ in range(min(count, len(self.waiting)))])
+
+    def params_of(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        return {key: value[ids] for key, value in self.params.items()}
+
+    def extend(self, more: dict[str, Any]) -> None:
+        total = len(next(iter(self.params.values())))
+        count = len(next(iter(more.values())))
+        self.params = {key: np.concatenate([self.params[key], np.asarray(more[key])])
+                       for key in self.params}
+        self.waiting.extend(range(total, total + count))
 
 
 def gather_samples(x: np.ndarray, labels: np.ndarray) -> Callable[[dict], dict]:

@@ -11,8 +11,8 @@ express live here, once per backend (tensorflow.py, jax.py, torch.py):
 * `value_and_weight_grad(fn, variables)`: a scalar function of the weights and its gradient.
 * `is_traced(x)`: True while a compiled program is being built (values unknown), so checks on
   values run only where they can.
-* `trainer.train_step` / `trainer.test_step`: `RobustModel`'s steps, as Keras's own trainers
-  write them for the backend.
+* `Steps`: a mixin with `RobustModel`'s `train_step` / `test_step` in the signature Keras's
+  trainer of the backend calls (`trainer.train_step` / `trainer.test_step` hold the bodies).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ NAME = keras.backend.backend()
 
 if NAME == "tensorflow":
     from keras_margin.backend.tensorflow import (
+        Steps,
         compile_fn,
         is_traced,
         trainer,
@@ -31,6 +32,7 @@ if NAME == "tensorflow":
     )
 elif NAME == "jax":
     from keras_margin.backend.jax import (
+        Steps,
         compile_fn,
         is_traced,
         trainer,
@@ -39,6 +41,7 @@ elif NAME == "jax":
     )
 elif NAME == "torch":
     from keras_margin.backend.torch import (
+        Steps,
         compile_fn,
         is_traced,
         trainer,
@@ -62,5 +65,5 @@ def value_and_grad(fn, x, has_aux: bool = False, create_graph: bool = False):
     return (values, result[2], grad) if has_aux else (values, grad)
 
 
-__all__ = ["NAME", "compile_fn", "is_traced", "trainer", "value_and_grad",
+__all__ = ["NAME", "Steps", "compile_fn", "is_traced", "trainer", "value_and_grad",
            "value_and_weight_grad", "vjp"]

@@ -88,14 +88,14 @@ class trainer:  # noqa: N801 - a namespace, as `keras_margin.backend.trainer`
                 model, trainable, non_trainable, x, y, sample_weight, training=True)
             with keras.StatelessScope(state_mapping=list(zip(model.optimizer.variables,
                                                              optimizer_vars))):
-                loss = model.optimizer.scale_loss(objective["total"])
+                loss = model.optimizer.scale_loss(objective.total)
             return loss, (objective, non_trainable)
 
         (_, (objective, new_non_trainable)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(trainable, non_trainable)
         new_trainable, new_optimizer_vars = model.optimizer.stateless_apply(
             optimizer_vars, grads, trainable)
-        valid = objective["valid"]
+        valid = objective.valid
         keep = jax.tree_util.tree_map
         trainable = keep(lambda new, old: jax.numpy.where(valid, new, old), new_trainable,
                          trainable)
@@ -114,6 +114,16 @@ class trainer:  # noqa: N801 - a namespace, as `keras_margin.backend.trainer`
                                                       sample_weight, training=False)
         logs, metrics = trainer._record(model, metrics, objective, x, sample_weight)
         return logs, (trainable, non_trainable, metrics)
+
+
+class Steps:
+    """RobustModel's stateless train and test steps as Keras's JAX trainer calls them."""
+
+    def train_step(self, state: Any, data: Any):
+        return trainer.train_step(self, state, data)
+
+    def test_step(self, state: Any, data: Any):
+        return trainer.test_step(self, state, data)
 
 
 def _current(scope: Any, variable: Any, default: Any) -> Any:

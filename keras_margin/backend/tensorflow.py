@@ -42,15 +42,18 @@ def compile_fn(fn: Callable, model: Any, jit_compile: bool | str = False) -> Cal
     frequent-retracing detector (keyed by the Python code, so shared by every model) would
     report as retracing after a few models: the warning is switched off for these functions.
     """
+    from keras_margin import _keras_compat
+
     del model
     function = tf.function(fn, jit_compile=jit_compile is True, reduce_retracing=True)
-    function._omit_frequent_tracing_warning = True  # private TF attribute, see above
-    return function
+    return _keras_compat.without_retracing_warning(function)
 
 
 def is_traced(x: Any) -> bool:
     """Inside a tf.function (or a Keras functional graph): the values are not known."""
-    return not tf.executing_eagerly() or isinstance(x, tf.__internal__.SymbolicTensor) \
+    from keras_margin import _keras_compat
+
+    return not tf.executing_eagerly() or _keras_compat.is_symbolic_tensor(x) \
         or type(x).__name__ == "KerasTensor"
 
 
@@ -68,15 +71,15 @@ class trainer:  # noqa: N801 - a namespace, as `keras_margin.backend.trainer`
             objective = model.objective(x, y, sample_weight, training=True)
             # Scaled like Keras's compiled losses: the replicas' gradients are summed.
             loss = model.optimizer.scale_loss(
-                objective["total"] / _keras_compat.replicas_in_sync())
+                objective.total / _keras_compat.replicas_in_sync())
         weights = model.trainable_weights
         grads = tape.gradient(loss, weights)
         if not model.optimizer.built:
             model.optimizer.build(weights)
         if model.jit_compile:  # XLA drops assertions: skip the update instead
-            tf.cond(objective["valid"], lambda: _apply(model, grads, weights), tf.no_op)
+            tf.cond(objective.valid, lambda: _apply(model, grads, weights), tf.no_op)
         else:
-            check = tf.debugging.Assert(objective["valid"], [
+            check = tf.debugging.Assert(objective.valid, [
                 "keras_margin: the batch holds NaN/Inf inputs or labels outside the model's "
                 "classes, or its objective is not finite; refusing to train on it"])
             with tf.control_dependencies([check]):
@@ -92,6 +95,23 @@ class trainer:  # noqa: N801 - a namespace, as `keras_margin.backend.trainer`
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         objective = model.objective(x, y, sample_weight, training=False)
         return _keras_compat.multi_worker_logs(model.record(objective, x, sample_weight))
+
+
+class Steps:
+    """RobustModel's train and test steps as Keras's TensorFlow trainer calls them."""
+
+    def train_step(self, data: Any):
+        return trainer.train_step(self, data)
+
+    def test_step(self, data: Any):
+        return trainer.test_step(self, data)
+
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        """Keras's build before `fit`, fixed under MultiWorkerMirroredStrategy (see
+        `_keras_compat.maybe_symbolic_build`)."""
+        from keras_margin import _keras_compat
+
+        _keras_compat.maybe_symbolic_build(self, iterator, data_batch)
 
 
 def _apply(model: Any, grads: list, weights: list) -> tf.Operation:

@@ -57,11 +57,11 @@ class trainer:  # noqa: N801 - a namespace, as `keras_margin.backend.trainer`
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         model.zero_grad()
         objective = model.objective(x, y, sample_weight, training=True)
-        if not bool(objective["valid"]):
+        if not bool(objective.valid):
             raise ValueError("keras_margin: the batch holds NaN/Inf inputs or labels outside "
                              "the model's classes, or its objective is not finite; refusing "
                              "to train on it.")
-        loss = model.optimizer.scale_loss(objective["total"])
+        loss = model.optimizer.scale_loss(objective.total)
         loss.backward()
         weights = model.trainable_weights[:]
         grads = [v.value.grad for v in weights]
@@ -74,3 +74,13 @@ class trainer:  # noqa: N801 - a namespace, as `keras_margin.backend.trainer`
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         objective = model.objective(x, y, sample_weight, training=False)
         return model.record(objective, x, sample_weight)
+
+
+class Steps:
+    """RobustModel's eager train and test steps as Keras's PyTorch trainer calls them."""
+
+    def train_step(self, data: Any):
+        return trainer.train_step(self, data)
+
+    def test_step(self, data: Any):
+        return trainer.test_step(self, data)

@@ -1,25 +1,26 @@
-"""The paper's experiments: table rows as data, a resumable runner, reports and figures."""
+"""The paper's experiments: table rows as data, a resumable runner, reports and figures.
 
-from keras_margin.experiments.rows import (
-    ABLATION,
-    TABLE1,
-    TABLE2,
-    TABLES,
-    Row,
-    build_model,
-    compile_row,
-    epoch_decay,
-    get_row,
-    sweep_row,
-)
+The names below are imported on first use (the rows hold attack objects, which start Keras), so
+that the `keras-margin` command answers `--help` at once.
+"""
 
+from __future__ import annotations
 
-def run_example(*args, **kwargs):
-    """`keras_margin.experiments.example.run_example` (imported on use: it starts Keras)."""
-    from keras_margin.experiments.example import run_example as run
+import importlib
+from typing import Any
 
-    return run(*args, **kwargs)
+_NAMES = {"ABLATION": "rows", "TABLE1": "rows", "TABLE2": "rows", "TABLES": "rows", "Row": "rows",
+          "build_model": "rows", "compile_row": "rows", "epoch_decay": "rows", "get_row": "rows",
+          "sweep_row": "rows", "run_example": "example"}
+
+__all__ = sorted(_NAMES)
 
 
-__all__ = ["ABLATION", "TABLE1", "TABLE2", "TABLES", "Row", "build_model", "compile_row",
-           "epoch_decay", "get_row", "run_example", "sweep_row"]
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"keras_margin.experiments.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'keras_margin.experiments' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_NAMES))

@@ -88,8 +88,9 @@ NOT_IDENTITY = ("row.paper", "row.label", "keras_margin")
 
 
 def run_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The flattened config without the `NOT_IDENTITY` keys: equal for the same run."""
-    return {k: v for k, v in flatten(config).items()
+    """The flattened config (upgraded, `upgrade_config`) without the `NOT_IDENTITY` keys: equal
+    for the same run."""
+    return {k: v for k, v in flatten(upgrade_config(config)).items()
             if not any(k == p or k.startswith(p + ".") for p in NOT_IDENTITY)}
 
 
@@ -115,3 +116,20 @@ def publish(runs_dir: str, dest: str) -> list[str]:
             shutil.copy2(os.path.join(root, name), os.path.join(dest, relative, name))
         copied.append(relative)
     return sorted(copied)
+
+
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config.json in today's form (a copy): older runs stored DeepFool's settings
+    without its defaults norm "l2" and candidates None, and adversarial training's clean-loss
+    weight as "alpha" (now "clean_weight"). Applied wherever a stored config is compared."""
+    config = json.loads(json.dumps(config))
+    row = config.get("row")
+    if not isinstance(row, dict):
+        return config
+    deepfool = row.get("deepfool")
+    if isinstance(deepfool, dict):
+        row["deepfool"] = {"norm": "l2", "candidates": None, **deepfool}
+    kwargs = row.get("trainer_kwargs")
+    if row.get("trainer") == "at" and isinstance(kwargs, dict) and "alpha" in kwargs:
+        kwargs["clean_weight"] = kwargs.pop("alpha")
+    return config

@@ -18,11 +18,13 @@ from typing import Any
 
 import keras
 
-from keras_margin import attacks, training  # noqa: F401 - registers the trainers for loading
-from keras_margin.evaluation import evaluate_robustness, resolve_attack
+from keras_margin import training  # noqa: F401 - registers the trainers for loading
+from keras_margin.attacks import APGD
+from keras_margin.evaluation import EvaluationPlan, evaluate_robustness, resolve_attack
 from keras_margin.experiments.files import read_json, run_lock, write_json
 from keras_margin.experiments.rows import Row
 from keras_margin.experiments.runner import load_data, save_arrays
+from keras_margin.robustness_report import RobustnessReport
 
 log = logging.getLogger("keras_margin.experiments")
 
@@ -48,6 +50,17 @@ class StrongerEvaluation:
     def filename(self) -> str:
         return f"robustness{'-' + self.tag if self.tag else ''}.json"
 
+    def plan(self, row: Row) -> EvaluationPlan:
+        """The row's own evaluation (`Row.plan`) with these attacks, budgets, steps, box and
+        points."""
+        lo, hi = self.box or row.input_box
+        deepfool = row.deepfool
+        attacks = [dataclasses.replace(resolve_attack(name, deepfool), steps=self.steps)
+                   for name in self.attacks]
+        return dataclasses.replace(row.plan(samples=self.n), attacks=tuple(attacks),
+                                   linf_eps=self.linf_eps, l2_eps=self.l2_eps,
+                                   apgd=APGD(steps=self.steps), clip_min=lo, clip_max=hi)
+
 
 def finished_runs(runs_dir: str) -> list[str]:
     """Folders under `runs_dir` that hold a finished run (metrics.json and model.keras)."""
@@ -69,27 +82,16 @@ def evaluate_run(folder: str, settings: StrongerEvaluation, data_dir: str | None
                 log.info("[%s] evaluated already: skipped", folder)
                 return done
         config = read_json(os.path.join(folder, "config.json"))
-        row = Row(**{**config["row"], "hidden": tuple(config["row"]["hidden"]),
-                     "lr_boundaries": tuple(config["row"]["lr_boundaries"])})
+        row = Row.from_dict(config["row"])
         data = load_data(row.dataset, data_dir, config["quick"], row.validation,
                          row.pixel_scale)
         model = keras.models.load_model(os.path.join(folder, "model.keras"))
-        base = getattr(model, "base", model)
-        lo, hi = settings.box or row.input_box
-        x, y = data.x_test[:settings.n], data.y_test[:settings.n]
-        apgd = attacks.APGD(steps=settings.steps)
-        chosen = [dataclasses.replace(resolve_attack(name), steps=settings.steps)
-                  for name in settings.attacks]
-        report = evaluate_robustness(base, x, y, fgsm_eps=row.fgsm_eps, batch_size=batch_size,
-                                     clip_min=lo, clip_max=hi, verbose=verbose,
-                                     attacks=chosen, linf_eps=settings.linf_eps,
-                                     l2_eps=settings.l2_eps, apgd=apgd, **row.deepfool)
+        plan = settings.plan(row)
+        report = evaluate_robustness(getattr(model, "base", model), data.x_test, data.y_test,
+                                     plan, batch_size=batch_size, verbose=verbose)
         suffix = f"-{settings.tag}" if settings.tag else ""
         result = {**save_arrays(folder, report, suffix=f"-strong{suffix}"),
-                  "settings": settings.to_dict(), "box": [lo, hi]}
+                  "settings": settings.to_dict(), "box": [plan.clip_min, plan.clip_max]}
         write_json(path, result)
-    log.info("[%s] rho_adv %.4f, rho_min %.4f, robust accuracy %s, flags %s", folder,
-             result["rho_adv"], result.get("rho_min", float("nan")),
-             {k: v for k, v in result.items() if k.startswith("robust_accuracy")},
-             result["flags"])
+    log.info("[%s]\n%s", folder, RobustnessReport.from_dict(result))
     return result

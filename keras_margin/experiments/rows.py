@@ -11,8 +11,13 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the rows are data; the builders import Keras when called
+from keras_margin.attacks.deepfool import DeepFool
+from keras_margin.experiments.files import upgrade_config
+
+if TYPE_CHECKING:
     import keras
+
+    from keras_margin.evaluation import EvaluationPlan
 
 TRAINERS = ("plain", "margin", "at", "vat")
 PROTOCOLS = ("reference", "boxed")
@@ -40,8 +45,7 @@ class Row:
     epochs: int = 100
     batch_size: int = 100
     fgsm_eps: float = 0.2
-    deepfool: dict = dataclasses.field(
-        default_factory=lambda: {"max_iter": 50, "step_clip": 0.5, "overshoot": 0.02})
+    deepfool: DeepFool = dataclasses.field(default_factory=DeepFool)  # the paper's settings
     paper: dict = dataclasses.field(default_factory=dict)
     protocol: str = "reference"
 
@@ -49,6 +53,8 @@ class Row:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"Invalid value for argument protocol: {self.protocol!r}. "
                              f"Expected one of {set(PROTOCOLS)}.")
+        if isinstance(self.deepfool, dict):  # DeepFool's settings as a config.json holds them
+            object.__setattr__(self, "deepfool", DeepFool(**self.deepfool))
         if self.trainer == "at":  # the adversarial examples share the evaluation's box
             kwargs = {k: v for k, v in self.trainer_kwargs.items() if k != "clip"}
             if self.input_box != (None, None):
@@ -56,9 +62,27 @@ class Row:
             object.__setattr__(self, "trainer_kwargs", kwargs)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (config.json's "row"); `from_dict` inverts it."""
         data = dataclasses.asdict(self)
         data["lr_boundaries"], data["hidden"] = list(self.lr_boundaries), list(self.hidden)
+        data["deepfool"] = self.deepfool.get_config()
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Row:
+        """The row a config.json's "row" describes (older configs upgraded first)."""
+        data = dict(upgrade_config({"row": data})["row"])
+        data["hidden"], data["lr_boundaries"] = tuple(data["hidden"]), \
+            tuple(data["lr_boundaries"])
+        return cls(**data)
+
+    def plan(self, samples: int | None = None) -> EvaluationPlan:
+        """The paper's evaluation of this row: its DeepFool, FGSM at its eps, its input box."""
+        from keras_margin.evaluation import EvaluationPlan
+
+        lo, hi = self.input_box
+        return EvaluationPlan(deepfool=self.deepfool, fgsm_eps=self.fgsm_eps, clip_min=lo,
+                              clip_max=hi, samples=samples)
 
     @property
     def input_box(self) -> tuple[float | None, float | None]:
@@ -153,7 +177,7 @@ def _paper(error: float, fgsm_error: float, rho_adv: float,
 
 _MARGIN_L1 = {"C": 0.01, "norm": "l1", "loss": "hinge"}
 _MARGIN_L2 = {"C": 0.1, "norm": "l2", "loss": "hinge"}
-_AT = {"eps": 0.2, "alpha": 0.5}  # clip: the protocol's input box (Row.__post_init__)
+_AT = {"eps": 0.2, "clean_weight": 0.5}  # clip: the protocol's box (Row.__post_init__)
 _VAT = {"eps": 2.0, "xi": 1e-6, "power_iterations": 1, "alpha": 1.0}
 
 TABLE1 = {row.name: row for row in [

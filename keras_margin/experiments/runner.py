@@ -33,6 +33,7 @@ from keras_margin.callbacks import RobustnessCallback
 from keras_margin.evaluation import evaluate_robustness
 from keras_margin.experiments.files import read_json, run_identity, run_lock, write_json
 from keras_margin.experiments.rows import Row, build_model, compile_row
+from keras_margin.robustness_report import RobustnessReport
 
 log = logging.getLogger("keras_margin.experiments")
 
@@ -346,10 +347,9 @@ def _train(row: Row, model: keras.Model, data: Data, folder: str, seed: int, sta
 
     Returns False when `stop_after` stopped it early.
     """
-    lo, hi = row.input_box
-    monitor = RobustnessCallback(data.x_val, data.y_val, fgsm_eps=row.fgsm_eps,
+    monitor = RobustnessCallback(data.x_val, data.y_val, plan=row.plan(),
                                  max_samples=QUICK["monitor"] if quick else 1000,
-                                 clip_min=lo, clip_max=hi, **row.deepfool)
+                                 verbose=int(verbose == 1))
     checkpoint = os.path.join(folder, "checkpoint.keras")
     callbacks = [monitor, ProgressLine(f"{row.table}/{row.name}", seed, row.epochs),
                  keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=True)]
@@ -376,16 +376,16 @@ def _train(row: Row, model: keras.Model, data: Data, folder: str, seed: int, sta
     return True
 
 
-def save_arrays(folder: str, report: dict[str, Any], suffix: str = "") -> dict[str, Any]:
-    """Saves the report's per-sample arrays into `points<suffix>.npz` (compressed) in
-    `folder`; returns the rest (what metrics.json holds)."""
-    arrays = {k: v for k, v in report.items() if isinstance(v, np.ndarray)}
+def save_arrays(folder: str, report: RobustnessReport, suffix: str = "") -> dict[str, Any]:
+    """Saves the report's per-point arrays into `points<suffix>.npz` (compressed) in
+    `folder`; returns its scalars and flags (what metrics.json holds)."""
+    arrays = report.arrays()
     if arrays:
         path = os.path.join(folder, f"points{suffix}.npz")
         with open(path + ".tmp", "wb") as f:
             np.savez_compressed(f, **arrays)
         os.replace(path + ".tmp", path)
-    return {k: v for k, v in report.items() if k not in arrays}
+    return report.scalars()
 
 
 def _code_version() -> str:
@@ -408,12 +408,10 @@ def _finish(row: Row, model: keras.Model, data: Data, folder: str,
             config: dict[str, Any]) -> dict[str, Any]:
     base = getattr(model, "base", model)
     lo, hi = row.input_box
-    report = save_arrays(folder, evaluate_robustness(
-        base, data.x_test, data.y_test, fgsm_eps=row.fgsm_eps, clip_min=lo, clip_max=hi,
-        **row.deepfool))
+    report = save_arrays(folder, evaluate_robustness(base, data.x_test, data.y_test,
+                                                     row.plan()))
     shown = data.x_test[:10]
-    adversarial = keras_margin.attacks.deepfool(base, shown, data.y_test[:10], clip_min=lo,
-                                                clip_max=hi, **row.deepfool)
+    adversarial = row.deepfool(base, shown, data.y_test[:10], clip_min=lo, clip_max=hi)
     np.savez_compressed(os.path.join(folder, "adversarial.npz"), x=shown, y=data.y_test[:10],
              x_adv=shown + adversarial.perturbation,
              success=adversarial.success)

@@ -1,0 +1,185 @@
+"""RobustnessReport: what `evaluate_robustness` measured, as typed fields (numpy only).
+
+Scalars, per-point arrays and the sanity flags of one evaluation. `report["rho_adv"]` and the
+other flat keys of earlier versions keep working (`to_dict`, the JSON form that run folders
+store); `str(report)` is a short table for people. No Keras here, so that reports of finished
+runs are read without starting a backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class AttackSummary:
+    """One minimum-norm attack's numbers over the correctly classified points.
+
+    Attributes:
+        norm: the threat model's norm its distances are measured in.
+        rho: mean ||r||_p / ||x||_p over the points it fooled (eq. 20's normalisation).
+        success_rate: share of the points it fooled.
+        median: median ||r||_p (inf where it failed on over half of them).
+    """
+
+    norm: str
+    rho: float
+    success_rate: float
+    median: float
+
+
+@dataclasses.dataclass
+class RobustnessReport:
+    """The paper's measures (eq. 20), the stronger ones where asked, and the flags.
+
+    Attributes:
+        n: points evaluated.
+        error: clean error over all points.
+        fgsm_eps, fgsm_error: the FGSM budget and the error after the step, over all points
+            (the paper's "adversarial error"); nan without FGSM.
+        rho_adv: eq. (20) from DeepFool, the mean ||r||_2 / ||x||_2 over the correctly
+            classified points (nan if DeepFool fooled none).
+        deepfool_success_rate: share of those points DeepFool fooled.
+        distances: per point, DeepFool's ||r||_2 / ||x||_2 (0 where misclassified).
+        attacks: per minimum-norm attack other than DeepFool, by name, its `AttackSummary`.
+        rho_min, rho_min_median: per point the smallest verified ||r||_2 / ||x||_2 over every
+            minimum-norm attack; its mean over the points some attack fooled, and its median.
+        unfooled: share of the correct points no attack fooled.
+        distances_min: that per-point minimum (inf where unfooled), over the correct points.
+        robust_accuracy: {norm: {eps: accuracy}}: correct and no attack found an adversarial
+            within eps (APGD-CE + APGD-T, and the minimum-norm attacks and FGSM that fit).
+        deepfool_to_minimum_ratio: median over points of DeepFool's l2 distance / the other
+            l2 attacks' smallest.
+        flags: names of the failed sanity checks (each was also warned about).
+    """
+
+    n: int
+    error: float
+    fgsm_eps: float | None
+    fgsm_error: float
+    rho_adv: float
+    deepfool_success_rate: float
+    distances: np.ndarray
+    attacks: dict[str, AttackSummary] = dataclasses.field(default_factory=dict)
+    rho_min: float | None = None
+    rho_min_median: float | None = None
+    unfooled: float | None = None
+    distances_min: np.ndarray | None = None
+    robust_accuracy: dict[str, dict[float, float]] = dataclasses.field(default_factory=dict)
+    deepfool_to_minimum_ratio: float | None = None
+    flags: list[str] = dataclasses.field(default_factory=list)
+
+    # -- the flat form: JSON, run folders, report["key"] ------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The flat dict of earlier versions: scalars, per-point arrays (numpy) and "flags"."""
+        out: dict[str, Any] = {
+            "n": self.n, "error": self.error, "fgsm_eps": self.fgsm_eps,
+            "fgsm_error": self.fgsm_error, "rho_adv": self.rho_adv,
+            "deepfool_success_rate": self.deepfool_success_rate, "distances": self.distances}
+        for name, summary in self.attacks.items():
+            out.update({f"rho_{name}": summary.rho, f"{name}_success_rate": summary.success_rate,
+                        f"{name}_median": summary.median})
+        if self.distances_min is not None:
+            out.update(rho_min=self.rho_min, rho_min_median=self.rho_min_median,
+                       unfooled=self.unfooled, distances_min=self.distances_min)
+        for norm, budgets in self.robust_accuracy.items():
+            out.update({budget_key(norm, eps): value for eps, value in budgets.items()})
+        if self.deepfool_to_minimum_ratio is not None:
+            out["deepfool_to_minimum_ratio"] = self.deepfool_to_minimum_ratio
+        out["flags"] = list(self.flags)
+        return out
+
+    def scalars(self) -> dict[str, Any]:
+        """`to_dict` without the per-point arrays (what metrics.json holds)."""
+        return {k: v for k, v in self.to_dict().items() if not isinstance(v, np.ndarray)}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The per-point arrays by their flat keys ("distances", "distances_min")."""
+        return {k: v for k, v in self.to_dict().items() if isinstance(v, np.ndarray)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RobustnessReport:
+        """The report of a flat dict (`to_dict`, or a run folder's JSON; arrays may be
+        missing there, and are then empty)."""
+        attacks, robust = {}, {}
+        for key in data:
+            if key.startswith("robust_accuracy_"):
+                norm, eps = key[len("robust_accuracy_"):].split("_", 1)
+                robust.setdefault(norm, {})[float(eps)] = data[key]
+            elif key.endswith("_success_rate") and key != "deepfool_success_rate":
+                name = key[: -len("_success_rate")]
+                attacks[name] = AttackSummary(_norm_of(name), data[f"rho_{name}"], data[key],
+                                              data[f"{name}_median"])
+        return cls(n=data["n"], error=data["error"], fgsm_eps=data.get("fgsm_eps"),
+                   fgsm_error=data["fgsm_error"], rho_adv=data["rho_adv"],
+                   deepfool_success_rate=data["deepfool_success_rate"],
+                   distances=np.asarray(data.get("distances", np.zeros(0))), attacks=attacks,
+                   rho_min=data.get("rho_min"), rho_min_median=data.get("rho_min_median"),
+                   unfooled=data.get("unfooled"),
+                   distances_min=None if "rho_min" not in data
+                   else np.asarray(data.get("distances_min", np.zeros(0))),
+                   robust_accuracy=robust,
+                   deepfool_to_minimum_ratio=data.get("deepfool_to_minimum_ratio"),
+                   flags=list(data.get("flags", [])))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_dict()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def keys(self):
+        return self.to_dict().keys()
+
+    def items(self):
+        return self.to_dict().items()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+    # -- for people ---------------------------------------------------------------------------
+    def __str__(self) -> str:
+        rows = [("points", f"{self.n}"), ("error", _percent(self.error))]
+        if self.fgsm_eps is not None:
+            rows.append((f"FGSM error (eps {self.fgsm_eps:g})", _percent(self.fgsm_error)))
+        rows.append(("rho_adv (DeepFool, eq. 20)", _number(self.rho_adv)))
+        for name, summary in self.attacks.items():
+            rows.append((f"rho_{name}", _number(summary.rho)))
+        if self.distances_min is not None:
+            rows.append(("rho_min (smallest over the attacks)", _number(self.rho_min)))
+        for norm, budgets in self.robust_accuracy.items():
+            for eps, value in budgets.items():
+                rows.append((f"robust accuracy, {norm} eps {eps:g}", _percent(value)))
+        rows.append(("flags", ", ".join(self.flags) or "none"))
+        width = max(len(label) for label, _ in rows)
+        lines = [f"{label:<{width}}  {value}" for label, value in rows]
+        return "RobustnessReport\n" + "\n".join(lines)
+
+
+def budget_key(norm: str, eps: float) -> str:
+    """The flat key of robust accuracy at one budget, e.g. "robust_accuracy_linf_0.3"."""
+    return f"robust_accuracy_{norm}_{eps:g}"
+
+
+def _norm_of(name: str) -> str:
+    """The threat norm of an attack from its report name ("fmn_linf" -> "linf")."""
+    for norm in ("linf", "l1", "l2"):
+        if name.endswith("_" + norm):
+            return norm
+    return "l2"
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else f"{100 * value:.2f} %"
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.4f}"
