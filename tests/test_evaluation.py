@@ -1,7 +1,6 @@
 """rho_adv (eq. 20), evaluate_robustness and RobustnessCallback in a Keras fit."""
 
 import csv
-import warnings
 
 import keras
 import numpy as np
