@@ -114,20 +114,22 @@ def mirrored():
     return tf.distribute.MirroredStrategy(devices)
 
 
+def _mnist_or_skip(name: str, what: str) -> str:
+    path = find_mnist(name)
+    if path is None:
+        pytest.skip(f"no real MNIST {what} files here: set KERAS_MARGIN_DATA to a folder with "
+                    f"the IDX .gz files (see the README's Data section)")
+    return path
+
+
 @pytest.fixture
 def mnist_t10k_dir():
-    path = find_mnist("mnist-t10k")
-    if path is None:
-        pytest.skip("no real MNIST test files: set KERAS_MARGIN_DATA or put ../shared/data")
-    return path
+    return _mnist_or_skip("mnist-t10k", "test")
 
 
 @pytest.fixture
 def mnist_dir():
-    path = find_mnist("mnist")
-    if path is None:
-        pytest.skip("no real MNIST training files: set KERAS_MARGIN_DATA or put ../shared/data")
-    return path
+    return _mnist_or_skip("mnist", "training")
 
 
 @pytest.fixture

@@ -59,6 +59,7 @@ def reference(tmp_path_factory):
     return src, _run("tensorflow", src, folder / "tf.npz"), expected, folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", OTHERS)
 def test_same_numbers_as_tensorflow(backend, reference):
     src, tf_numbers, saved_predictions, folder = reference
@@ -75,6 +76,7 @@ def test_same_numbers_as_tensorflow(backend, reference):
         np.testing.assert_allclose(theirs["loaded_predictions"], saved_predictions, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", OTHERS)
 def test_no_tensorflow_needed(backend, reference):
     """On JAX and PyTorch, the trainers and the attacks run with TensorFlow unimportable."""
@@ -83,6 +85,7 @@ def test_no_tensorflow_needed(backend, reference):
     np.testing.assert_allclose(theirs["sensitivity"], tf_numbers["sensitivity"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_runner_and_callback_need_no_tensorflow_on_jax(tmp_path):
     if "jax" not in OTHERS:
         pytest.skip("JAX is not installed")

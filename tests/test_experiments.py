@@ -64,6 +64,7 @@ def test_finished_runs_are_skipped_and_configs_never_mix(tiny_mnist, tmp_path):
     assert os.path.getmtime(model_path) == stamp
 
 
+@pytest.mark.slow
 def test_report_and_figures_from_runs(tiny_mnist, tmp_path):
     out = str(tmp_path / "runs")
     for seed in (0, 1):
@@ -138,6 +139,7 @@ def test_every_row_has_an_example_that_builds_what_the_runner_builds(table, row_
     assert _structure(module.build(row)) == _structure(build_model(row))
 
 
+@pytest.mark.slow
 def test_example_script_runs_quick_on_real_mnist(mnist_t10k_dir, tmp_path):
     """The README's documented way to run a row offline, end to end (one epoch)."""
     import subprocess
@@ -157,6 +159,7 @@ def test_example_script_runs_quick_on_real_mnist(mnist_t10k_dir, tmp_path):
     assert metrics["error"] < 0.2 and metrics["n"] == 2000
 
 
+@pytest.mark.slow
 def test_cifar10_row_with_augmentation_runs_end_to_end(tmp_path):
     """GCN + ZCA + augmentation + NIN + margin on fake CIFAR-10 batches (a tiny config)."""
     import pickle
@@ -177,6 +180,7 @@ def test_cifar10_row_with_augmentation_runs_end_to_end(tmp_path):
     assert np.isfinite(metrics["error"])
 
 
+@pytest.mark.slow
 def test_quickstart_runs_offline_on_real_mnist(mnist_t10k_dir):
     """The README's first command, one epoch, on the MNIST test files at hand."""
     import subprocess

@@ -181,6 +181,7 @@ def test_report_never_averages_different_configurations(tiny_mnist, tmp_path):
     assert "Protocol: boxed" in text and "Protocol: reference" in text
 
 
+@pytest.mark.slow
 def test_the_command_resumes_a_run_in_a_fresh_process(tiny_mnist, tmp_path):
     """`keras-margin` imports lazily; loading the checkpoint must still find the trainers'
     classes (it once failed with "Could not locate class 'MarginModel'")."""

@@ -58,6 +58,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @tensorflow_only
 def test_two_workers_on_loopback_end_with_identical_weights(tmp_path):
     workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
@@ -134,6 +135,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_jax_data_parallel_over_two_devices_equals_one():
     """keras.distribution.DataParallel with keras-margin's own JAX train step."""
     if importlib.util.find_spec("jax") is None:

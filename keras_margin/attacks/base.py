@@ -308,6 +308,19 @@ class MinimumNormAttack(Attack):
         attack starts from another's result, is that result if already at hand."""
         raise NotImplementedError
 
+    def run_kernel(self, model: Callable, inputs: Inputs, lanes: int,
+                   make_kernel: Callable[[str], Kernel], outputs: tuple[str, ...],
+                   load: Callable[[dict], dict], round_steps: int, jit_compile: bool | str,
+                   verbose: int) -> dict[str, np.ndarray]:
+        """`make_kernel(dtype)`'s steps over every sample in `lanes` lanes (programs compiled
+        once per model and setting), with this attack's progress bar; `outputs` per sample."""
+        dtype = str(inputs.x.dtype)
+        runner = lane_runner(model, (self, inputs.clip_min, inputs.clip_max, dtype,
+                                     inputs.num_classes),
+                             lambda: make_kernel(dtype), round_steps, jit_compile)
+        return runner.run({"index": np.arange(len(inputs.x))}, lanes, outputs, load=load,
+                          progress=progress_bar(len(inputs.x), verbose, self.name))
+
 
 class BudgetAttack(Attack):
     """Finds, per sample, a perturbation of norm at most `eps` (in the threat `norm`) that

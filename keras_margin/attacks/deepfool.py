@@ -82,15 +82,10 @@ class DeepFool(base.MinimumNormAttack):
             jit_compile: bool | str = "auto", verbose: int = 0,
             init_result: base.AttackResult | None = None) -> base.AttackResult:
         del init_result  # DeepFool starts from x
-        dtype = str(inputs.x.dtype)
-        runner = base.lane_runner(
-            model, (self, inputs.clip_min, inputs.clip_max, dtype, inputs.num_classes),
-            lambda: _Kernel(model, self, inputs, dtype), round_steps=4,
-            jit_compile=jit_compile)
-        out = runner.run({"index": np.arange(len(inputs.x))}, lanes,
-                         ("r", "stuck", "iterations"),
-                         load=gather_samples(inputs.x, inputs.labels),
-                         progress=base.progress_bar(len(inputs.x), verbose, self.name))
+        out = self.run_kernel(model, inputs, lanes, lambda dtype: _Kernel(model, self, inputs,
+                                                                          dtype),
+                              ("r", "stuck", "iterations"),
+                              gather_samples(inputs.x, inputs.labels), 4, jit_compile, verbose)
         perturbation, success = base.verify(model, inputs, (1.0 + self.overshoot) * out["r"],
                                             lanes)
         return base.AttackResult(perturbation, success, out["iterations"].astype(np.int32),

@@ -76,17 +76,13 @@ class FMN(base.MinimumNormAttack):
     def run(self, model: Callable, inputs: base.Inputs, lanes: int,
             jit_compile: bool | str = "auto", verbose: int = 0,
             init_result: base.AttackResult | None = None) -> base.AttackResult:
-        dtype = str(inputs.x.dtype)
-        runner = base.lane_runner(
-            model, (self, inputs.clip_min, inputs.clip_max, dtype, inputs.num_classes),
-            lambda: _Kernel(model, self, inputs, dtype), round_steps=min(self.steps, 25),
-            jit_compile=jit_compile)
         start = self._starting_points(model, inputs, lanes, jit_compile, init_result)
         gather = gather_samples(inputs.x, inputs.labels)
-        out = runner.run({"index": np.arange(len(inputs.x))}, lanes,
-                         ("best_delta", "adv_found", "stuck", "t"),
-                         load=lambda p: {**gather(p), "start": start[p["index"]]},
-                         progress=base.progress_bar(len(inputs.x), verbose, self.name))
+        out = self.run_kernel(model, inputs, lanes,
+                              lambda dtype: _Kernel(model, self, inputs, dtype),
+                              ("best_delta", "adv_found", "stuck", "t"),
+                              lambda p: {**gather(p), "start": start[p["index"]]},
+                              min(self.steps, 25), jit_compile, verbose)
         perturbation, success = base.verify_minimum_norm(model, inputs, out["best_delta"],
                                                          out["adv_found"], lanes)
         return base.AttackResult(perturbation, success, out["t"].astype(np.int32),

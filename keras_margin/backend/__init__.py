@@ -17,40 +17,22 @@ express live here, once per backend (tensorflow.py, jax.py, torch.py):
 
 from __future__ import annotations
 
+import importlib
+
 import keras
 
 NAME = keras.backend.backend()
 
-if NAME == "tensorflow":
-    from keras_margin.backend.tensorflow import (
-        Steps,
-        compile_fn,
-        is_traced,
-        trainer,
-        value_and_weight_grad,
-        vjp,
-    )
-elif NAME == "jax":
-    from keras_margin.backend.jax import (
-        Steps,
-        compile_fn,
-        is_traced,
-        trainer,
-        value_and_weight_grad,
-        vjp,
-    )
-elif NAME == "torch":
-    from keras_margin.backend.torch import (
-        Steps,
-        compile_fn,
-        is_traced,
-        trainer,
-        value_and_weight_grad,
-        vjp,
-    )
-else:  # pragma: no cover - Keras has no other backend that trains
+if NAME not in ("tensorflow", "jax", "torch"):  # Keras's numpy backend cannot train
     raise ImportError(f"keras_margin supports the Keras backends 'tensorflow', 'jax' and "
                       f"'torch'; the active backend is {NAME!r}.")
+_seam = importlib.import_module(f"keras_margin.backend.{NAME}")
+Steps = _seam.Steps
+compile_fn = _seam.compile_fn
+is_traced = _seam.is_traced
+trainer = _seam.trainer
+value_and_weight_grad = _seam.value_and_weight_grad
+vjp = _seam.vjp
 
 
 def value_and_grad(fn, x, has_aux: bool = False, create_graph: bool = False):
