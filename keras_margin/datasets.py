@@ -1,8 +1,9 @@
 """MNIST, Fashion-MNIST and CIFAR-10 as the paper uses them, from local files or tfds.
 
-Source order: local files in `data_dir` (or the environment variable KERAS_MARGIN_DATA) in their
-original formats (IDX gz for the MNISTs, the CIFAR-10 python batches), Debian's
-/usr/share/datasets/fashion-mnist for Fashion-MNIST; then tensorflow-datasets, but only where it
+Source order: an explicit `data_dir` alone (its missing files are an error, whatever else the
+machine has); without one, local files in the folder named by the environment variable
+KERAS_MARGIN_DATA in their original formats (IDX gz for the MNISTs, the CIFAR-10 python
+batches), Debian's /usr/share/datasets/fashion-mnist for Fashion-MNIST; then tensorflow-datasets, but only where it
 can work at once (a copy already prepared in its data folder, or its download server answering
 within a few seconds: no minutes of retries offline); then, for MNIST, the sample of 10,000 real
 digits embedded in the package (keras_margin/data/mnist-sample), with a one-line notice. Images
@@ -109,11 +110,16 @@ def read_cifar_batches(paths: Sequence[str]) -> Arrays:
 
 # -- finding files -----------------------------------------------------------------------------
 def _candidate_dirs(name: str, data_dir: str | None) -> list[str]:
-    roots = [d for d in (data_dir, os.environ.get("KERAS_MARGIN_DATA")) if d]
+    """The folders searched, in order: an explicit `data_dir` alone (it always wins: nothing
+    else is searched), else KERAS_MARGIN_DATA, then Debian's Fashion-MNIST package."""
+    if data_dir:
+        roots = [data_dir]
+    else:
+        roots = [os.environ["KERAS_MARGIN_DATA"]] if os.environ.get("KERAS_MARGIN_DATA") else []
     dirs = []
     for root in roots:
         dirs += [root, os.path.join(root, name), os.path.join(root, name.replace("_", "-"))]
-    if name == "fashion_mnist":
+    if name == "fashion_mnist" and not data_dir:
         dirs.append(DEBIAN_FASHION)
     return dirs
 
@@ -254,9 +260,10 @@ def load(name: str, validation: int = 10000, seed: int | None = None,
 
     Example:
         >>> (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = load("mnist", split="reference",
-        ...                                                   data_dir="../shared/data/mnist")
+        ...                                                   data_dir="~/data/mnist")
     """
     _check_name(name)
+    _check_load_arguments(validation, seed, split, pixel_scale, data_dir)
     if seed is None:
         seed = 1 if split == "reference" else 0
     data_dir = os.path.expanduser(data_dir) if data_dir else None
@@ -264,6 +271,8 @@ def load(name: str, validation: int = 10000, seed: int | None = None,
         train = load_split(name, "train", data_dir, pixel_scale)
         test = load_split(name, "test", data_dir, pixel_scale)
     except DatasetNotFoundError as local_error:
+        if data_dir is not None:  # an explicit folder wins: its missing files are the error
+            raise
         try:
             train = _load_tfds(name, "train", pixel_scale)
             test = _load_tfds(name, "test", pixel_scale)
@@ -279,6 +288,22 @@ def load(name: str, validation: int = 10000, seed: int | None = None,
                 len(train[0]), validation, len(test[0]))
     train, val = split_validation(*train, validation=validation, seed=seed, method=split)
     return train, val, test
+
+
+def _check_load_arguments(validation: Any, seed: Any, split: str, pixel_scale: Any,
+                          data_dir: Any) -> None:
+    from keras_margin._validation import check_choice, check_integer, check_positive
+
+    check_integer("validation", validation, minimum=0)
+    if seed is not None:
+        check_integer("seed", seed, minimum=0)
+    check_choice("split", split, SPLITS)
+    check_positive("pixel_scale", pixel_scale)
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise ValueError(f"Invalid value for argument data_dir: {data_dir!r}. Expected a "
+                         "folder path or None.")
+    if data_dir is not None and not os.path.isdir(os.path.expanduser(str(data_dir))):
+        raise DatasetNotFoundError(f"data_dir={str(data_dir)!r} is not a folder.")
 
 
 # -- preprocessing (CIFAR-10) ------------------------------------------------------------------

@@ -137,3 +137,44 @@ def test_fashion_mnist_is_found_in_debians_folder():
     (x_tr, y_tr), (x_val, _), (x_te, _) = datasets.load("fashion_mnist")
     assert x_tr.shape == (50000, 28, 28, 1) and x_val.shape == (10000, 28, 28, 1)
     assert x_te.shape == (10000, 28, 28, 1) and set(np.unique(y_tr)) == set(range(10))
+
+
+@pytest.mark.parametrize("name", datasets.NAMES)
+def test_an_explicit_folder_wins_for_every_data_set(name, tmp_path, monkeypatch):
+    """Whatever the machine has (Debian's Fashion-MNIST, KERAS_MARGIN_DATA, tfds), a folder
+    given as data_dir is the only source: empty, it is an error; full, its files are read."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setenv("KERAS_MARGIN_DATA", str(elsewhere))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(datasets.DatasetNotFoundError, match=str(empty)):
+        datasets.load_split(name, "train", str(empty))
+    with pytest.raises(datasets.DatasetNotFoundError):
+        datasets.load(name, data_dir=str(empty))
+    given = tmp_path / "given"
+    given.mkdir()
+    if name == "cifar10":
+        folder = given / datasets.CIFAR_FOLDER
+        folder.mkdir()
+        for batch in datasets.CIFAR_FILES["test"]:
+            with open(folder / batch, "wb") as f:
+                pickle.dump({b"data": np.full((3, 3072), 7, np.uint8), b"labels": [1, 2, 3]}, f)
+        x, y = datasets.load_split(name, "test", str(given))
+        assert x.shape == (3, 32, 32, 3) and (x == 7).all() and list(y) == [1, 2, 3]
+    else:
+        write_idx(given / "t10k-images-idx3-ubyte.gz", np.full((3, 28, 28), 51))
+        write_idx(given / "t10k-labels-idx1-ubyte.gz", np.array([4, 5, 6]))
+        x, y = datasets.load_split(name, "test", str(given))
+        assert x.shape == (3, 28, 28, 1) and np.allclose(x, 0.2) and list(y) == [4, 5, 6]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"validation": -1}, "validation"), ({"validation": 1.5}, "validation"),
+    ({"split": "rand"}, "split"), ({"pixel_scale": 0}, "pixel_scale"),
+    ({"pixel_scale": float("nan")}, "pixel_scale"), ({"seed": -2}, "seed"),
+    ({"data_dir": 3}, "data_dir"),
+])
+def test_load_refuses_bad_arguments(kwargs, match, fake_mnist):
+    with pytest.raises(ValueError, match=match):
+        datasets.load("mnist", **{"data_dir": str(fake_mnist), **kwargs})
