@@ -72,6 +72,9 @@ def _command_line() -> bool:
 
 
 if not _command_line():
+    from keras_margin._quiet import import_tensorflow
+
+    import_tensorflow()  # without its start-up noise (a real error still shows)
     importlib.import_module("keras_margin.training")  # registers the Keras classes
 
 if TYPE_CHECKING:  # for type checkers and IDEs

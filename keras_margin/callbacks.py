@@ -52,8 +52,9 @@ class RobustnessCallback(keras.callbacks.Callback):
         batch_size: samples attacked side by side.
         seed: seed of the subset.
         prefix: prefix of the log keys.
-        verbose: 1 shows each attack's progress bar, named, while the callback evaluates (when
-            `fit` itself shows progress); 0 is quiet.
+        verbose: 1 shows each attack's progress, named, while the callback evaluates, as
+            `fit` shows its own (a live bar, or with `fit(verbose=2)` one line per attack);
+            0 is quiet.
         **settings: `EvaluationPlan` fields by keyword (fgsm_eps, clip_min, clip_max, attacks,
             linf_eps, l2_eps, apgd, deepfool) or DeepFool's settings (max_iter, overshoot,
             step_clip, candidates), as for `evaluate_robustness`.
@@ -118,9 +119,10 @@ class RobustnessCallback(keras.callbacks.Callback):
         if logs is None or not (self._first or (epoch + 1) % self.every == 0):
             return
         self._first = False
-        shown = self.verbose and (self.params or {}).get("verbose", 1) != 0
+        # fit's own verbosity: 1 live bars, 2 one line per attack at its end, 0 quiet.
+        shown = (self.params or {}).get("verbose", 1) if self.verbose else 0
         report = evaluate_robustness(self._target(), self.x_val, self.y_val, self.plan,
-                                     batch_size=self.batch_size, verbose=int(shown))
+                                     batch_size=self.batch_size, verbose=shown)
         self.last_report = report
         values = {**report.to_dict(), "deepfool_success": report.deepfool_success_rate}
         numbers = {self.prefix + key: values.get(key, float("nan")) for key in self.keys}

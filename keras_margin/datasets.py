@@ -3,9 +3,10 @@
 Source order: an explicit `data_dir` alone (its missing files are an error, whatever else the
 machine has); without one, local files in the folder named by the environment variable
 KERAS_MARGIN_DATA in their original formats (IDX gz for the MNISTs, the CIFAR-10 python
-batches), Debian's /usr/share/datasets/fashion-mnist for Fashion-MNIST; then tensorflow-datasets, but only where it
-can work at once (a copy already prepared in its data folder, or its download server answering
-within a few seconds: no minutes of retries offline); then, for MNIST, the sample of 10,000 real
+batches), Debian's /usr/share/datasets/fashion-mnist for Fashion-MNIST; then
+tensorflow-datasets, but only where it can work at once (a copy already prepared in its data
+folder, or its download server answering within a few seconds: no minutes of retries
+offline); then, for MNIST, the sample of 10,000 real
 digits embedded in the package (keras_margin/data/mnist-sample), with a one-line notice. Images
 are float32, NHWC; the MNISTs are scaled to [0, 1] (or [0, 255/256] with `pixel_scale=256`).
 """

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_margin._validation import check_box, check_integer, check_positive
+from keras_margin._validation import check_box, check_choice, check_integer, check_positive
 from keras_margin.attacks import base
 from keras_margin.attacks.apgd import APGD, ensemble, run_schedule
 from keras_margin.attacks.ddn import DDN
@@ -199,7 +199,8 @@ def evaluate_robustness(model: Callable, x: Any, y: Any, plan: EvaluationPlan | 
         x, y: inputs and class indices.
         plan: an `EvaluationPlan` (default: the paper's: DeepFool and FGSM at 0.2).
         batch_size: samples attacked side by side (the attacks' lanes).
-        verbose: 1 shows a progress bar per attack, named.
+        verbose: 1 shows a live progress bar per attack, named; 2 one line per attack as it
+            ends; 0 nothing.
         **settings: any field of `EvaluationPlan` by keyword (fgsm_eps, attacks, linf_eps,
             l2_eps, apgd, clip_min, clip_max, samples, deepfool), or DeepFool's own settings
             (max_iter, overshoot, step_clip, candidates); they override `plan`'s.
@@ -218,6 +219,7 @@ def evaluate_robustness(model: Callable, x: Any, y: Any, plan: EvaluationPlan | 
         >>> print(report)
     """
     plan = EvaluationPlan.resolve(plan, settings)
+    check_choice("verbose", verbose, (0, 1, 2))
     inputs = base.check_inputs(model, x, y, plan.clip_min, plan.clip_max, "evaluate_robustness")
     if plan.samples is not None:
         inputs = dataclasses.replace(inputs, x=inputs.x[:plan.samples],

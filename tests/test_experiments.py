@@ -197,6 +197,10 @@ def test_quickstart_runs_offline_on_real_mnist(mnist_t10k_dir):
     rho = re.search(r"^DeepFool rho_adv\s+([0-9.]+)", proc.stdout, re.M)
     assert error and float(error.group(1)) < 0.2
     assert rho and 0 < float(rho.group(1)) < 1
+    both = proc.stdout + proc.stderr
+    assert not re.search(r"absl::InitializeLog|cuInit|cuda drivers|oneDNN|cpu_feature", both)
+    assert len(both.splitlines()) <= 40, both  # one screen
+    assert "1 epoch;" in proc.stdout and "1 epochs" not in proc.stdout
 
 
 def test_the_command_line_offers_the_rows_names():

@@ -168,6 +168,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = _parser().parse_args(argv)
+    if args.command != "publish":
+        from keras_margin._quiet import import_tensorflow
+
+        import_tensorflow()  # without its start-up noise (a real error still shows)
     try:
         if args.command == "report":
             from keras_margin.experiments import report

@@ -348,8 +348,7 @@ def _train(row: Row, model: keras.Model, data: Data, folder: str, seed: int, sta
     Returns False when `stop_after` stopped it early.
     """
     monitor = RobustnessCallback(data.x_val, data.y_val, plan=row.plan(),
-                                 max_samples=QUICK["monitor"] if quick else 1000,
-                                 verbose=int(verbose == 1))
+                                 max_samples=QUICK["monitor"] if quick else 1000)
     checkpoint = os.path.join(folder, "checkpoint.keras")
     callbacks = [monitor, ProgressLine(f"{row.table}/{row.name}", seed, row.epochs),
                  keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=True)]

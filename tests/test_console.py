@@ -1,0 +1,27 @@
+"""What a user sees: TensorFlow's start-up noise filtered out, real errors kept."""
+
+import subprocess
+import sys
+
+from keras_margin import _quiet
+
+
+def test_the_noise_is_filtered_and_a_real_error_kept():
+    code = (
+        "import os\nfrom keras_margin._quiet import filtered_stderr\n"
+        "with filtered_stderr():\n"
+        "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called "
+        "are written to STDERR\\n')\n"
+        "    os.write(2, b'E0000 00:00:1 123 cuda_platform.cc:52] failed call to cuInit: "
+        "INTERNAL: CUDA error (303)\\n')\n"
+        "    os.write(2, b'E0000 real_thing.cc:1] something is really wrong\\n')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert proc.stderr.strip() == "E0000 real_thing.cc:1] something is really wrong"
+
+
+def test_importing_keras_margin_prints_no_start_up_noise():
+    proc = subprocess.run([sys.executable, "-c", "import keras_margin"], capture_output=True,
+                          text=True, timeout=300, check=True)
+    lines = [line for line in proc.stderr.splitlines() if _quiet.NOISE.search(line)]
+    assert lines == []
