@@ -219,3 +219,23 @@ def test_report_and_figures_show_runs_in_progress_apart(tiny_mnist, tmp_path):
     pytest.importorskip("matplotlib")
     written = [os.path.basename(p) for p in figures.write(out, str(tmp_path / "figs"))]
     assert any(name.startswith("training_") and "_2ep_" in name for name in written)
+
+
+def test_figures_refuse_a_cut_history_and_name_the_missing_extra(tiny_mnist, tmp_path,
+                                                                  monkeypatch, capsys):
+    out = str(tmp_path / "runs")
+    runner.run(_tiny(epochs=1), 0, out, data_dir=tiny_mnist, verbose=0)
+    folder = runner.run_dir(out, _tiny(epochs=1), 0)
+    adversarial = np.load(os.path.join(folder, "adversarial.npz"))
+    assert adversarial["adversarial_class"].shape == (10,)  # the figure labels each image
+    history = os.path.join(folder, "history.csv")
+    with open(history) as f:
+        text = f.read()
+    with open(history, "w") as f:
+        f.write(text[: text.index("\n") + 5])  # the header and a cut first row
+    pytest.importorskip("matplotlib")
+    with pytest.raises(ValueError, match="history.csv: row 2 .* cut or garbled"):
+        figures.write(out, str(tmp_path / "figs"))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    assert cli.main(["figures", out, "--out", str(tmp_path / "figs")]) == 2
+    assert "pip install 'keras-margin[plots]'" in capsys.readouterr().err

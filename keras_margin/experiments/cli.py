@@ -197,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "figures":
             from keras_margin.experiments import figures
 
-            for path in figures.write(args.runs, args.out):
+            written = figures.write(args.runs, args.out)
+            for path in written:
                 print(path)
+            print(f"wrote {len(written)} figure(s) to {args.out}")
             return 0
         rows = _rows(args)
         if args.command == "reproduce" and args.list:
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                            data_dir=args.data_dir, dataset=args.dataset,
                            protocol=args.protocol, verbose=args.verbose,
                            dtype_policy=args.dtype_policy)
-    except (ValueError, FileNotFoundError, RunLockedError) as err:
+    except (ValueError, FileNotFoundError, RunLockedError, ImportError) as err:
         print(f"keras-margin: error: {err}", file=sys.stderr)
         return 2
     return 0

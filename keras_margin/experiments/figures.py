@@ -1,14 +1,19 @@
 """The paper's figures from finished runs, as PNG files (matplotlib, Agg backend).
 
-Figure 4: test error and rho_adv over C (from `keras-margin sweep-c` runs); Figure 5: densities
-of rho_adv per method; Figures 1/6: adversarial examples per method; and the field's robustness
-curve, robust accuracy against the l_inf budget per method (from `keras-margin evaluate`).
-Quick runs say so in the figure titles.
+Figure 4: test error, rho_adv and rho_min over C (from `keras-margin sweep-c` runs, one panel
+per configuration, the full data beside the quick one); Figure 5: densities of rho_adv per
+method; Figures 1/6: adversarial examples per method, each labelled with the class the model
+gives it; the field's robustness curve, robust accuracy against the l_inf budget per method
+(from `keras-margin evaluate`); and the robustness over training from the runs' histories.
+Quick runs say so in the titles. Needs matplotlib (`pip install 'keras-margin[plots]'`).
 """
 
 from __future__ import annotations
 
+import csv
+import math
 import os
+import textwrap
 from collections import defaultdict
 from typing import Any
 
@@ -17,9 +22,16 @@ import numpy as np
 from keras_margin.experiments.report import collect, in_progress, paper_order, summarize
 
 
-def _pyplot():
-    import matplotlib
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the pip extra."""
 
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingExtraError("keras-margin figures needs matplotlib, which the plain install "
+                                "leaves out: pip install 'keras-margin[plots]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -36,50 +48,70 @@ def _density(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * z ** 2).sum(axis=1) / (len(values) * bandwidth * np.sqrt(2 * np.pi))
 
 
-def _quick_note(quick: bool) -> str:
-    return " (QUICK: reduced data and epochs)" if quick else ""
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
 
 
-def _save(fig: Any, path: str, **kwargs: Any) -> str:
-    fig.savefig(path, dpi=120, **kwargs)
+def _wrap(title: str, width: int = 70) -> str:
+    """A title in lines of at most `width` characters, so that none is cut at the edge."""
+    return "\n".join(textwrap.wrap(title, width))
+
+
+def _save(fig: Any, path: str) -> str:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     _pyplot().close(fig)
     return path
 
 
 def error_and_robustness_over_c(runs: list[dict[str, Any]], out: str) -> list[str]:
-    """Figure 4: one panel per network, error (%) and rho_adv against C on a log axis."""
+    """Figure 4: per network, one panel per configuration (full data, QUICK; epochs), test
+    error (%) and rho_adv (DeepFool) and rho_min (stronger attacks) against C, log axis."""
     plt = _pyplot()
-    lines = [ln for ln in summarize(runs) if ln["table"] == "sweep-c"]
-    by_arch: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    lines = [ln for ln in summarize(runs) if ln["table"] == "sweep-c"
+             and ln["dtype_policy"] == "float32"]
+    by_arch: dict[str, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
     for line in lines:
-        by_arch[line["architecture"]].append(line)
+        by_arch[line["architecture"]][(line["quick"], line["epochs"])].append(line)
     written = []
-    for arch, members in by_arch.items():
-        members.sort(key=lambda m: m["trainer_kwargs"]["C"])
-        c = [m["trainer_kwargs"]["C"] for m in members]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.errorbar(c, [m["error"] for m in members], [m["error_std"] for m in members],
-                    color="tab:red", marker="o", label="test error %")
-        ax.set_xscale("log")
-        ax.set_xlabel("C")
-        ax.set_ylabel("test error, %", color="tab:red")
-        twin = ax.twinx()
-        twin.errorbar(c, [m["rho_adv"] for m in members], [m["rho_adv_std"] for m in members],
-                      color="tab:blue", marker="s", label="rho_adv")
-        twin.set_ylabel("rho_adv (eq. 20)", color="tab:blue")
-        quick = any(m["quick"] for m in members)
-        ax.set_title(f"{arch}: l2 margin maximization over C{_quick_note(quick)}", fontsize=9)
+    for arch, panels in by_arch.items():
+        keys = sorted(panels)
+        fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            _c_panel(ax, sorted(panels[key], key=lambda m: m["trainer_kwargs"]["C"]), *key)
+        fig.suptitle(f"{arch}: l2 margin maximization over C (Figure 4)", fontsize=10)
         fig.tight_layout()
         written.append(_save(fig, os.path.join(out, f"fig4_{arch}_error_robustness_over_C.png")))
     return written
 
 
+def _c_panel(ax: Any, members: list[dict[str, Any]], quick: bool, epochs: int) -> None:
+    c = [m["trainer_kwargs"]["C"] for m in members]
+    ax.errorbar(c, [m["error"] for m in members], [m["error_std"] for m in members],
+                color="tab:red", marker="o", label="test error %")
+    ax.set_xscale("log")
+    ax.set_xlabel("C")
+    ax.set_ylabel("test error, %", color="tab:red")
+    twin = ax.twinx()
+    twin.errorbar(c, [m["rho_adv"] for m in members], [m["rho_adv_std"] for m in members],
+                  color="tab:blue", marker="s", label="rho_adv (DeepFool)")
+    strong = [(x, m["strong_rho_min"]) for x, m in zip(c, members) if "strong_rho_min" in m]
+    if strong:
+        twin.plot(*zip(*strong), color="tab:green", marker="^", linestyle="--",
+                  label="rho_min (stronger attacks)")
+    twin.set_ylabel("robustness (eq. 20)")
+    twin.legend(fontsize=7, loc="upper left")
+    seeds = sorted({m["seeds"] for m in members})
+    data = "QUICK: reduced data" if quick else "full MNIST"
+    ax.set_title(_wrap(f"{data}, {_epochs(epochs)}, seeds per point: "
+                       f"{', '.join(map(str, seeds))}"), fontsize=9)
+
+
 def _panels(runs: list[dict[str, Any]]) -> dict[tuple, dict[str, list[dict[str, Any]]]]:
-    """Table runs by (network, epochs, quick, protocol), then by method: one figure each, so
-    that runs of different configurations never share a curve."""
+    """Table runs by (network, epochs, quick, protocol), float32 only, then by method: one
+    figure each, so that runs of different configurations never share a curve."""
     panels: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        if run["table"] != "sweep-c":
+        if run["table"] != "sweep-c" and run.get("dtype_policy", "float32") == "float32":
             key = (run["architecture"], run["epochs"], run["quick"], run["protocol"])
             panels[key][run["label"]].append(run)
     return panels
@@ -87,7 +119,8 @@ def _panels(runs: list[dict[str, Any]]) -> dict[tuple, dict[str, list[dict[str, 
 
 def _title(key: tuple, what: str) -> str:
     arch, epochs, quick, protocol = key
-    return f"{arch}, {epochs} epochs, {protocol} protocol: {what}{_quick_note(quick)}"
+    quick_note = " (QUICK: reduced data and epochs)" if quick else ""
+    return _wrap(f"{arch}, {_epochs(epochs)}, {protocol} protocol: {what}{quick_note}")
 
 
 def _name(prefix: str, key: tuple, what: str) -> str:
@@ -121,13 +154,13 @@ def robustness_densities(runs: list[dict[str, Any]], out: str) -> list[str]:
         ax.set_ylabel("density")
         ax.set_title(_title(key, "robustness per method"), fontsize=9)
         ax.legend(fontsize=8)
-        fig.tight_layout()
         written.append(_save(fig, os.path.join(out, _name("fig5", key, "rho_adv_density"))))
     return written
 
 
 def adversarial_grids(runs: list[dict[str, Any]], out: str) -> list[str]:
-    """Figures 1/6: originals in the first row, then each method's DeepFool adversarials."""
+    """Figures 1/6: originals in the first row, then each method's DeepFool adversarials, each
+    image titled with the class the model gives it (where the run recorded it)."""
     plt = _pyplot()
     written = []
     for key, methods in _panels(runs).items():
@@ -135,24 +168,27 @@ def adversarial_grids(runs: list[dict[str, Any]], out: str) -> list[str]:
         for label, members in methods.items():
             if members[0]["dataset"] != "cifar10":
                 for path in _existing(members[:1], "adversarial.npz"):
-                    shown[label] = np.load(path)
+                    shown[label] = dict(np.load(path))
         if not shown:
             continue
         first = next(iter(shown.values()))
-        rows = [("original", first["x"])] + [(label, data["x_adv"])
-                                             for label, data in shown.items()]
+        rows = [("original", first["x"], first["y"])] + [
+            (label, data["x_adv"], data.get("adversarial_class")) for label, data in shown.items()]
         cols = len(first["x"])
-        fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 0.9, len(rows) * 1.0),
+        fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 0.9, len(rows) * 1.1),
                                  squeeze=False)
-        for r, (label, images) in enumerate(rows):
+        for r, (label, images, classes) in enumerate(rows):
             for c in range(cols):
                 axes[r, c].imshow(np.clip(images[c, ..., 0], 0, 1), cmap="gray", vmin=0, vmax=1)
                 axes[r, c].set_xticks([])
                 axes[r, c].set_yticks([])
+                if classes is not None:
+                    axes[r, c].set_title(str(int(classes[c])), fontsize=7, pad=2)
             axes[r, 0].set_ylabel(label, rotation=0, ha="right", fontsize=7)
-        fig.suptitle(_title(key, "DeepFool adversarial examples per method"), fontsize=9)
-        written.append(_save(fig, os.path.join(out, _name("fig6", key, "adversarial_examples")),
-                             bbox_inches="tight"))
+        fig.suptitle(_title(key, "DeepFool adversarial examples per method (above each "
+                                 "original its class, above each adversarial the class the "
+                                 "model gives it)"), fontsize=9)
+        written.append(_save(fig, os.path.join(out, _name("fig6", key, "adversarial_examples"))))
     return written
 
 
@@ -181,27 +217,50 @@ def robust_accuracy_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
         ax.set_ylim(0, 100)
         ax.set_title(_title(key, "robust accuracy against the budget"), fontsize=9)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(_save(fig, os.path.join(out, _name("robustness_curve", key,
-                                                            "linf"))))
+        written.append(_save(fig, os.path.join(out, _name("robustness_curve", key, "linf"))))
     return written
+
+
+def read_history(path: str) -> list[dict[str, str]]:
+    """A run's history.csv, refused with the file named where it is cut or garbled (a row
+    with missing cells, or an epoch that is not the next integer)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        if None in row or any(value is None for value in row.values()):
+            raise ValueError(f"{path}: row {i + 2} has a different number of cells than the "
+                             "header: the file is cut or garbled.")
+        try:
+            epoch = int(row["epoch"])
+        except (KeyError, ValueError):
+            raise ValueError(f"{path}: row {i + 2} has no integer epoch "
+                             f"({row.get('epoch')!r}): the file is garbled.") from None
+        if epoch != i:
+            raise ValueError(f"{path}: row {i + 2} is epoch {epoch}, expected {i}: epochs are "
+                             "missing or repeated.")
+    return rows
+
+
+def _number(value: str | None) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def training_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
     """Per-epoch robustness on the validation subset (the runner's RobustnessCallback):
     val_rho_adv and val_fgsm_error against the epoch, one line per method and configuration;
-    runs still in progress (`report.in_progress`) are drawn dashed up to their last epoch."""
-    import csv
-
+    runs still in progress (`report.in_progress`) are drawn dashed up to their last epoch, a
+    single evaluated epoch as a point."""
     plt = _pyplot()
     written = []
     for key, methods in _panels(runs).items():
         histories = {}
         for label, members in methods.items():
             for path in _existing(members[:1], "history.csv"):
-                with open(path, newline="") as f:
-                    rows = [r for r in csv.DictReader(f) if r.get("val_rho_adv") not in
-                            (None, "", "nan", "NA")]
+                rows = [r for r in read_history(path)
+                        if math.isfinite(_number(r.get("val_rho_adv")))]
                 if rows:
                     histories[label] = rows
         if not histories:
@@ -209,11 +268,11 @@ def training_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
         for label, rows in histories.items():
             running = "epochs_done" in methods[label][0]
-            style = {"linestyle": "--" if running else "-",
-                     "label": f"{label} (in progress)" if running else label}
+            style = {"linestyle": "--" if running else "-", "marker": "o" if len(rows) < 3
+                     else None, "label": f"{label} (in progress)" if running else label}
             epochs = [int(r["epoch"]) + 1 for r in rows]
-            left.plot(epochs, [float(r["val_rho_adv"]) for r in rows], **style)
-            right.plot(epochs, [100 * float(r["val_fgsm_error"]) for r in rows], **style)
+            left.plot(epochs, [_number(r["val_rho_adv"]) for r in rows], **style)
+            right.plot(epochs, [100 * _number(r["val_fgsm_error"]) for r in rows], **style)
         left.set_xlabel("epoch")
         left.set_ylabel("val rho_adv (DeepFool, eq. 20)")
         right.set_xlabel("epoch")
@@ -230,6 +289,7 @@ def write(runs_dir: str, out: str) -> list[str]:
     runs = sorted(collect(runs_dir), key=paper_order)
     if not runs:
         raise FileNotFoundError(f"No finished runs (metrics.json) under {runs_dir}.")
+    _pyplot()  # the extra's message before any work
     os.makedirs(out, exist_ok=True)
     return (error_and_robustness_over_c(runs, out) + robustness_densities(runs, out)
             + adversarial_grids(runs, out) + robust_accuracy_curves(runs, out)

@@ -17,13 +17,14 @@ import os
 from typing import Any
 
 import keras
+import numpy as np
 
 from keras_margin import training  # noqa: F401 - registers the trainers for loading
 from keras_margin.attacks import APGD
 from keras_margin.evaluation import EvaluationPlan, evaluate_robustness, resolve_attack
 from keras_margin.experiments.files import read_json, run_lock, write_json
 from keras_margin.experiments.rows import Row
-from keras_margin.experiments.runner import load_data, save_arrays
+from keras_margin.experiments.runner import label_adversarials, load_data, save_arrays
 from keras_margin.robustness_report import RobustnessReport
 
 log = logging.getLogger("keras_margin.experiments")
@@ -62,6 +63,11 @@ class StrongerEvaluation:
                                    apgd=APGD(steps=self.steps), clip_min=lo, clip_max=hi)
 
 
+def _has_adversarial_classes(folder: str) -> bool:
+    path = os.path.join(folder, "adversarial.npz")
+    return not os.path.exists(path) or "adversarial_class" in np.load(path).files
+
+
 def finished_runs(runs_dir: str) -> list[str]:
     """Folders under `runs_dir` that hold a finished run (metrics.json and model.keras)."""
     found = []
@@ -76,6 +82,9 @@ def evaluate_run(folder: str, settings: StrongerEvaluation, data_dir: str | None
     """The stronger evaluation of one finished run (cached in its folder)."""
     path = os.path.join(folder, settings.filename)
     with run_lock(folder):
+        if not _has_adversarial_classes(folder):  # runs made before the runner recorded them
+            model = keras.models.load_model(os.path.join(folder, "model.keras"))
+            label_adversarials(folder, getattr(model, "base", model))
         if os.path.exists(path):
             done = read_json(path)
             if done.get("settings") == settings.to_dict():

@@ -387,6 +387,28 @@ def save_arrays(folder: str, report: RobustnessReport, suffix: str = "") -> dict
     return report.scalars()
 
 
+def base_predictions(model: Any, x: np.ndarray) -> np.ndarray:
+    """The classes `model` gives `x`, int32."""
+    logits = keras.ops.convert_to_numpy(model(keras.ops.convert_to_tensor(x), training=False))
+    return logits.argmax(axis=1).astype(np.int32)
+
+
+def label_adversarials(folder: str, model: Any) -> bool:
+    """Adds the class the model gives each adversarial example to a run's adversarial.npz
+    (runs made before the runner recorded it); True if it did."""
+    path = os.path.join(folder, "adversarial.npz")
+    if not os.path.exists(path):
+        return False
+    data = dict(np.load(path))
+    if "adversarial_class" in data:
+        return False
+    data["adversarial_class"] = base_predictions(model, data["x_adv"])
+    with open(path + ".tmp", "wb") as f:
+        np.savez_compressed(f, **data)
+    os.replace(path + ".tmp", path)
+    return True
+
+
 def _code_version() -> str:
     """keras_margin's version, in a git checkout the commit, and the Keras backend (for the
     results' provenance)."""
@@ -411,9 +433,10 @@ def _finish(row: Row, model: keras.Model, data: Data, folder: str,
                                                      row.plan()))
     shown = data.x_test[:10]
     adversarial = row.deepfool(base, shown, data.y_test[:10], clip_min=lo, clip_max=hi)
+    x_adv = shown + adversarial.perturbation
     np.savez_compressed(os.path.join(folder, "adversarial.npz"), x=shown, y=data.y_test[:10],
-             x_adv=shown + adversarial.perturbation,
-             success=adversarial.success)
+                        x_adv=x_adv, success=adversarial.success,
+                        adversarial_class=base_predictions(base, x_adv))
     model.save(os.path.join(folder, "model.keras"))
     metrics = {**report, "row": row.name, "table": row.table, "label": row.label,
                "seed": config["seed"], "quick": config["quick"], "protocol": row.protocol,
