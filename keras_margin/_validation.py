@@ -64,8 +64,14 @@ def check_integer(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_candidates(candidates: int | None, minimum: int = 1) -> int | None:
-    """None or an integer >= `minimum` (a number of classes searched)."""
+def check_candidates(candidates: int | None, minimum: int = 1,
+                     rival: str = "jacobian") -> int | None:
+    """None or an integer >= `minimum` (a number of classes searched); only the Jacobian rule
+    searches (rival="logit" takes the runner-up logit, so `candidates` would be ignored)."""
+    if candidates is not None and rival != "jacobian":
+        raise ValueError(f"candidates={candidates!r} applies to rival='jacobian' only; with "
+                         f"rival={rival!r} the rival is the runner-up logit. Drop candidates "
+                         "or use rival='jacobian'.")
     return None if candidates is None else check_integer("candidates", candidates, minimum)
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_margin._validation import (
     check_batch,
@@ -132,22 +131,28 @@ class RobustnessCallback(keras.callbacks.Callback):
 
 
 class SkippedBatchesLogger(keras.callbacks.Callback):
-    """Puts `skipped_batches` into the epoch's logs where batches left the weights untouched
-    (NaN/Inf inputs, labels out of range, a non-finite objective; compiled steps cannot raise)
-    and warns. The trainers add it ahead of the user's callbacks, so CSVLogger and TensorBoard
-    see the column."""
+    """Warns at the end of an epoch in which batches were skipped (NaN/Inf inputs, labels out
+    of range, a non-finite objective; compiled steps cannot raise): training batches, which
+    left the weights untouched, and validation batches, which were left out of the val_*
+    numbers, each by name. The trainers report `skipped_batches` (and `val_skipped_batches`)
+    among their metrics, so CSVLogger and TensorBoard have the columns; they add this callback
+    ahead of the user's."""
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        skipped = float(ops.convert_to_numpy(ops.stop_gradient(
-            self.model.skipped_tracker.result())))
-        if logs is not None:
-            logs["skipped_batches"] = skipped
-        if skipped:
+        logs = logs or {}
+        training, validation = (float(logs.get(key, 0.0) or 0.0)
+                                for key in ("skipped_batches", "val_skipped_batches"))
+        if training:
             warnings.warn(
-                f"Epoch {epoch + 1}: {int(skipped)} batch(es) left the weights untouched: they "
-                "held NaN/Inf inputs, labels outside the model's classes, or gave a non-finite "
-                "objective (too large a C or learning rate?). Check the input pipeline.",
-                UserWarning, stacklevel=2)
+                f"Epoch {epoch + 1}: {int(training)} training batch(es) left the weights "
+                "untouched: they held NaN/Inf inputs, labels outside the model's classes, or "
+                "gave a non-finite objective (too large a C or learning rate?). Check the "
+                "input pipeline.", UserWarning, stacklevel=2)
+        if validation:
+            warnings.warn(
+                f"Epoch {epoch + 1}: {int(validation)} validation batch(es) were left out of "
+                "the val_* numbers: they held NaN/Inf inputs or labels outside the model's "
+                "classes. Check validation_data.", UserWarning, stacklevel=2)
 
 
 def with_helpers(callbacks: Any) -> list:

@@ -231,11 +231,11 @@ def run_plan(model: Callable, inputs: base.Inputs, plan: EvaluationPlan, lanes: 
              verbose: int = 0) -> RobustnessReport:
     """The evaluation on inputs already checked; every attack through its base class."""
     correct = base.predictions(model, inputs.x, lanes) == inputs.labels
-    fgsm_wrong = None
+    fgsm_wrong, fgsm_blind = None, None
     if plan.fgsm_eps is not None:
-        fgsm = FGSM()
-        fgsm_wrong = fgsm.run(model, inputs, [plan.fgsm_eps], lanes,
-                              verbose=verbose)[plan.fgsm_eps].success
+        fgsm = FGSM().run(model, inputs, [plan.fgsm_eps], lanes, verbose=verbose)
+        fgsm_wrong = fgsm[plan.fgsm_eps].success
+        fgsm_blind = fgsm[plan.fgsm_eps].stuck & correct & ~fgsm_wrong
     subset = dataclasses.replace(inputs, x=inputs.x[correct], labels=inputs.labels[correct])
     found = minimum_norm_results(model, subset, plan, lanes, verbose)
     report = paper_measures(inputs, correct, fgsm_wrong, plan.fgsm_eps, found.get("deepfool"))
@@ -245,7 +245,8 @@ def run_plan(model: Callable, inputs: base.Inputs, plan: EvaluationPlan, lanes: 
             report.robust_accuracy[norm] = robust_accuracy(
                 model, subset, correct, norm, budgets, plan, found, fgsm_wrong, lanes, verbose)
     report.deepfool_to_minimum_ratio = deepfool_to_minimum_ratio(found, plan.norms)
-    for flag, message in sanity_checks(report, inputs, plan, found):
+    flags = check_fgsm_blind(fgsm_blind, correct) + sanity_checks(report, inputs, plan, found)
+    for flag, message in flags:
         report.flags.append(flag)
         warnings.warn(f"evaluate_robustness [{flag}]: {message}", UserWarning, stacklevel=3)
     return report
@@ -357,6 +358,25 @@ def sanity_checks(report: RobustnessReport, inputs: base.Inputs, plan: Evaluatio
 
 def _fooled_by_any(found: dict[str, base.AttackResult]) -> np.ndarray:
     return np.logical_or.reduce([r.success for r in found.values()])
+
+
+# FGSM blind (zero loss gradient, not fooled) on more than this share of the correct points.
+FGSM_BLIND = 0.01
+
+
+def check_fgsm_blind(blind: np.ndarray | None, correct: np.ndarray) -> list[tuple[str, str]]:
+    """Correct points where the loss gradient is exactly 0 (a saturated softmax) and FGSM
+    therefore moved nothing: the FGSM error is unmeasured there, not robust."""
+    if blind is None or not correct.any():
+        return []
+    share = blind.sum() / correct.sum()
+    if share <= FGSM_BLIND:
+        return []
+    return [("fgsm_zero_gradients",
+             f"FGSM: the loss gradient is exactly zero for {share:.1%} of the correctly "
+             "classified points (a saturated softmax: p_y rounds to 1), so FGSM did not move "
+             "them and its error understates what a budget of that size can do; see the "
+             "minimum-norm attacks and APGD (linf_eps) for these points.")]
 
 
 def check_zero_gradients(found: dict[str, base.AttackResult]) -> list[tuple[str, str]]:

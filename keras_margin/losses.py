@@ -173,3 +173,28 @@ class BinaryHinge(_FunctionLoss):
 
 def _wrap(fn: Any) -> keras.losses.Loss:
     return _FunctionLoss(fn)
+
+
+@keras.saving.register_keras_serializable(package="keras_margin")
+def logit_accuracy(y_true: Any, logits: Any):
+    """Per sample 1.0 where the logits' class is the label: argmax for k >= 2 logits, logit > 0
+    for one (labels in {0, 1} or {-1, +1}). What the trainers measure for "accuracy"."""
+    labels = ops.reshape(y_true, (-1,))
+    if logits.shape[-1] == 1:
+        predicted = ops.reshape(logits, (-1,)) > 0
+        return ops.cast(predicted == (ops.cast(labels, logits.dtype) > 0), "float32")
+    predicted = ops.cast(ops.argmax(logits, axis=-1), "int32")
+    return ops.cast(predicted == ops.cast(labels, "int32"), "float32")
+
+
+class LogitAccuracy(keras.metrics.MeanMetricWrapper):
+    """`logit_accuracy` as a Keras metric (what "accuracy" means for the trainers)."""
+
+    def __init__(self, name: str = "accuracy", dtype: Any = None) -> None:
+        super().__init__(logit_accuracy, name=name, dtype=dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype}
+
+
+keras.saving.register_keras_serializable(package="keras_margin")(LogitAccuracy)

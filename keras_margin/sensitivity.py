@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from keras import ops
 
 from keras_margin import backend
@@ -18,6 +19,7 @@ from keras_margin._validation import (
     as_float_inputs,
     check_candidates,
     check_choice,
+    check_finite_array,
     check_label_array,
     class_indices,
 )
@@ -115,7 +117,11 @@ def margin_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
     """
     check_choice("norm", norm, NORMS)
     check_choice("rival", rival, RIVALS)
-    check_candidates(candidates)
+    check_choice("squared", squared, (None, True, False))
+    check_choice("training", training, (True, False))
+    check_candidates(candidates, rival=rival)
+    if not backend.is_traced(x):
+        check_finite_array(ops.convert_to_numpy(x) if not isinstance(x, np.ndarray) else x)
     x = as_float_inputs(x)
     k = call_logits(model, x[:1]).shape[-1]
     if not backend.is_traced(x) and not backend.is_traced(y):

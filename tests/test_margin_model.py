@@ -9,7 +9,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, refusal, small_mlp, to_numpy
+from conftest import BACKEND, Batches, refusal, small_mlp, to_numpy
 
 from keras_margin import MarginModel
 
@@ -33,7 +33,7 @@ def test_binary_linear_model_is_the_soft_margin_svm():
     model = MarginModel(base, C=C, norm="l2", loss="hinge")
     schedule = keras.optimizers.schedules.ExponentialDecay(0.05, 100, 0.7)
     model.compile(optimizer=keras.optimizers.Adam(schedule))
-    model.fit(_Batches(np.tile(x, (1500, 1)), np.tile(y, 1500), len(x)), epochs=1, verbose=0)
+    model.fit(Batches(np.tile(x, (1500, 1)), np.tile(y, 1500), len(x)), epochs=1, verbose=0)
 
     svm = svm_module.SVC(kernel="linear", C=1.0 / (2 * C * n)).fit(x, 2 * y - 1)
     w_svm, b_svm = svm.coef_[0], svm.intercept_[0]
@@ -151,21 +151,7 @@ def test_bad_labels_and_shapes():
     with pytest.raises(ValueError, match="One-hot"):
         model.fit(x, np.eye(4)[y], verbose=0)
     with refusal(model):
-        model.fit(_Batches(x, np.full(len(x), 9), 16), verbose=0)
-
-
-class _Batches(keras.utils.PyDataset):
-    """A pipeline the array checks of fit cannot see into, on any backend."""
-
-    def __init__(self, x, y, size):
-        super().__init__()
-        self.x, self.y, self.size = x, y, size
-
-    def __len__(self):
-        return -(-len(self.x) // self.size)
-
-    def __getitem__(self, i):
-        return self.x[i * self.size:(i + 1) * self.size], self.y[i * self.size:(i + 1) * self.size]
+        model.fit(Batches(x, np.full(len(x), 9), 16), verbose=0)
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="PyTorch steps run eagerly and raise instead")
@@ -181,8 +167,8 @@ def test_out_of_range_labels_in_compiled_steps_skip_the_batch_and_warn(tmp_path)
     labels = y.copy()
     labels[:16] = 9
     log = os.path.join(str(tmp_path), "history.csv")
-    with pytest.warns(UserWarning, match="1 batch"):
-        history = model.fit(_Batches(x, labels, 16), epochs=2, verbose=0,
+    with pytest.warns(UserWarning, match="1 training batch"):
+        history = model.fit(Batches(x, labels, 16), epochs=2, verbose=0,
                             callbacks=[keras.callbacks.CSVLogger(log)])
     assert history.history["skipped_batches"] == [1.0, 1.0]
     with open(log) as f:  # the helper runs before the user's CSVLogger: the column is there
@@ -217,7 +203,7 @@ def test_non_finite_inputs_never_reach_the_weights(jit_compile):
     with pytest.raises(ValueError, match="NaN"):
         model.fit(bad, y, verbose=0)
     with refusal(model):
-        model.fit(_Batches(bad, y, len(x)), verbose=0)
+        model.fit(Batches(bad, y, len(x)), verbose=0)
     for a, w in zip(before, model.weights):
         np.testing.assert_array_equal(a, to_numpy(w))
 

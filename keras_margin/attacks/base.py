@@ -24,6 +24,7 @@ from keras import ops
 from keras_margin import backend
 from keras_margin._validation import (
     check_box,
+    check_choice,
     check_finite_array,
     check_integer,
     check_positive,
@@ -210,6 +211,12 @@ def lane_runner(model: Callable, config: Any, make_kernel: Callable[[], Kernel],
     return cache[key]
 
 
+def check_execution(jit_compile: Any, verbose: Any) -> None:
+    """`jit_compile` in {"auto", True, False}; `verbose` in {0, 1, 2}."""
+    check_choice("jit_compile", jit_compile, ("auto", True, False))
+    check_choice("verbose", verbose, (0, 1, 2))
+
+
 def check_lanes(batch_size: int | None, n: int) -> int:
     """The number of lanes (samples attacked side by side) for `n` samples: `batch_size`
     (None: the default 256), at most n.
@@ -297,6 +304,7 @@ class MinimumNormAttack(Attack):
                  clip_max: float | None = None, batch_size: int | None = None,
                  jit_compile: bool | str = "auto", verbose: int = 0) -> AttackResult:
         """The attack on `x` with labels `y`; the arguments as in `run`'s public functions."""
+        check_execution(jit_compile, verbose)
         inputs = check_inputs(model, x, y, clip_min, clip_max, self.name)
         return self.run(model, inputs, check_lanes(batch_size, len(inputs.x)), jit_compile,
                         verbose)
@@ -334,6 +342,7 @@ class BudgetAttack(Attack):
                  batch_size: int | None = None, jit_compile: bool | str = "auto",
                  verbose: int = 0) -> AttackResult:
         """The attack on `x` with labels `y` within the budget `eps`."""
+        check_execution(jit_compile, verbose)
         inputs = check_inputs(model, x, y, clip_min, clip_max, self.name,
                               min_classes=self.min_classes)
         eps = check_positive("eps", eps)

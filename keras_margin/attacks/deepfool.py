@@ -72,6 +72,7 @@ class DeepFool(base.MinimumNormAttack):
         if target == "label":
             return super().__call__(model, x, y, clip_min, clip_max, batch_size, jit_compile,
                                     verbose)
+        base.check_execution(jit_compile, verbose)
         inputs = base.check_inputs(model, x, np.zeros(len(x), np.int32), clip_min, clip_max,
                                    self.name)
         lanes = base.check_lanes(batch_size, len(inputs.x))

@@ -17,7 +17,7 @@ import numpy as np
 from keras import ops
 
 from keras_margin import backend
-from keras_margin._validation import check_box_pair, check_choice, check_non_negative
+from keras_margin._validation import check_box_pair, check_choice, check_positive
 from keras_margin.attacks import base
 from keras_margin.attacks.norms import normalize
 from keras_margin.attacks.steps import loss_gradient
@@ -126,7 +126,7 @@ def fgsm(model: Callable, x: Any, y: Any, eps: float = 0.2,
     Example:
         >>> x_adv = fgsm(model, x_test, y_test, eps=0.2, clip_min=0.0, clip_max=1.0)
     """
-    eps = check_non_negative("eps", eps)
+    eps = check_positive("eps", eps)
     if clip is not None:
         if clip_min is not None or clip_max is not None:
             raise ValueError("Pass the input box either as clip=(min, max) or as "

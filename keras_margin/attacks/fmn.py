@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-from keras_margin._validation import check_choice, check_integer, check_non_negative
+from keras_margin._validation import (
+    check_choice,
+    check_integer,
+    check_non_negative,
+    check_positive,
+)
 from keras_margin.attacks import base
 from keras_margin.attacks.lanes import gather_samples
 from keras_margin.attacks.norms import DUAL, normalize, project_ball
@@ -53,11 +58,12 @@ class FMN(base.MinimumNormAttack):
         check_choice("norm", self.norm, base.THREAT_NORMS)
         object.__setattr__(self, "steps", check_integer("steps", self.steps))
         object.__setattr__(self, "max_stepsize",
-                           check_non_negative("max_stepsize", self.max_stepsize))
+                           check_positive("max_stepsize", self.max_stepsize))
         if self.min_stepsize is None:
             object.__setattr__(self, "min_stepsize", self.max_stepsize / 100)
         object.__setattr__(self, "min_stepsize",
-                           check_non_negative("min_stepsize", self.min_stepsize))
+                           check_non_negative("min_stepsize", self.min_stepsize,
+                                              maximum=self.max_stepsize))
         object.__setattr__(self, "gamma", check_non_negative("gamma", self.gamma, maximum=1))
         object.__setattr__(self, "init", self._start_attack(self.init))
 

@@ -151,8 +151,6 @@ def _evaluate(args: argparse.Namespace) -> None:
     for name in names:
         resolve_attack(name)
     box = _numbers(args.box, "--box") if args.box else None
-    if box is not None and len(box) != 2:
-        raise ValueError(f"Invalid value for --box: {args.box!r}. Expected MIN,MAX.")
     settings = reevaluate.StrongerEvaluation(
         n=args.n, attacks=names, linf_eps=_numbers(args.linf_eps, "--linf-eps"),
         l2_eps=_numbers(args.l2_eps, "--l2-eps"), steps=args.steps, box=box, tag=args.tag)

@@ -14,17 +14,28 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from typing import Any
 
-import keras
 import numpy as np
 
 from keras_margin import training  # noqa: F401 - registers the trainers for loading
+from keras_margin._validation import check_box_pair, check_integer
 from keras_margin.attacks import APGD
-from keras_margin.evaluation import EvaluationPlan, evaluate_robustness, resolve_attack
+from keras_margin.evaluation import (
+    EvaluationPlan,
+    check_budgets,
+    evaluate_robustness,
+    resolve_attack,
+)
 from keras_margin.experiments.files import read_json, run_lock, write_json
 from keras_margin.experiments.rows import Row
-from keras_margin.experiments.runner import label_adversarials, load_data, save_arrays
+from keras_margin.experiments.runner import (
+    label_adversarials,
+    load_checkpoint,
+    load_data,
+    save_arrays,
+)
 from keras_margin.robustness_report import RobustnessReport
 
 log = logging.getLogger("keras_margin.experiments")
@@ -41,6 +52,19 @@ class StrongerEvaluation:
     steps: int = 100
     box: tuple[float, float] | None = None
     tag: str = ""
+
+    def __post_init__(self) -> None:
+        check_integer("n", self.n)
+        check_integer("steps", self.steps)
+        for name in ("linf_eps", "l2_eps"):
+            object.__setattr__(self, name, check_budgets(name, getattr(self, name)))
+        if self.box is not None:
+            object.__setattr__(self, "box", check_box_pair("box", tuple(self.box)))
+        if not isinstance(self.tag, str) or not re.fullmatch(r"[A-Za-z0-9_-]*", self.tag):
+            raise ValueError(f"Invalid value for --tag: {self.tag!r}. Expected letters, digits, "
+                             "'-' or '_' (it names a file beside the run's metrics).")
+        for name in self.attacks:
+            resolve_attack(name)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -83,7 +107,7 @@ def evaluate_run(folder: str, settings: StrongerEvaluation, data_dir: str | None
     path = os.path.join(folder, settings.filename)
     with run_lock(folder):
         if not _has_adversarial_classes(folder):  # runs made before the runner recorded them
-            model = keras.models.load_model(os.path.join(folder, "model.keras"))
+            model = load_checkpoint(os.path.join(folder, "model.keras"))
             label_adversarials(folder, getattr(model, "base", model))
         if os.path.exists(path):
             done = read_json(path)
@@ -94,7 +118,7 @@ def evaluate_run(folder: str, settings: StrongerEvaluation, data_dir: str | None
         row = Row.from_dict(config["row"])
         data = load_data(row.dataset, data_dir, config["quick"], row.validation,
                          row.pixel_scale)
-        model = keras.models.load_model(os.path.join(folder, "model.keras"))
+        model = load_checkpoint(os.path.join(folder, "model.keras"))
         plan = settings.plan(row)
         report = evaluate_robustness(getattr(model, "base", model), data.x_test, data.y_test,
                                      plan, batch_size=batch_size, verbose=verbose)

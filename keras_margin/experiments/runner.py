@@ -186,14 +186,15 @@ def check_epochs(epochs: int | None) -> int | None:
     return epochs
 
 
-def _load_checkpoint(path: str) -> keras.Model:
+def load_checkpoint(path: str) -> keras.Model:
     try:
         return keras.models.load_model(path)
     except Exception as err:  # Keras says "File not found" for a truncated zip
         raise ValueError(
             f"{path} exists but cannot be loaded ({type(err).__name__}: {err}); it is "
-            "truncated or corrupt. Delete it and state.json beside it to restart this run "
-            "from epoch 0.") from None
+            "truncated or corrupt. A checkpoint: delete it and state.json beside it to "
+            "restart the run from epoch 0; a finished run's model.keras: delete the run's "
+            "metrics.json too, and the runner trains it again.") from None
 
 
 def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = False,
@@ -232,8 +233,13 @@ def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = 
     config = json.loads(json.dumps({"row": row.to_dict(), "seed": seed, "quick": quick,
                                     "data": data.protocol, "dtype_policy": dtype_policy,
                                     "keras_margin": keras_margin.__version__}))
+    metrics_path = os.path.join(folder, "metrics.json")
+    if os.path.exists(metrics_path) and os.path.exists(os.path.join(folder, "config.json")):
+        # Finished runs never change: skipped without the lock (works on read-only media).
+        check_same_config(os.path.join(folder, "config.json"), config)
+        log.info("[%s seed %d] finished already: skipped", row.name, seed)
+        return read_json(metrics_path)
     with run_lock(folder), _policy(dtype_policy):
-        metrics_path = os.path.join(folder, "metrics.json")
         if _claim_folder(folder, config) and os.path.exists(metrics_path):
             log.info("[%s seed %d] finished already: skipped", row.name, seed)
             return read_json(metrics_path)
@@ -328,8 +334,12 @@ def _model_at_start(row: Row, folder: str, seed: int, n_train: int,
                               for name in ("checkpoint.keras", "state.json"))
     history_path = os.path.join(folder, "history.csv")
     if os.path.exists(checkpoint) and os.path.exists(state_path):
-        start = read_json(state_path)["epoch"]
-        model = _load_checkpoint(checkpoint)
+        start = read_json(state_path).get("epoch")
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= row.epochs:
+            raise ValueError(f"{state_path} holds no epoch count from 0 to {row.epochs} "
+                             f"({start!r}): it is damaged. Delete it and checkpoint.keras "
+                             "beside it to restart this run from epoch 0.")
+        model = load_checkpoint(checkpoint)
         _truncate_history(history_path, start)
         log.info("[%s seed %d] resuming after epoch %d", row.name, seed, start)
         return model, start

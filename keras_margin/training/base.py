@@ -115,7 +115,11 @@ class RobustModel(backend.Steps, keras.Model):
                           "trace the double backprop of its input gradients; jit_compile=True "
                           "is ignored.", UserWarning, stacklevel=2)
             kwargs["jit_compile"] = False
-        super().compile(optimizer=optimizer, **kwargs)
+        # Every metric is weighted: a skipped batch (weight 0) then counts in none of them
+        # (Keras passes sample weights to `weighted_metrics` only).
+        metrics = _logit_metrics(kwargs.pop("metrics", None) or [])
+        metrics += _logit_metrics(kwargs.pop("weighted_metrics", None) or [])
+        super().compile(optimizer=optimizer, weighted_metrics=metrics or None, **kwargs)
 
     def compile_from_config(self, config: dict[str, Any]) -> None:
         """Re-compiles a loaded model (optimizer, metrics, jit_compile) and builds its optimizer."""
@@ -194,12 +198,11 @@ class RobustModel(backend.Steps, keras.Model):
         self.data_loss_tracker.update_state(data, sample_weight=weight)
         self.extra_tracker.update_state(extra, sample_weight=weight)
         self.skipped_tracker.update_state(1.0 - valid)
-        return self.compute_metrics(x, objective.labels, objective.logits, sample_weight)
-
-    def get_metrics_result(self) -> dict[str, Any]:
-        result = super().get_metrics_result()
-        result.pop("skipped_batches", None)  # SkippedBatchesLogger reports it per epoch
-        return result
+        # A skipped batch counts in no metric either (weight 0).
+        keep = ops.ones((objective.batch,), "float32") * valid
+        if sample_weight is not None:
+            keep = keep * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        return self.compute_metrics(x, objective.labels, objective.logits, keep)
 
     # -- eager checks at the entry of fit and evaluate -------------------------------------------
     def _check_arrays(self, x: Any, y: Any, where: str) -> None:
@@ -230,7 +233,26 @@ class RobustModel(backend.Steps, keras.Model):
     def evaluate(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any):
         check_fit_arrays(x, y, type(self).__name__ + ".evaluate")
         self._check_arrays(x, y, f"{type(self).__name__}.evaluate")
-        return super().evaluate(x, y, *args, **kwargs)
+        result = super().evaluate(x, y, *args, **kwargs)
+        skipped = float(ops.convert_to_numpy(ops.stop_gradient(self.skipped_tracker.result())))
+        if skipped:
+            warnings.warn(f"evaluate: {int(skipped)} batch(es) were left out of every number "
+                          "(loss and metrics): they held NaN/Inf inputs or labels outside the "
+                          "model's classes, or gave a non-finite objective. Check the data.",
+                          UserWarning, stacklevel=2)
+        return result
+
+
+def _logit_metrics(metrics: Any) -> Any:
+    """"accuracy" (or "acc") as `losses.LogitAccuracy`: measured on logits, argmax for k >= 2
+    and logit > 0 for one logit (Keras's guess would threshold one output at 0.5, as if it
+    were a probability)."""
+    if isinstance(metrics, dict):
+        raise ValueError("metrics= as a dict is for several outputs; the trainers' base has "
+                         "one output: pass a list.")
+    if isinstance(metrics, (str, keras.metrics.Metric)):
+        metrics = [metrics]
+    return [losses_module.LogitAccuracy() if m in ("accuracy", "acc") else m for m in metrics]
 
 
 def _logit_count(base: keras.Model, input_shape: Any) -> int:

@@ -47,7 +47,7 @@ class MarginModel(RobustModel):
         check_choice("norm", norm, NORMS)
         check_choice("rival", rival, RIVALS)
         check_choice("squared", squared, (None, True, False))
-        check_candidates(candidates)
+        check_candidates(candidates, rival=rival)
         super().__init__(base, loss=loss, **kwargs)
         self.C, self.norm, self.rival, self.squared = C, norm, rival, squared
         self.candidates = candidates
