@@ -31,8 +31,11 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
 
 
 def check_non_negative(name: str, value: Any, maximum: float | None = None) -> float:
-    """Raises `ValueError` unless `value` is a finite number >= 0 (and <= `maximum`)."""
+    """Raises `ValueError` unless `value` is a finite number >= 0 (and <= `maximum`); strings
+    and booleans are not numbers here."""
     try:
+        if isinstance(value, (str, bytes, bool, np.bool_)):
+            raise TypeError
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(

@@ -7,6 +7,23 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
+from keras_margin._validation import check_integer, check_non_negative
+
+
+def _check(dropout: float, input_shape: Sequence[int], num_classes: int) -> None:
+    """The arguments every architecture shares: dropout in [0, 1), a shape of positive
+    integers, and k >= 1 logits."""
+    dropout = check_non_negative("dropout", dropout)
+    if dropout >= 1:
+        raise ValueError(f"Invalid value for argument dropout: {dropout!r}. Expected a rate "
+                         "in [0, 1).")
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
+        raise ValueError(f"Invalid value for argument input_shape: {input_shape!r}. Expected "
+                         "a sequence of positive integers, e.g. (28, 28, 1).")
+    for size in input_shape:
+        check_integer("input_shape", size)
+    check_integer("num_classes", num_classes)
+
 
 def mlp(hidden: Sequence[int] = (1000, 1000, 1000), dropout: float = 0.0,
         input_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
@@ -19,6 +36,12 @@ def mlp(hidden: Sequence[int] = (1000, 1000, 1000), dropout: float = 0.0,
         >>> mlp().output_shape
         (None, 10)
     """
+    _check(dropout, input_shape, num_classes)
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+        raise ValueError(f"Invalid value for argument hidden: {hidden!r}. Expected a sequence "
+                         "of layer widths, e.g. (1000, 1000, 1000).")
+    for width in hidden:
+        check_integer("hidden", width)
     model = keras.Sequential([keras.Input(tuple(input_shape)), layers.Flatten()], name=name)
     for width in hidden:
         model.add(layers.Dense(width, activation="relu", kernel_initializer="glorot_uniform"))
@@ -34,6 +57,7 @@ def lenet5(dropout: float = 0.0, input_shape: Sequence[int] = (28, 28, 1),
 
     `dropout` is applied before the two dense layers (0.5 in the paper's dropout row).
     """
+    _check(dropout, input_shape, num_classes)
     return keras.Sequential([
         keras.Input(tuple(input_shape)),
         layers.Conv2D(32, 5, activation="relu"),
@@ -55,6 +79,8 @@ def nin(dropout: float = 0.5, input_shape: Sequence[int] = (32, 32, 3), num_clas
     Blocks: 192 5x5 - 160 1x1 - 96 1x1 - maxpool 3/2 - dropout; 192 5x5 - 192 1x1 - 192 1x1 -
     avgpool 3/2 - dropout; 192 3x3 - 192 1x1 - k 1x1 - global average pooling (the logits).
     """
+    _check(dropout, input_shape, num_classes)
+
     def conv(filters: int, size: int, activation: str | None = "relu") -> layers.Layer:
         return layers.Conv2D(filters, size, padding="same", activation=activation)
 

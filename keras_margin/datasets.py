@@ -140,6 +140,9 @@ def load_split(name: str, split: str, data_dir: str | None = None,
     MNISTs' bytes (see `read_idx_pair`); CIFAR-10 stays in [0, 255].
     """
     _check_name(name)
+    from keras_margin._validation import check_positive
+
+    check_positive("pixel_scale", pixel_scale)
     if split not in ("train", "test"):
         raise ValueError(f"Invalid value for argument split: {split!r}. Expected one of "
                          "{'train', 'test'}.")
@@ -315,7 +318,10 @@ class GlobalContrastNormalization:
     """
 
     def __init__(self, scale: float = 55.0, min_divisor: float = 1e-8) -> None:
-        self.scale, self.min_divisor = float(scale), float(min_divisor)
+        from keras_margin._validation import check_positive
+
+        self.scale = check_positive("scale", scale)
+        self.min_divisor = check_positive("min_divisor", min_divisor)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         flat = x.reshape(len(x), -1).astype(np.float64)
@@ -335,7 +341,9 @@ class ZCAWhitening:
     """
 
     def __init__(self, eps: float = 1e-2) -> None:
-        self.eps = float(eps)
+        from keras_margin._validation import check_positive
+
+        self.eps = check_positive("eps", eps)
         self.mean: np.ndarray | None = None
         self.matrix: np.ndarray | None = None
 
@@ -380,6 +388,14 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int = 100, shuffle: b
     """A prefetched `tf.data.Dataset` of (x, y) batches, optionally shuffled and augmented."""
     import tensorflow as tf
 
+    from keras_margin._validation import check_batch, check_finite_array, check_integer
+
+    x, y = np.asarray(x), np.asarray(y)
+    check_batch(x, y)
+    check_finite_array(x)
+    check_integer("batch_size", batch_size)
+    check_integer("seed", seed, minimum=0)
+
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -396,6 +412,9 @@ def split_test_set(name: str, data_dir: str | None = None, train: int = 8000,
     clearly smaller stand-in for the paper's 50k/10k/10k protocol. The cut is seeded.
     """
     x, y = load_split(name, "test", data_dir, pixel_scale)
+    from keras_margin._validation import check_integer
+
+    check_integer("train", train)
     if not 0 < train < len(x):
         raise ValueError(f"train={train} must be in (0, {len(x)}) for {name!r}'s test split.")
     held_out, kept = split_validation(x, y, validation=len(x) - train, seed=seed)

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from keras_margin._validation import check_box, check_choice, check_integer, check_positive
+from keras_margin._validation import (
+    check_box,
+    check_choice,
+    check_finite_array,
+    check_integer,
+    check_positive,
+)
 from keras_margin.attacks import base
 from keras_margin.attacks.apgd import APGD, ensemble, run_schedule
 from keras_margin.attacks.ddn import DDN
@@ -53,6 +59,12 @@ def relative_norms(x: np.ndarray, perturbation: np.ndarray, norm: str = "l2") ->
 
 def rho_adv(x: np.ndarray, perturbation: np.ndarray, correct: np.ndarray) -> float:
     """Eq. (20): mean of ||r(x)||_2 / ||x||_2 over the correctly classified points (nan if none)."""
+    x, perturbation, correct = np.asarray(x), np.asarray(perturbation), np.asarray(correct)
+    if x.shape != perturbation.shape or correct.shape != x.shape[:1]:
+        raise ValueError(f"rho_adv needs x and perturbation of one shape and correct of shape "
+                         f"(n,); received {x.shape}, {perturbation.shape} and {correct.shape}.")
+    check_finite_array(x)
+    check_finite_array(perturbation, "perturbation")
     correct = np.asarray(correct, bool)
     if not correct.any():
         return math.nan

@@ -12,9 +12,12 @@ from conftest import BACKEND, Batches, small_mlp, to_numpy
 from keras_margin import (
     MarginModel,
     VATModel,
+    architectures,
     attacks,
+    datasets,
     evaluate_robustness,
     margin_sensitivity,
+    rho_adv,
 )
 from keras_margin.callbacks import RobustnessCallback
 
@@ -46,6 +49,18 @@ def _data(n=64, d=6, k=4, seed=0):
     (lambda x, y, m: attacks.deepfool(m, x, y, batch_size=0), "batch_size"),
     (lambda x, y, m: attacks.fgsm(m, x, y, eps=0), "eps"),
     (lambda x, y, m: attacks.fgsm(m, x, y, clip=(0.0, 1.0, 2.0)), "clip"),
+    (lambda x, y, m: MarginModel(m, C="0.1"), "C"),
+    (lambda x, y, m: MarginModel(m, C=True), "C"),
+    (lambda x, y, m: architectures.mlp(hidden=(0,)), "hidden"),
+    (lambda x, y, m: architectures.mlp(hidden="1000"), "hidden"),
+    (lambda x, y, m: architectures.mlp(dropout=1.5), "dropout"),
+    (lambda x, y, m: architectures.lenet5(dropout=-0.1), "dropout"),
+    (lambda x, y, m: architectures.nin(num_classes=0), "num_classes"),
+    (lambda x, y, m: datasets.GlobalContrastNormalization(scale=0), "scale"),
+    (lambda x, y, m: datasets.ZCAWhitening(eps=-1), "eps"),
+    (lambda x, y, m: datasets.load_split("mnist", "test", pixel_scale=0), "pixel_scale"),
+    (lambda x, y, m: rho_adv(x, x[:3], np.ones(len(x), bool)), "shape"),
+    (lambda x, y, m: rho_adv(x, np.full_like(x, np.nan), np.ones(len(x), bool)), "NaN"),
 ])
 def test_arguments_that_used_to_become_numbers_are_refused(call, match):
     x, y = _data()
