@@ -2,8 +2,9 @@
 
 Source order: an explicit `data_dir` alone (its missing files are an error, whatever else the
 machine has); without one, local files in the folder named by the environment variable
-KERAS_MARGIN_DATA in their original formats (IDX gz for the MNISTs, the CIFAR-10 python
-batches), Debian's /usr/share/datasets/fashion-mnist for Fashion-MNIST; then
+KERAS_MARGIN_DATA, then in the keras.datasets cache (~/.keras/datasets), in their original
+formats (IDX gz for the MNISTs, or keras.datasets' mnist.npz; the CIFAR-10 python batches),
+Debian's /usr/share/datasets/fashion-mnist for Fashion-MNIST; then
 tensorflow-datasets, but only where it can work at once (a copy already prepared in its data
 folder, or its download server answering within a few seconds: no minutes of retries
 offline); then, for MNIST, the sample of 10,000 real
@@ -28,6 +29,7 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+KERAS_MNIST = "mnist.npz"  # keras.datasets.mnist's file
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist"
@@ -90,6 +92,24 @@ def read_idx_pair(images_path: str, labels_path: str, pixel_scale: float = 255.0
         labels.astype(np.int32)
 
 
+def read_keras_npz(path: str, split: str, pixel_scale: float = 255.0,
+                   num_classes: int = 10) -> Arrays:
+    """One split of `keras.datasets.mnist`'s mnist.npz (x_train, y_train, x_test, y_test)."""
+    prefix = "train" if split == "train" else "test"
+    try:
+        with np.load(path) as data:
+            images, labels = data[f"x_{prefix}"], data[f"y_{prefix}"]
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(f"{path}: not keras.datasets' mnist.npz ({err!r}).") from err
+    if images.ndim != 3 or images.dtype != np.uint8 or len(images) != len(labels) or \
+            (labels >= num_classes).any():
+        raise ValueError(f"{path}: expected uint8 images (n, 28, 28) and n labels < "
+                         f"{num_classes}; found {images.shape} {images.dtype} and "
+                         f"{labels.shape}.")
+    return (images[..., None].astype(np.float32) / np.float32(pixel_scale)), \
+        labels.astype(np.int32)
+
+
 def read_cifar_batches(paths: Sequence[str]) -> Arrays:
     """CIFAR-10 python batches as (n, 32, 32, 3) float32 in [0, 255] and int32 labels."""
     xs, ys = [], []
@@ -110,13 +130,21 @@ def read_cifar_batches(paths: Sequence[str]) -> Arrays:
 
 
 # -- finding files -----------------------------------------------------------------------------
+def keras_cache() -> str:
+    """The folder where `keras.datasets` keeps what it downloads (~/.keras/datasets)."""
+    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    return os.path.join(home, "datasets")
+
+
 def _candidate_dirs(name: str, data_dir: str | None) -> list[str]:
     """The folders searched, in order: an explicit `data_dir` alone (it always wins: nothing
-    else is searched), else KERAS_MARGIN_DATA, then Debian's Fashion-MNIST package."""
+    else is searched), else KERAS_MARGIN_DATA, the keras.datasets cache, then Debian's
+    Fashion-MNIST package."""
     if data_dir:
         roots = [data_dir]
     else:
         roots = [os.environ["KERAS_MARGIN_DATA"]] if os.environ.get("KERAS_MARGIN_DATA") else []
+        roots.append(keras_cache())
     dirs = []
     for root in roots:
         dirs += [root, os.path.join(root, name), os.path.join(root, name.replace("_", "-"))]
@@ -128,7 +156,8 @@ def _candidate_dirs(name: str, data_dir: str | None) -> list[str]:
 def _expected_files(name: str) -> str:
     if name == "cifar10":
         return f"{CIFAR_FOLDER}/{{{', '.join(CIFAR_FILES['train'] + CIFAR_FILES['test'])}}}"
-    return ", ".join(IDX_FILES["train"] + IDX_FILES["test"])
+    files = ", ".join(IDX_FILES["train"] + IDX_FILES["test"])
+    return files + (f" (or keras.datasets' {KERAS_MNIST})" if name == "mnist" else "")
 
 
 def load_split(name: str, split: str, data_dir: str | None = None,
@@ -152,6 +181,8 @@ def load_split(name: str, split: str, data_dir: str | None = None,
                 paths = [os.path.join(base, f) for f in CIFAR_FILES[split]]
                 if all(os.path.exists(p) for p in paths):
                     return read_cifar_batches(paths)
+        elif name == "mnist" and os.path.exists(os.path.join(folder, KERAS_MNIST)):
+            return read_keras_npz(os.path.join(folder, KERAS_MNIST), split, pixel_scale)
         else:
             images, labels = (os.path.join(folder, f) for f in IDX_FILES[split])
             for img, lab in ((images, labels), (images[:-3], labels[:-3])):  # gzipped or not

@@ -178,3 +178,23 @@ def test_an_explicit_folder_wins_for_every_data_set(name, tmp_path, monkeypatch)
 def test_load_refuses_bad_arguments(kwargs, match, fake_mnist):
     with pytest.raises(ValueError, match=match):
         datasets.load("mnist", **{"data_dir": str(fake_mnist), **kwargs})
+
+
+def test_keras_datasets_mnist_npz_and_cache_are_sources(tmp_path, monkeypatch):
+    """keras.datasets.mnist.load_data() leaves mnist.npz in ~/.keras/datasets: found there
+    (KERAS_HOME here) and in any data_dir."""
+    rng = np.random.default_rng(2)
+    cache = tmp_path / "keras-home" / "datasets"
+    cache.mkdir(parents=True)
+    arrays = {"x_train": rng.integers(0, 256, (30, 28, 28), dtype=np.uint8),
+              "y_train": rng.integers(0, 10, 30).astype(np.uint8),
+              "x_test": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
+              "y_test": rng.integers(0, 10, 12).astype(np.uint8)}
+    np.savez(cache / "mnist.npz", **arrays)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    monkeypatch.delenv("KERAS_MARGIN_DATA", raising=False)
+    x, y = datasets.load_split("mnist", "test")
+    np.testing.assert_array_equal(y, arrays["y_test"])
+    np.testing.assert_allclose(x[..., 0], arrays["x_test"] / 255.0, rtol=1e-6)
+    (x_tr, _), (x_val, _), _ = datasets.load("mnist", validation=5, data_dir=str(cache))
+    assert len(x_tr) == 25 and len(x_val) == 5
