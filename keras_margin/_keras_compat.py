@@ -12,6 +12,8 @@ tests/test_keras_compat.py fails if a private name used here moves.
   `MultiWorkerMirroredStrategy` (keras-team/keras#20585): it builds the model from a
   `strategy.reduce` of a `PerReplica` batch (`Trainer._symbolic_build`), and reduces scalar logs
   along an axis they lack.
+* `layers_computing_in(model, policy)`: every layer of a model (`Layer._flatten_layers`) under
+  another dtype policy for a block: the low-precision rival search.
 * TensorFlow: `without_retracing_warning` (the attacks' programs are traced once per model and
   configuration, which TF's retracing detector, keyed by the Python code, reports after a few
   models) and `is_symbolic_tensor` (`tf.__internal__.SymbolicTensor`).
@@ -19,7 +21,9 @@ tests/test_keras_compat.py fails if a private name used here moves.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -113,3 +117,19 @@ def replicas_in_sync() -> int:
     import tensorflow as tf
 
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+@contextlib.contextmanager
+def layers_computing_in(model: Any, policy: str) -> Iterator[None]:
+    """Every layer of `model` (nested ones too) computes under the dtype policy `policy`
+    (e.g. "mixed_bfloat16": bfloat16 arithmetic, float32 variables) inside the block; each
+    layer's own policy is restored after it."""
+    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    before = [layer.dtype_policy for layer in layers]
+    for layer in layers:
+        layer.dtype_policy = policy
+    try:
+        yield
+    finally:
+        for layer, old in zip(layers, before):
+            layer.dtype_policy = old

