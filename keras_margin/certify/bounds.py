@@ -1,0 +1,356 @@
+"""Sound bounds on a network's margins over an l_inf or l2 ball: interval, CROWN, Lipschitz.
+
+The specification is the margin of each rival, f_y(x') - f_j(x'), over every x' with
+||x' - x||_p <= eps (and, for l_inf, inside the input box). `margin_bounds` returns lower
+bounds of it per sample and rival; a sample is certified at eps when all are > 0.
+
+* Interval bound propagation ("ibp", Gowal et al. 2018): [l, u] layer by layer, the last layer
+  folded into the margins (elision).
+* CROWN (Zhang et al. 2018): the margins back-substituted as linear functions through every
+  layer to the input, each ReLU relaxed linearly between its pre-activation bounds (upper: the
+  chord; lower: slope 1 where u > -l, else 0), max pooling by the window's input with the
+  largest lower bound (below) and by it, or by the window's largest upper bound, above; the
+  result concretised exactly over the ball. "crown" computes every ReLU's and max pool's input
+  bounds by the same back-substitution (as auto_LiRPA's method="CROWN"), "crown-ibp" by
+  intervals (cheaper, looser). Each intermediate bound is the tighter of CROWN's and the
+  interval's, both sound.
+* "lipschitz": a global bound, the margin over the product of the layers' operator norms
+  (power iteration for l2), for every supported layer (overlapping max pooling included).
+
+Everything is `keras.ops` over batches; rows of a back-substitution are processed in chunks so
+that memory stays bounded whatever the layer widths.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from keras import ops
+
+from keras_margin.certify.network import Linear, MaxPool, ReLU
+
+METHODS = ("crown", "crown-ibp", "ibp", "lipschitz")
+NORMS = ("linf", "l2")
+ROW_BUDGET = 2 ** 24  # floats of one chunk of back-substitution rows
+
+
+class Region:
+    """The input set: ||x' - x0||_p <= eps per sample (eps: (B,)), for l_inf inside the box."""
+
+    def __init__(self, x0: Any, eps: Any, norm: str, box: tuple[float | None, float | None]):
+        self.x0, self.norm = x0, norm
+        self.eps = ops.reshape(ops.cast(eps, x0.dtype), (-1,))
+        if norm == "linf":
+            radius = _per_sample(self.eps, x0)
+            lo, hi = x0 - radius, x0 + radius
+            if box[0] is not None:
+                lo = ops.maximum(lo, box[0])
+            if box[1] is not None:
+                hi = ops.minimum(hi, box[1])
+            self.lower, self.upper = lo, hi
+        else:  # the l2 ball; its bounding box for intervals (the input box is not used)
+            radius = _per_sample(self.eps, x0)
+            self.lower, self.upper = x0 - radius, x0 + radius
+
+    def minimum(self, lam: Any) -> Any:
+        """min over the region of <lam_r, x'> for rows lam (B, m, *in_shape) -> (B, m)."""
+        axes = tuple(range(2, len(lam.shape)))
+        if self.norm == "linf":
+            lower, upper = self.lower[:, None], self.upper[:, None]
+            return ops.sum(ops.relu(lam) * lower + ops.minimum(lam, 0.0) * upper, axis=axes)
+        centre = ops.sum(lam * self.x0[:, None], axis=axes)
+        return centre - self.eps[:, None] * ops.sqrt(ops.sum(ops.square(lam), axis=axes))
+
+
+def _per_sample(values: Any, like: Any) -> Any:
+    return ops.reshape(values, (-1,) + (1,) * (len(like.shape) - 1))
+
+
+def _expand(bound: Any) -> Any:
+    """(B, *shape) -> (B, 1, *shape), to meet rows (B, m, *shape)."""
+    return ops.expand_dims(bound, 1)
+
+
+def _flat_rows(lam: Any) -> Any:
+    return ops.reshape(lam, (-1,) + tuple(lam.shape[2:]))
+
+
+def _rows(lam: Any, batch: int, m: int) -> Any:
+    return ops.reshape(lam, (batch, m) + tuple(lam.shape[1:]))
+
+
+# -- intervals -------------------------------------------------------------------------------
+def interval_step(op: Any, lower: Any, upper: Any) -> tuple[Any, Any]:
+    """The interval of one operation's output from its input's."""
+    if isinstance(op, Linear):
+        centre, radius = (lower + upper) / 2, (upper - lower) / 2
+        out = op(centre)
+        spread = op.apply_abs(radius)
+        return out - spread, out + spread
+    return op(lower), op(upper)  # ReLU and max pooling are monotone
+
+
+def _exact_first(op: Any, region: Region, prefix: list) -> tuple[Any, Any] | None:
+    """The exact bounds of the first weighted affine map (after reshapes only) over the ball:
+    centre +- eps ||row||_q; None where the prefix is not of that form."""
+    if not isinstance(op, Linear) or any(not (isinstance(p, Linear) and p.reshape)
+                                         for p in prefix):
+        return None
+    x = region.x0
+    for p in prefix:
+        x = p(x)
+    centre = op(x)
+    if region.norm == "linf":
+        if region.lower is None:
+            return None
+        lower, upper = region.lower, region.upper
+        for p in prefix:
+            lower, upper = p(lower), p(upper)
+        return interval_step(op, lower, upper)
+    if op.apply_square is None:
+        return None
+    ones = ops.ones((1,) + op.in_shape, x.dtype)
+    rows = ops.sqrt(op.apply_square(ones))
+    radius = _per_sample(region.eps, centre) * rows
+    return centre - radius, centre + radius
+
+
+# -- back-substitution (CROWN) ---------------------------------------------------------------
+def _relu_step(lam_lo: Any, lam_up: Any, lower: Any, upper: Any) -> tuple:
+    """Rows and bias terms after relaxing one ReLU with input bounds [lower, upper]."""
+    lower, upper = _expand(lower), _expand(upper)
+    unstable = ops.logical_and(lower < 0, upper > 0)
+    width = ops.where(unstable, upper - lower, ops.ones_like(upper))
+    up_slope = ops.where(upper <= 0, 0.0, ops.where(lower >= 0, 1.0, upper / width))
+    up_bias = ops.where(unstable, -lower * up_slope, 0.0)
+    low_slope = ops.where(lower >= 0, 1.0, ops.where(upper <= 0, 0.0,
+                                                     ops.cast(upper > -lower, lower.dtype)))
+    axes = tuple(range(2, len(lam_lo.shape)))
+    bias_lo = ops.sum(ops.minimum(lam_lo, 0.0) * up_bias, axis=axes)
+    bias_up = ops.sum(ops.relu(lam_up) * up_bias, axis=axes)
+    new_lo = ops.relu(lam_lo) * low_slope + ops.minimum(lam_lo, 0.0) * up_slope
+    new_up = ops.relu(lam_up) * up_slope + ops.minimum(lam_up, 0.0) * low_slope
+    return new_lo, new_up, bias_lo, bias_up
+
+
+def _upsample(values: Any, op: MaxPool) -> Any:
+    """A pooled map (B, m, Ho, Wo, C) spread back over its windows, (B, m, H, W, C)."""
+    (ph, pw), (height, width) = op.pool, op.in_shape[:2]
+    out = ops.repeat(ops.repeat(values, ph, axis=2), pw, axis=3)
+    pad_h, pad_w = height - out.shape[2], width - out.shape[3]
+    if pad_h or pad_w:
+        out = ops.pad(out, [(0, 0), (0, 0), (0, pad_h), (0, pad_w), (0, 0)])
+    return out
+
+
+def _maxpool_relaxation(op: MaxPool, lower: Any, upper: Any) -> tuple:
+    """(mask of each window's chosen input, window decided, the window's largest upper bound):
+    the chosen input has the largest lower bound; the window is decided when that lower bound
+    is at least every other input's upper bound (then max = the chosen input exactly)."""
+    if not op.non_overlapping:
+        raise ValueError(f"CROWN relaxes max pooling over non-overlapping windows only; layer "
+                         f"{op.name!r} has pool {op.pool} and strides {op.strides}. Use "
+                         "method='ibp' or 'lipschitz' for this model.")
+    pooled_low = op(lower)
+    pooled_up = op(upper)
+    spread_low = _upsample(_expand(pooled_low), op)[:, 0]
+    chosen = ops.cast(lower >= spread_low, lower.dtype)
+    # One input per window: keep the first of ties by a cumulative count within the window.
+    chosen = _first_in_window(chosen, op)
+    others_up = ops.where(chosen > 0, ops.full_like(upper, -np.inf), upper)
+    decided = pooled_low >= op(others_up)
+    return chosen, decided, pooled_up
+
+
+def _first_in_window(mask: Any, op: MaxPool) -> Any:
+    """Keeps, per window, only the first 1 of `mask` in row-major order."""
+    (ph, pw) = op.pool
+    height, width = (op.in_shape[0] // ph) * ph, (op.in_shape[1] // pw) * pw
+    core = mask[:, :height, :width]
+    b, c = ops.shape(core)[0], op.in_shape[2]
+    windows = ops.reshape(core, (b, height // ph, ph, width // pw, pw, c))
+    windows = ops.reshape(ops.transpose(windows, (0, 1, 3, 5, 2, 4)),
+                          (b, height // ph, width // pw, c, ph * pw))
+    first = ops.cast(ops.cumsum(windows, axis=-1) == 1, mask.dtype) * windows
+    first = ops.reshape(first, (b, height // ph, width // pw, c, ph, pw))
+    first = ops.reshape(ops.transpose(first, (0, 1, 4, 2, 5, 3)), (b, height, width, c))
+    pad_h, pad_w = op.in_shape[0] - height, op.in_shape[1] - width
+    if pad_h or pad_w:
+        first = ops.pad(first, [(0, 0), (0, pad_h), (0, pad_w), (0, 0)])
+    return first
+
+
+def _maxpool_step(op: MaxPool, lam_lo: Any, lam_up: Any, relaxation: tuple) -> tuple:
+    chosen, decided, pooled_up = relaxation
+    decided, pooled_up = _expand(decided), _expand(pooled_up)
+    axes = tuple(range(2, len(lam_lo.shape)))
+    neg_lo, pos_up = ops.minimum(lam_lo, 0.0), ops.relu(lam_up)
+    bias_lo = ops.sum(ops.where(decided, 0.0, neg_lo) * pooled_up, axis=axes)
+    bias_up = ops.sum(ops.where(decided, 0.0, pos_up) * pooled_up, axis=axes)
+    through_lo = ops.relu(lam_lo) + ops.where(decided, neg_lo, 0.0)
+    through_up = ops.minimum(lam_up, 0.0) + ops.where(decided, pos_up, 0.0)
+    mask = _expand(chosen)
+    return _upsample(through_lo, op) * mask, _upsample(through_up, op) * mask, bias_lo, bias_up
+
+
+def back_substitute(operations: list, bounds: list, relaxations: dict, rows: Any,
+                    region: Region, upper: bool = True) -> tuple[Any, Any | None]:
+    """Lower (and upper) bounds of rows · z over the region, z the output of the last of
+    `operations`; rows (B, m, *out_shape) -> (B, m)."""
+    batch, m = rows.shape[0], rows.shape[1]
+    lam_lo, lam_up = rows, rows if upper else None
+    bias_lo = ops.zeros((batch, m), rows.dtype)
+    bias_up = ops.zeros((batch, m), rows.dtype)
+    axes = tuple(range(2, len(rows.shape)))
+    for index in range(len(operations) - 1, -1, -1):
+        op = operations[index]
+        if isinstance(op, Linear):
+            b = op.bias()
+            if b is not None:
+                bias_lo = bias_lo + ops.sum(lam_lo * b[:, None], axis=axes)
+                if upper:
+                    bias_up = bias_up + ops.sum(lam_up * b[:, None], axis=axes)
+            lam_lo = _rows(op.transpose(_flat_rows(lam_lo)), batch, m)
+            if upper:
+                lam_up = _rows(op.transpose(_flat_rows(lam_up)), batch, m)
+        else:
+            lower, up_bound = bounds[index - 1] if index else (region.lower, region.upper)
+            if isinstance(op, ReLU):
+                step = _relu_step(lam_lo, lam_up if upper else lam_lo, lower, up_bound)
+            else:
+                step = _maxpool_step(op, lam_lo, lam_up if upper else lam_lo,
+                                     relaxations[index])
+            lam_lo, new_up, add_lo, add_up = step
+            bias_lo = bias_lo + add_lo
+            if upper:
+                lam_up, bias_up = new_up, bias_up + add_up
+        axes = tuple(range(2, len(lam_lo.shape)))
+    low = region.minimum(lam_lo) + bias_lo
+    if not upper:
+        return low, None
+    return low, -region.minimum(-lam_up) + bias_up
+
+
+def _largest(operations: list, region: Region) -> int:
+    sizes = [math.prod(region.x0.shape[1:])] + [math.prod(op.out_shape) for op in operations]
+    return max(sizes)
+
+
+def crown_layer_bounds(operations: list, index: int, bounds: list, relaxations: dict,
+                       region: Region) -> tuple[Any, Any]:
+    """The output bounds of operation `index` by back-substitution, its neurons in chunks."""
+    shape = operations[index].out_shape
+    size, batch = math.prod(shape), region.x0.shape[0]
+    chunk = max(1, ROW_BUDGET // max(1, batch * _largest(operations[:index + 1], region)))
+    eye = ops.eye(size, dtype=region.x0.dtype)
+    lows, ups = [], []
+    for start in range(0, size, chunk):
+        block = eye[start:start + chunk]
+        rows = ops.broadcast_to(ops.reshape(block, (1, block.shape[0]) + shape),
+                                (batch, block.shape[0]) + shape)
+        low, up = back_substitute(operations[:index + 1], bounds, relaxations, rows, region)
+        lows.append(low)
+        ups.append(up)
+    low = ops.reshape(ops.concatenate(lows, axis=1), (batch,) + shape)
+    up = ops.reshape(ops.concatenate(ups, axis=1), (batch,) + shape)
+    return low, up
+
+
+def layer_bounds(operations: list, region: Region, method: str) -> tuple[list, dict]:
+    """Every operation's output bounds and the max poolings' relaxations."""
+    bounds, relaxations = [], {}
+    lower, upper = region.lower, region.upper
+    for index, op in enumerate(operations):
+        exact = _exact_first(op, region, operations[:index])
+        if exact is not None:
+            lower, upper = exact
+        else:
+            lower, upper = interval_step(op, lower, upper)
+            feeds_nonlinear = index + 1 < len(operations) and \
+                not isinstance(operations[index + 1], Linear)
+            if method == "crown" and isinstance(op, Linear) and feeds_nonlinear:
+                crown_low, crown_up = crown_layer_bounds(operations, index, bounds,
+                                                         relaxations, region)
+                lower, upper = ops.maximum(lower, crown_low), ops.minimum(upper, crown_up)
+        if isinstance(op, MaxPool) and method != "ibp":
+            previous = bounds[index - 1] if index else (region.lower, region.upper)
+            relaxations[index] = _maxpool_relaxation(op, *previous)
+        bounds.append((lower, upper))
+    return bounds, relaxations
+
+
+def margin_rows(labels: Any, k: int, dtype: str) -> Any:
+    """(B, k, k): row j is e_y - e_j (row y is zero)."""
+    label_hot = ops.one_hot(labels, k, dtype=dtype)
+    return label_hot[:, None, :] - ops.eye(k, dtype=dtype)[None]
+
+
+def margin_bounds(operations: list, x0: Any, labels: Any, eps: Any, norm: str, method: str,
+                  box: tuple[float | None, float | None]) -> Any:
+    """Lower bounds of f_y - f_j over the region, (B, k); +inf at j = y."""
+    region = Region(x0, eps, norm, box)
+    k = operations[-1].out_shape[-1]
+    rows = margin_rows(labels, k, x0.dtype)
+    if method == "lipschitz":
+        low = lipschitz_margins(operations, x0, rows, region)
+    else:
+        bounds, relaxations = layer_bounds(operations, region, method)
+        if method == "ibp":  # elision: the margins through the last layer, intervals below
+            last = len(operations) - 1
+            below = _interval_region(*bounds[last - 1]) if last else region
+            low = back_substitute(operations[last:], [], {}, rows, below, upper=False)[0]
+        else:
+            low = back_substitute(operations, bounds, relaxations, rows, region,
+                                  upper=False)[0]
+    own = ops.one_hot(labels, k) > 0
+    return ops.where(own, np.inf, low)
+
+
+def _interval_region(lower: Any, upper: Any) -> Region:
+    region = Region.__new__(Region)
+    region.x0, region.norm, region.eps = (lower + upper) / 2, "linf", None
+    region.lower, region.upper = lower, upper
+    return region
+
+
+# -- Lipschitz -------------------------------------------------------------------------------
+def operator_norm(op: Any, norm: str, iterations: int = 30) -> float:
+    """||W||_{p -> p} of one operation (ReLU: 1; max pooling: 1, or sqrt of the windows an
+    input lies in for l2; l_inf: the largest absolute row sum; l2: power iteration)."""
+    if isinstance(op, ReLU):
+        return 1.0
+    if isinstance(op, MaxPool):
+        overlap = math.ceil(op.pool[0] / op.strides[0]) * math.ceil(op.pool[1] / op.strides[1])
+        return 1.0 if norm == "linf" else math.sqrt(overlap)
+    if norm == "linf":
+        ones = ops.ones((1,) + op.in_shape)
+        return float(ops.convert_to_numpy(ops.max(op.apply_abs(ones))))
+    v = ops.convert_to_tensor(np.random.default_rng(0).normal(size=(1,) + op.in_shape),
+                              "float32")
+    value = 0.0
+    for _ in range(iterations):
+        v = v / ops.sqrt(ops.sum(ops.square(v)))
+        w = op.transpose(op.apply(v))
+        value = float(ops.convert_to_numpy(ops.sqrt(ops.sum(ops.square(op.apply(v))))))
+        v = w
+    return value * 1.0001  # power iteration approaches from below: a margin for its rounding
+
+
+def lipschitz_margins(operations: list, x0: Any, rows: Any, region: Region) -> Any:
+    """margin_j(x) - eps * L_j with L_j = ||c_j^T W_last||_dual * prod of the other norms."""
+    k = operations[-1].out_shape[-1]
+    z = x0
+    for op in operations:
+        z = op(z)
+    centre = ops.sum(rows * z[:, None], axis=-1)
+    product = 1.0
+    for op in operations[:-1]:
+        product *= operator_norm(op, region.norm)
+    last = operations[-1]
+    flat = ops.reshape(rows, (-1, k))
+    through = ops.reshape(last.transpose(flat), (rows.shape[0], k, -1))
+    dual = ops.sum(ops.abs(through), axis=-1) if region.norm == "linf" else \
+        ops.sqrt(ops.sum(ops.square(through), axis=-1))
+    return centre - region.eps[:, None] * dual * product

@@ -1,0 +1,241 @@
+"""A Keras model as the chain of operations that bound propagation works on.
+
+Every supported layer becomes affine maps (`Linear`: z -> W z + b, with W given as operators:
+`apply`, `apply_abs` (|W| z), `apply_square` (W∘W z) and `transpose` (W^T lam)) and the two
+nonlinearities `ReLU` and `MaxPool`: Dense and Conv2D (with a relu or linear activation),
+ReLU (layer or activation), Flatten, Reshape, AveragePooling2D, GlobalAveragePooling2D,
+MaxPooling2D, BatchNormalization (inference), Dropout (inference: the identity), Rescaling
+and the linear activation. Any other layer is refused with its name. Written in `keras.ops`;
+the transposes of convolutions and poolings are their vector-Jacobian products
+(`keras_margin.backend.vjp`), so every backend runs them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from keras_margin import backend
+
+SUPPORTED = ("Dense", "Conv2D", "ReLU", "Activation (relu, linear)", "Flatten", "Reshape",
+             "AveragePooling2D", "GlobalAveragePooling2D", "MaxPooling2D",
+             "BatchNormalization", "Dropout", "Rescaling", "InputLayer")
+
+
+class Linear:
+    """z -> W z + b on a batch (shapes without the batch axis: `in_shape`, `out_shape`)."""
+
+    def __init__(self, name: str, apply: Callable, in_shape: tuple, out_shape: tuple,
+                 bias: Callable[[], Any] | None = None, apply_abs: Callable | None = None,
+                 apply_square: Callable | None = None,
+                 transpose: Callable | None = None, reshape: bool = False) -> None:
+        self.name, self.in_shape, self.out_shape = name, tuple(in_shape), tuple(out_shape)
+        self.reshape = reshape  # a pure reshape (Flatten, Reshape): W is a permutation
+        self.apply = apply
+        self.apply_abs = apply_abs or apply  # maps with nonnegative weights: W = |W|
+        self.apply_square = apply_square
+        self._bias, self._transpose = bias, transpose
+
+    def bias(self):
+        """b broadcast to (1, *out_shape), or None."""
+        return None if self._bias is None else self._bias()
+
+    def __call__(self, z):
+        out = self.apply(z)
+        b = self.bias()
+        return out if b is None else out + b
+
+    def transpose(self, lam):
+        """W^T lam for a batch of rows lam (N, *out_shape) -> (N, *in_shape)."""
+        if self._transpose is not None:
+            return self._transpose(lam)
+        zeros = ops.zeros((lam.shape[0],) + self.in_shape, lam.dtype)
+        return backend.vjp(self.apply, zeros)[1](lam)
+
+
+class ReLU:
+    """max(z, 0), elementwise."""
+
+    name = "relu"
+
+    def __init__(self, shape: tuple) -> None:
+        self.in_shape = self.out_shape = tuple(shape)
+
+    def __call__(self, z):
+        return ops.relu(z)
+
+
+class MaxPool:
+    """2-D max pooling over non-overlapping or overlapping windows (channels last)."""
+
+    def __init__(self, name: str, pool: tuple, strides: tuple, padding: str, in_shape: tuple,
+                 out_shape: tuple) -> None:
+        self.name, self.pool, self.strides, self.padding = name, pool, strides, padding
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+
+    @property
+    def non_overlapping(self) -> bool:
+        return self.pool == self.strides and self.padding == "valid"
+
+    def __call__(self, z):
+        return ops.max_pool(z, self.pool, self.strides, self.padding)
+
+
+def _refuse(layer: Any, why: str = "") -> ValueError:
+    return ValueError(
+        f"certify cannot bound layer {layer.name!r} ({type(layer).__name__}{why}). Supported: "
+        f"{', '.join(SUPPORTED)}; a chain of them, channels last.")
+
+
+def _activation(layer: Any, shape: tuple) -> list:
+    name = getattr(getattr(layer, "activation", None), "__name__", "linear")
+    if name == "relu":
+        return [ReLU(shape)]
+    if name == "linear":
+        return []
+    raise _refuse(layer, f", activation {name!r}")
+
+
+def _dense(layer: Any, in_shape: tuple) -> list:
+    if len(in_shape) != 1:
+        raise _refuse(layer, f" on inputs of shape {in_shape}: flatten them first")
+    out = (layer.units,)
+    bias = (lambda: ops.reshape(layer.bias, (1,) + out)) if layer.use_bias else None
+    linear = Linear(layer.name, lambda z: ops.matmul(z, layer.kernel), in_shape, out, bias,
+                    apply_abs=lambda z: ops.matmul(z, ops.abs(layer.kernel)),
+                    apply_square=lambda z: ops.matmul(z, ops.square(layer.kernel)),
+                    transpose=lambda lam: ops.matmul(lam, ops.transpose(layer.kernel)))
+    return [linear] + _activation(layer, out)
+
+
+def _conv(layer: Any, in_shape: tuple) -> list:
+    if layer.data_format != "channels_last" or layer.groups != 1:
+        raise _refuse(layer, ": channels_first or grouped convolution")
+
+    def conv(kernel):
+        return lambda z: ops.conv(z, kernel(), layer.strides, layer.padding,
+                                  dilation_rate=layer.dilation_rate)
+
+    out = tuple(layer.compute_output_shape((None,) + in_shape)[1:])
+    bias = (lambda: ops.reshape(layer.bias, (1, 1, 1, -1))) if layer.use_bias else None
+    linear = Linear(layer.name, conv(lambda: layer.kernel), in_shape, out, bias,
+                    apply_abs=conv(lambda: ops.abs(layer.kernel)),
+                    apply_square=conv(lambda: ops.square(layer.kernel)))
+    return [linear] + _activation(layer, out)
+
+
+def _batch_norm(layer: Any, in_shape: tuple) -> list:
+    axis = layer.axis if layer.axis >= 0 else len(in_shape) + 1 + layer.axis
+    shape = [1] * (len(in_shape) + 1)
+    shape[axis] = in_shape[axis - 1]
+
+    def scale():
+        gamma = layer.gamma if layer.scale else 1.0
+        return ops.reshape(gamma / ops.sqrt(layer.moving_variance + layer.epsilon), shape)
+
+    def shift():
+        beta = layer.beta if layer.center else 0.0
+        return ops.reshape(beta, shape) - ops.reshape(layer.moving_mean, shape) * scale()
+
+    return [Linear(layer.name, lambda z: z * scale(), in_shape, in_shape, shift,
+                   apply_abs=lambda z: z * ops.abs(scale()),
+                   apply_square=lambda z: z * ops.square(scale()),
+                   transpose=lambda lam: lam * scale())]
+
+
+def _reshape(name: str, in_shape: tuple, out_shape: tuple) -> Linear:
+    return Linear(name, lambda z: ops.reshape(z, (-1,) + out_shape), in_shape, out_shape,
+                  apply_square=lambda z: ops.reshape(z, (-1,) + out_shape),
+                  transpose=lambda lam: ops.reshape(lam, (-1,) + in_shape), reshape=True)
+
+
+def _pooling(layer: Any, in_shape: tuple) -> list:
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        raise _refuse(layer, ": channels_first")
+    out = tuple(layer.compute_output_shape((None,) + in_shape)[1:])
+    if isinstance(layer, layers.MaxPooling2D):
+        return [MaxPool(layer.name, tuple(layer.pool_size), tuple(layer.strides),
+                        layer.padding, in_shape, out)]
+    if isinstance(layer, layers.GlobalAveragePooling2D):
+        size = in_shape[0] * in_shape[1]
+        return [Linear(layer.name, lambda z: ops.mean(z, axis=(1, 2)), in_shape, out,
+                       apply_square=lambda z: ops.sum(z, axis=(1, 2)) / size ** 2)]
+    if layer.padding != "valid":
+        raise _refuse(layer, ": padding 'same' averages over fewer pixels at the edges")
+    size = math.prod(layer.pool_size)
+    return [Linear(layer.name, lambda z: ops.average_pool(z, layer.pool_size, layer.strides,
+                                                          "valid"), in_shape, out,
+                   apply_square=lambda z: ops.average_pool(z, layer.pool_size, layer.strides,
+                                                           "valid") / size)]
+
+
+def _rescaling(layer: Any, in_shape: tuple) -> list:
+    scale, offset = float(np.mean(layer.scale)), float(np.mean(layer.offset))
+    if np.ndim(layer.scale) or np.ndim(layer.offset):
+        raise _refuse(layer, ": per-channel scale")
+    return [Linear(layer.name, lambda z: z * scale, in_shape, in_shape,
+                   (lambda: ops.full((1,) + in_shape, offset)) if offset else None,
+                   apply_abs=lambda z: z * abs(scale),
+                   apply_square=lambda z: z * scale ** 2,
+                   transpose=lambda lam: lam * scale)]
+
+
+def _ops_of(layer: Any, in_shape: tuple) -> list:
+    """The operations one layer contributes; nested models are followed."""
+    if isinstance(layer, keras.Model):
+        return chain(layer, in_shape)
+    if isinstance(layer, (layers.InputLayer, layers.Dropout)):
+        return []
+    if isinstance(layer, layers.Dense):
+        return _dense(layer, in_shape)
+    if isinstance(layer, layers.Conv2D) and not isinstance(layer, layers.Conv2DTranspose):
+        return _conv(layer, in_shape)
+    if isinstance(layer, (layers.MaxPooling2D, layers.AveragePooling2D,
+                          layers.GlobalAveragePooling2D)):
+        return _pooling(layer, in_shape)
+    if isinstance(layer, layers.BatchNormalization):
+        return _batch_norm(layer, in_shape)
+    if isinstance(layer, (layers.Flatten, layers.Reshape)):
+        return [_reshape(layer.name, in_shape,
+                         tuple(layer.compute_output_shape((None,) + in_shape)[1:]))]
+    if isinstance(layer, layers.Rescaling):
+        return _rescaling(layer, in_shape)
+    if isinstance(layer, layers.ReLU):
+        if layer.max_value is not None or layer.negative_slope or layer.threshold:
+            raise _refuse(layer, ": only the plain max(x, 0)")
+        return [ReLU(in_shape)]
+    if isinstance(layer, layers.Activation):
+        return _activation(layer, in_shape)
+    raise _refuse(layer)
+
+
+def chain(model: keras.Model, in_shape: tuple | None = None) -> list:
+    """The model's operations in order; refuses an unsupported layer by its name."""
+    if in_shape is None:
+        in_shape = tuple(model.input_shape[1:])
+    operations = []
+    shape = tuple(in_shape)
+    for layer in model.layers:
+        for op in _ops_of(layer, shape):
+            operations.append(op)
+            shape = op.out_shape
+    return operations
+
+
+def check_chain(model: keras.Model, operations: list, x: np.ndarray) -> None:
+    """The chain must compute the model (a functional model with branches does not)."""
+    z = ops.convert_to_tensor(x[:8])
+    for op in operations:
+        z = op(z)
+    expected = ops.convert_to_numpy(model(ops.convert_to_tensor(x[:8]), training=False))
+    got = ops.convert_to_numpy(z)
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+        raise ValueError("certify follows a model's layers in order, one after the other; this "
+                         "model computes something else from them (branches, or a layer that "
+                         "is not called in list order). Use a Sequential chain of the "
+                         f"supported layers ({', '.join(SUPPORTED)}).")

@@ -1,0 +1,227 @@
+"""Certified radii against independent truths: closed forms, an exact MILP, every attack."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, linear_model
+
+from keras_margin import attacks, certify
+
+METHODS = ("crown", "crown-ibp", "ibp", "lipschitz")
+
+
+def _linear_problem(k=4, d=6, n=20, seed=0):
+    rng = np.random.default_rng(seed)
+    w, b = rng.normal(size=(k, d)), rng.normal(size=k)
+    x = rng.normal(size=(n, d)).astype("float32")
+    return w, b, x, (x @ w.T + b).argmax(axis=1)
+
+
+@pytest.mark.parametrize("norm,dual", [("linf", 1), ("l2", 2)])
+@pytest.mark.parametrize("method", METHODS)
+def test_on_a_linear_model_the_radius_is_the_exact_distance(norm, dual, method):
+    """f linear: the distance to class j's boundary is (f_y - f_j) / ||w_y - w_j||_dual."""
+    w, b, x, y = _linear_problem()
+    f = x @ w.T + b
+    gaps = f[np.arange(len(y)), y][:, None] - f
+    lengths = np.linalg.norm(w[y][:, None, :] - w[None], ord=dual, axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exact = np.where(np.arange(len(w))[None] == y[:, None], np.inf, gaps / lengths).min(1)
+    radius = certify.certified_radius(linear_model(w, b), x, y, norm=norm, method=method)
+    np.testing.assert_allclose(radius, exact, rtol=1e-5)
+
+
+def _tiny_relu(seed=1):
+    keras.utils.set_random_seed(seed)
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
+                            keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
+    x = np.random.default_rng(seed).normal(size=(12, 4)).astype("float32")
+    return net, x, np.argmax(keras.ops.convert_to_numpy(net(x)), axis=1)
+
+
+def exact_linf_radius(net, x0, label, bound):
+    """The smallest l_inf distance to another class, exactly, by a mixed-integer program per
+    rival class (big-M ReLUs with interval bounds over the box of radius `bound`, an upper
+    bound from an attack); scipy's HiGHS."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    weights = [(np.asarray(layer.kernel, np.float64), np.asarray(layer.bias, np.float64))
+               for layer in net.layers]
+    best = np.inf
+    for rival in range(weights[-1][0].shape[1]):
+        if rival != label:
+            best = min(best, _milp_to(weights, x0.astype(np.float64), label, rival, bound,
+                                      Bounds, LinearConstraint, milp))
+    return best
+
+
+def _milp_to(weights, x0, label, rival, bound, Bounds, LinearConstraint, milp):
+    """min t s.t. |x - x0| <= t <= bound, ReLU network, f_rival(x) >= f_label(x)."""
+    d = len(x0)
+    names = {"t": 0}
+    sizes = [w.shape[1] for w, _ in weights[:-1]]
+    count = 1 + d
+    lows, highs = [0.0] + list(x0 - bound), [bound] + list(x0 + bound)
+    integrality = [0] * count
+    rows, lo, hi = [], [], []
+
+    def row(entries, low, high):
+        vector = np.zeros(count_total)
+        for index, value in entries:
+            vector[index] += value
+        rows.append(vector)
+        lo.append(low)
+        hi.append(high)
+
+    layout, interval = [], (x0 - bound, x0 + bound)
+    for size, (w, b) in zip(sizes, weights):
+        centre, radius = (interval[0] + interval[1]) / 2 @ w + b, \
+            (interval[1] - interval[0]) / 2 @ np.abs(w)
+        z_lo, z_hi = centre - radius, centre + radius
+        start = count
+        layout.append((start, size, z_lo, z_hi))
+        count += 3 * size  # pre-activation, post-activation, binary
+        lows += list(z_lo) + [0.0] * size + [0.0] * size
+        highs += list(z_hi) + list(np.maximum(z_hi, 0)) + [1.0] * size
+        integrality += [0] * (2 * size) + [1] * size
+        interval = (np.maximum(z_lo, 0), np.maximum(z_hi, 0))
+    count_total = count
+    names["x"] = 1
+    for i in range(d):  # |x_i - x0_i| <= t
+        row([(1 + i, 1.0), (0, -1.0)], -np.inf, x0[i])
+        row([(1 + i, -1.0), (0, -1.0)], -np.inf, -x0[i])
+    previous = list(range(1, 1 + d))
+    for (start, size, z_lo, z_hi), (w, b) in zip(layout, weights):
+        for j in range(size):
+            z, a, s = start + j, start + size + j, start + 2 * size + j
+            row([(z, 1.0)] + [(p, -w[i, j]) for i, p in enumerate(previous)], b[j], b[j])
+            row([(a, 1.0), (z, -1.0)], 0.0, np.inf)                      # a >= z
+            row([(a, 1.0), (z, -1.0), (s, -z_lo[j])], -np.inf, -z_lo[j])  # a <= z - l(1 - s)
+            row([(a, 1.0), (s, -max(z_hi[j], 0.0))], -np.inf, 0.0)      # a <= u s
+        previous = list(range(start + size, start + 2 * size))
+    w, b = weights[-1]
+    row([(p, w[i, rival] - w[i, label]) for i, p in enumerate(previous)],
+        b[label] - b[rival], np.inf)
+    cost = np.zeros(count_total)
+    cost[0] = 1.0
+    result = milp(cost, constraints=LinearConstraint(np.array(rows), lo, hi),
+                  integrality=np.array(integrality), bounds=Bounds(lows, highs))
+    return result.fun if result.status == 0 else np.inf
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="float64 reference: the other backends suffice")
+def test_on_a_tiny_relu_network_certified_is_below_the_exact_radius_below_attacks():
+    pytest.importorskip("scipy")
+    net, x, y = _tiny_relu()
+    attacked = attacks.fmn(net, x, y, norm="linf", steps=200).distances("linf")
+    deep = attacks.deepfool(net, x, y, norm="linf", step_clip=None).distances("linf")
+    radii = {m: certify.certified_radius(net, x, y, norm="linf", method=m) for m in METHODS}
+    for i in range(len(x)):
+        bound = min(attacked[i], deep[i]) * 1.001
+        exact = exact_linf_radius(net, x[i], y[i], bound)
+        assert radii["crown"][i] <= exact * (1 + 1e-4) + 1e-6, (i, radii["crown"][i], exact)
+        assert exact <= bound
+        assert radii["crown"][i] >= radii["ibp"][i] * (1 - 1e-4)
+        assert radii["crown"][i] >= radii["crown-ibp"][i] * (1 - 1e-4)
+        assert radii["ibp"][i] >= radii["lipschitz"][i] * (1 - 1e-4) or radii["ibp"][i] == 0
+
+
+def test_no_attack_finds_an_adversarial_inside_the_certified_radius():
+    """A small trained MLP (784-64-64-10 on digits of the embedded sample), 60 test points,
+    l_inf and l2: FMN, DDN, APGD (restarts) and random sampling never get under the radius."""
+    from keras_margin import datasets
+
+    (x, y), _, (x_test, y_test) = datasets.load("mnist", validation=0)
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                            keras.layers.Dense(64, activation="relu"),
+                            keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
+    net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(x[:3000], y[:3000], epochs=2, batch_size=100, verbose=0)
+    x, y = x_test[:60], y_test[:60]
+    for norm in ("linf", "l2"):
+        radius = certify.certified_radius(net, x, y, norm=norm, clip_min=0.0, clip_max=1.0)
+        found = np.minimum(attacks.fmn(net, x, y, norm=norm, clip_min=0.0, clip_max=1.0)
+                           .distances(norm),
+                           attacks.apgd(net, x, y, eps=0.5 if norm == "linf" else 5.0,
+                                        norm=norm, restarts=3, clip_min=0.0,
+                                        clip_max=1.0).distances(norm))
+        if norm == "l2":
+            found = np.minimum(found, attacks.ddn(net, x, y, clip_min=0.0, clip_max=1.0)
+                               .distances("l2"))
+        assert (radius <= found * (1 + 1e-5) + 1e-7).all(), (norm, (radius - found).max())
+        assert (radius > 0).mean() > 0.5  # the bound says something
+        inside = _random_inside(net, x, y, radius, norm)
+        assert not inside.any(), norm
+
+
+def _random_inside(net, x, y, radius, norm, draws=200):
+    """Random points inside each certified ball (on its surface, in the box for l_inf): any
+    misclassified one would disprove the certificate."""
+    rng = np.random.default_rng(0)
+    bad = np.zeros(len(x), bool)
+    for _ in range(draws // 20):
+        for_all = []
+        for _ in range(20):
+            if norm == "linf":
+                delta = np.sign(rng.normal(size=x.shape)) * radius.reshape(-1, 1, 1, 1)
+                point = np.clip(x + delta, 0, 1)
+            else:
+                delta = rng.normal(size=x.shape)
+                delta /= np.linalg.norm(delta.reshape(len(x), -1), axis=1).reshape(-1, 1, 1, 1)
+                point = x + delta * radius.reshape(-1, 1, 1, 1)
+            for_all.append(point.astype("float32"))
+        for point in for_all:
+            predicted = np.argmax(keras.ops.convert_to_numpy(net(point)), axis=1)
+            bad |= (predicted != y) & (radius > 0)
+    return bad
+
+
+def test_convolution_pooling_and_batch_norm_are_bounded_soundly():
+    """A small LeNet-like net with every supported layer kind; CROWN >= IBP >= 0 and no
+    attack inside the radius."""
+    keras.utils.set_random_seed(2)
+    net = keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.MaxPooling2D(2), keras.layers.BatchNormalization(),
+        keras.layers.Conv2D(4, 2, padding="same"), keras.layers.ReLU(),
+        keras.layers.AveragePooling2D(1), keras.layers.Dropout(0.3), keras.layers.Flatten(),
+        keras.layers.Dense(8), keras.layers.Activation("relu"), keras.layers.Dense(3)])
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, size=(16, 8, 8, 1)).astype("float32")
+    net.layers[2].set_weights([rng.uniform(0.5, 2, 4), rng.normal(size=4),
+                               rng.normal(size=4), rng.uniform(0.5, 2, 4)])
+    y = np.argmax(keras.ops.convert_to_numpy(net(x)), axis=1)
+    crown = certify.certified_radius(net, x, y, norm="linf", clip_min=0.0, clip_max=1.0)
+    ibp = certify.certified_radius(net, x, y, norm="linf", method="ibp", clip_min=0.0,
+                                   clip_max=1.0)
+    found = attacks.fmn(net, x, y, norm="linf", steps=200, clip_min=0.0,
+                        clip_max=1.0).distances("linf")
+    assert (crown >= ibp * (1 - 1e-4)).all() and (crown > 0).all()
+    assert (crown <= found * (1 + 1e-5)).all()
+    assert not _random_inside(net, x, y, crown, "linf").any()
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="tanh")]),
+     "'tanh'"),
+    (lambda: keras.Sequential([keras.Input((4,)), keras.layers.LayerNormalization(),
+                               keras.layers.Dense(3)]), "LayerNormalization"),
+])
+def test_unsupported_layers_are_refused_by_name(make, match):
+    x = np.zeros((2, 4), "float32")
+    with pytest.raises(ValueError, match=match):
+        certify.certify(make(), x, [0, 1], eps=0.1)
+
+
+def test_certify_checks_its_arguments():
+    w, b, x, y = _linear_problem()
+    model = linear_model(w, b)
+    for kwargs, match in (({"eps": -0.1}, "eps"), ({"eps": 0.1, "norm": "l1"}, "norm"),
+                          ({"eps": 0.1, "method": "exact"}, "method"),
+                          ({"eps": [0.1, 0.2]}, "eps"), ({"eps": float("nan")}, "eps")):
+        with pytest.raises(ValueError, match=match):
+            certify.certify(model, x, y, **kwargs)
+    with pytest.raises(ValueError, match="NaN"):
+        certify.certify(model, x * np.nan, y, eps=0.1)
+    assert certify.certify(model, x, y, eps=0.0).all()
