@@ -115,6 +115,10 @@ class EvaluationPlan:
             targeting are the ensemble's.
         clip_min, clip_max: optional input box for every attack; x must lie in it.
         samples: evaluate the first `samples` points only (None: all).
+        certify: a bound method of `keras_margin.certify` ("crown", "crown-ibp", "ibp",
+            "lipschitz") to prove lower bounds under the attacks' upper ones: the certified
+            l2 radius per point (rho_certified), and the l_inf one where l_inf budgets are
+            given, with certified accuracy at every budget; None (default) proves nothing.
     """
 
     deepfool: DeepFool = dataclasses.field(default_factory=DeepFool)
@@ -126,6 +130,7 @@ class EvaluationPlan:
     clip_min: float | None = None
     clip_max: float | None = None
     samples: int | None = None
+    certify: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.deepfool, DeepFool):
@@ -149,6 +154,10 @@ class EvaluationPlan:
         object.__setattr__(self, "clip_max", box[1])
         if self.samples is not None:
             object.__setattr__(self, "samples", check_integer("samples", self.samples))
+        if self.certify is not None:
+            from keras_margin.certify import METHODS
+
+            check_choice("certify", self.certify, METHODS)
 
     @classmethod
     def resolve(cls, plan: EvaluationPlan | None, settings: dict[str, Any]) -> EvaluationPlan:
@@ -181,7 +190,7 @@ class EvaluationPlan:
                 "attacks": [a.to_dict() for a in self.attacks],
                 "linf_eps": list(self.linf_eps), "l2_eps": list(self.l2_eps),
                 "apgd": self.apgd.to_dict(), "clip_min": self.clip_min,
-                "clip_max": self.clip_max, "samples": self.samples}
+                "clip_max": self.clip_max, "samples": self.samples, "certify": self.certify}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvaluationPlan:
@@ -258,6 +267,8 @@ def run_plan(model: Callable, inputs: base.Inputs, plan: EvaluationPlan, lanes: 
                 model, subset, correct, norm, budgets, plan, found, fgsm_wrong, lanes, verbose)
     report.deepfool_to_minimum_ratio = deepfool_to_minimum_ratio(found, plan.norms)
     flags = check_fgsm_blind(fgsm_blind, correct) + sanity_checks(report, inputs, plan, found)
+    if plan.certify is not None:
+        flags += certified_measures(report, model, inputs, correct, subset, found, plan)
     for flag, message in flags:
         report.flags.append(flag)
         warnings.warn(f"evaluate_robustness [{flag}]: {message}", UserWarning, stacklevel=3)
@@ -359,6 +370,61 @@ def deepfool_to_minimum_ratio(found: dict[str, base.AttackResult],
     return float(np.median(base.lp_norms(deep.perturbation, "l2")[both] / best[both]))
 
 
+def _smallest_found(found: dict[str, base.AttackResult], norm: str, n: int) -> np.ndarray:
+    """Per correct point, the smallest verified adversarial's distance in `norm` (inf if
+    none), whatever norm the attack that found it minimised."""
+    smallest = np.full(n, np.inf)
+    for result in found.values():
+        smallest = np.minimum(smallest, result.distances(norm))
+    return smallest
+
+
+def certified_measures(report: RobustnessReport, model: Callable, inputs: base.Inputs,
+                       correct: np.ndarray, subset: base.Inputs,
+                       found: dict[str, base.AttackResult],
+                       plan: EvaluationPlan) -> list[tuple[str, str]]:
+    """Certified radii (l2 always, l_inf where l_inf budgets are asked), rho_certified,
+    certified accuracy at the plan's budgets, and how close the bound comes to the attacks.
+    The bisection starts from the smallest attack distance, an upper bound of the radius;
+    a radius above a verified adversarial (an unsound bound) is flagged."""
+    from keras_margin.certify import certified_radius
+
+    report.certify_method = plan.certify
+    norms = ["l2"] + (["linf"] if plan.linf_eps else [])
+    flags = []
+    for norm in norms:
+        radius = np.zeros(len(inputs.x))
+        upper = _smallest_found(found, norm, len(subset.x))
+        if len(subset.x):
+            attacked = upper
+            fallback = base.lp_norms(subset.x, norm) + 1.0
+            upper = np.where(np.isfinite(upper), upper * 1.001 + 1e-6, fallback)
+            radius[correct] = certified_radius(
+                model, subset.x, subset.labels, norm=norm, method=plan.certify,
+                clip_min=plan.clip_min, clip_max=plan.clip_max, upper=upper)
+            above = radius[correct] > attacked * (1 + 1e-4) + 1e-7
+            if above.any():
+                flags.append((f"certificate_above_attack_{norm}",
+                              f"{above.sum()} certified {norm} radii exceed an adversarial "
+                              "an attack verified: the bound is unsound here; please "
+                              "report it."))
+        report.certified_radius[norm] = radius
+        budgets = plan.budgets.get(norm, ())
+        if budgets:
+            report.certified_accuracy[norm] = {eps: float((radius >= eps).mean())
+                                               for eps in budgets}
+    scale = base.lp_norms(inputs.x, "l2")
+    relative = np.divide(report.certified_radius["l2"], scale,
+                         out=np.zeros(len(scale)), where=scale > 0)
+    report.rho_certified = float(relative[correct].mean()) if correct.any() else math.nan
+    attacked = _smallest_found(found, "l2", len(subset.x))
+    both = np.isfinite(attacked) & (attacked > 0)
+    if both.any():
+        report.certified_to_minimum_ratio = float(np.median(
+            report.certified_radius["l2"][correct][both] / attacked[both]))
+    return flags
+
+
 # -- the sanity checks: each returns (flag, message) pairs -------------------------------------
 def sanity_checks(report: RobustnessReport, inputs: base.Inputs, plan: EvaluationPlan,
                   found: dict[str, base.AttackResult]) -> list[tuple[str, str]]:
@@ -366,6 +432,7 @@ def sanity_checks(report: RobustnessReport, inputs: base.Inputs, plan: Evaluatio
     return (check_zero_gradients(found) + check_attack_failures(found)
             + check_gradient_masking(report) + check_fgsm_unreliable(report, plan)
             + check_monotone(report) + check_large_budgets(report, inputs))
+
 
 
 def _fooled_by_any(found: dict[str, base.AttackResult]) -> np.ndarray:

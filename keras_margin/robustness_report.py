@@ -55,6 +55,14 @@ class RobustnessReport:
             within eps (APGD-CE + APGD-T, and the minimum-norm attacks and FGSM that fit).
         deepfool_to_minimum_ratio: median over points of DeepFool's l2 distance / the other
             l2 attacks' smallest.
+        certify_method: the bound that proved `certified_radius` ("crown", ...), or None.
+        certified_radius: {norm: per point, the largest perturbation (absolute, in that
+            norm) proven not to change the prediction; 0 where misclassified}.
+        rho_certified: eq. (20)'s mean of certified l2 radius / ||x||_2 over the correctly
+            classified points: the proven counterpart of rho_adv and rho_min.
+        certified_accuracy: {norm: {eps: share of all points proven robust at eps}}.
+        certified_to_minimum_ratio: median over the correct points of the certified l2 radius
+            over the smallest l2 attack distance (1: the bound meets the attacks).
         flags: names of the failed sanity checks (each was also warned about).
     """
 
@@ -72,6 +80,11 @@ class RobustnessReport:
     distances_min: np.ndarray | None = None
     robust_accuracy: dict[str, dict[float, float]] = dataclasses.field(default_factory=dict)
     deepfool_to_minimum_ratio: float | None = None
+    certify_method: str | None = None
+    certified_radius: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    rho_certified: float | None = None
+    certified_accuracy: dict[str, dict[float, float]] = dataclasses.field(default_factory=dict)
+    certified_to_minimum_ratio: float | None = None
     flags: list[str] = dataclasses.field(default_factory=list)
 
     # -- the flat form: JSON, run folders, report["key"] ------------------------------------
@@ -91,6 +104,16 @@ class RobustnessReport:
             out.update({budget_key(norm, eps): value for eps, value in budgets.items()})
         if self.deepfool_to_minimum_ratio is not None:
             out["deepfool_to_minimum_ratio"] = self.deepfool_to_minimum_ratio
+        if self.certify_method is not None:
+            out["certify_method"] = self.certify_method
+            out.update({f"certified_radius_{norm}": radius
+                        for norm, radius in self.certified_radius.items()})
+            out["rho_certified"] = self.rho_certified
+            for norm, budgets in self.certified_accuracy.items():
+                out.update({f"certified_accuracy_{norm}_{eps:g}": value
+                            for eps, value in budgets.items()})
+            if self.certified_to_minimum_ratio is not None:
+                out["certified_to_minimum_ratio"] = self.certified_to_minimum_ratio
         out["flags"] = list(self.flags)
         return out
 
@@ -106,9 +129,12 @@ class RobustnessReport:
     def from_dict(cls, data: dict[str, Any]) -> RobustnessReport:
         """The report of a flat dict (`to_dict`, or a run folder's JSON; arrays may be
         missing there, and are then empty)."""
-        attacks, robust = {}, {}
+        attacks, robust, certified = {}, {}, {}
         for key in data:
-            if key.startswith("robust_accuracy_"):
+            if key.startswith("certified_accuracy_"):
+                norm, eps = key[len("certified_accuracy_"):].split("_", 1)
+                certified.setdefault(norm, {})[float(eps)] = data[key]
+            elif key.startswith("robust_accuracy_"):
                 norm, eps = key[len("robust_accuracy_"):].split("_", 1)
                 robust.setdefault(norm, {})[float(eps)] = data[key]
             elif key.endswith("_success_rate") and key != "deepfool_success_rate":
@@ -125,6 +151,12 @@ class RobustnessReport:
                    else np.asarray(data.get("distances_min", np.zeros(0))),
                    robust_accuracy=robust,
                    deepfool_to_minimum_ratio=data.get("deepfool_to_minimum_ratio"),
+                   certify_method=data.get("certify_method"),
+                   certified_radius={norm: np.asarray(data[f"certified_radius_{norm}"])
+                                     for norm in ("l2", "linf")
+                                     if f"certified_radius_{norm}" in data},
+                   rho_certified=data.get("rho_certified"), certified_accuracy=certified,
+                   certified_to_minimum_ratio=data.get("certified_to_minimum_ratio"),
                    flags=list(data.get("flags", [])))
 
     def __getitem__(self, key: str) -> Any:
@@ -158,6 +190,12 @@ class RobustnessReport:
         for norm, budgets in self.robust_accuracy.items():
             for eps, value in budgets.items():
                 rows.append((f"robust accuracy, {norm} eps {eps:g}", _percent(value)))
+        if self.certify_method is not None:
+            rows.append((f"rho_certified ({self.certify_method}, proven)",
+                         _number(self.rho_certified)))
+            for norm, budgets in self.certified_accuracy.items():
+                for eps, value in budgets.items():
+                    rows.append((f"certified accuracy, {norm} eps {eps:g}", _percent(value)))
         rows.append(("flags", ", ".join(self.flags) or "none"))
         width = max(len(label) for label, _ in rows)
         lines = [f"{label:<{width}}  {value}" for label, value in rows]

@@ -225,3 +225,28 @@ def test_certify_checks_its_arguments():
     with pytest.raises(ValueError, match="NaN"):
         certify.certify(model, x * np.nan, y, eps=0.1)
     assert certify.certify(model, x, y, eps=0.0).all()
+
+
+def test_evaluate_robustness_proves_what_it_can_under_the_attacks():
+    """On a linear model the minimum-norm attacks find the exact distance and CROWN proves
+    it: rho_certified equals rho_min, certified accuracy equals robust accuracy."""
+    from keras_margin import evaluate_robustness
+
+    w, b, x, y = _linear_problem(n=30)
+    model = linear_model(w, b)
+    report = evaluate_robustness(model, x, y, attacks=["fmn", "fmn_linf", "ddn"],
+                                 linf_eps=[0.05, 0.2], certify="crown", step_clip=None)
+    f = x @ w.T + b
+    gaps = f[np.arange(len(y)), y][:, None] - f
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exact = np.where(np.arange(len(w))[None] == y[:, None], np.inf,
+                         gaps / np.linalg.norm(w[y][:, None, :] - w[None], axis=2)).min(1)
+    np.testing.assert_allclose(report.certified_radius["l2"], exact, rtol=1e-4)
+    assert report.rho_certified == pytest.approx(report.rho_min, rel=1e-3)
+    for eps, value in report.certified_accuracy["linf"].items():
+        assert value == pytest.approx(report.robust_accuracy["linf"][eps])
+    assert report.certified_to_minimum_ratio == pytest.approx(1.0, abs=2e-3)
+    assert not [f for f in report.flags if f.startswith("certificate_above")]
+    again = type(report).from_dict(report.to_dict())
+    assert again.certified_accuracy == report.certified_accuracy
+    assert "rho_certified" in str(report)
