@@ -11,8 +11,9 @@ bounds of it per sample and rival; a sample is certified at eps when all are > 0
   chord; lower: slope 1 where u > -l, else 0), max pooling by the window's input with the
   largest lower bound (below) and by it, or by the window's largest upper bound, above; the
   result concretised exactly over the ball. "crown" computes every ReLU's and max pool's input
-  bounds by the same back-substitution (as auto_LiRPA's method="CROWN"), "crown-ibp" by
-  intervals (cheaper, looser). Each intermediate bound is the tighter of CROWN's and the
+  bounds by the same back-substitution (as auto_LiRPA's method="CROWN") where the layer has at
+  most `CROWN_NEURONS` neurons (all of an MLP's; a first layer's bounds are exact anyway),
+  intervals for wider ones; "crown-ibp" intervals for all (cheaper, looser). Each intermediate bound is the tighter of CROWN's and the
   interval's, both sound.
 * "lipschitz": a global bound, the margin over the product of the layers' operator norms
   (power iteration for l2), for every supported layer (overlapping max pooling included).
@@ -34,6 +35,10 @@ from keras_margin.certify.network import Linear, MaxPool, ReLU
 METHODS = ("crown", "crown-ibp", "ibp", "lipschitz")
 NORMS = ("linf", "l2")
 ROW_BUDGET = 2 ** 24  # floats of one chunk of back-substitution rows
+# "crown" back-substitutes the bounds of layers of at most this many neurons; wider ones
+# (LeNet-5's convolutions: 4,096 and more) take intervals: the cost of back-substitution grows
+# with neurons x the widths below them.
+CROWN_NEURONS = 2048
 
 
 class Region:
@@ -270,7 +275,8 @@ def layer_bounds(operations: list, region: Region, method: str) -> tuple[list, d
             lower, upper = interval_step(op, lower, upper)
             feeds_nonlinear = index + 1 < len(operations) and \
                 not isinstance(operations[index + 1], Linear)
-            if method == "crown" and isinstance(op, Linear) and feeds_nonlinear:
+            if method == "crown" and isinstance(op, Linear) and feeds_nonlinear and \
+                    math.prod(op.out_shape) <= CROWN_NEURONS:
                 crown_low, crown_up = crown_layer_bounds(operations, index, bounds,
                                                          relaxations, region)
                 lower, upper = ops.maximum(lower, crown_low), ops.minimum(upper, crown_up)
