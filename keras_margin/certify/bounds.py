@@ -13,8 +13,8 @@ bounds of it per sample and rival; a sample is certified at eps when all are > 0
   result concretised exactly over the ball. "crown" computes every ReLU's and max pool's input
   bounds by the same back-substitution (as auto_LiRPA's method="CROWN") where the layer has at
   most `CROWN_NEURONS` neurons (all of an MLP's; a first layer's bounds are exact anyway),
-  intervals for wider ones; "crown-ibp" intervals for all (cheaper, looser). Each intermediate bound is the tighter of CROWN's and the
-  interval's, both sound.
+  intervals for wider ones; "crown-ibp" intervals for all (cheaper, looser). Each
+  intermediate bound is the tighter of CROWN's and the interval's, both sound.
 * "lipschitz": a global bound, the margin over the product of the layers' operator norms
   (power iteration for l2), for every supported layer (overlapping max pooling included).
 

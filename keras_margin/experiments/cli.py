@@ -99,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--box", default=None,
                     help="MIN,MAX: evaluate inside this input box instead of the run's own")
     ev.add_argument("--tag", default="", help="suffix of the result file, e.g. boxed")
+    ev.add_argument("--certify", default=None,
+                    choices=["crown", "crown-ibp", "ibp", "lipschitz"],
+                    help="also prove lower bounds: certified radii (l2, and l_inf with "
+                         "--linf-eps) and certified accuracy at the budgets")
     ev.add_argument("--data-dir", default=None, help="folder with the original data files")
     ev.add_argument("--batch-size", type=positive_int, default=500,
                     help="samples attacked side by side (default 500)")
@@ -153,7 +157,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     box = _numbers(args.box, "--box") if args.box else None
     settings = reevaluate.StrongerEvaluation(
         n=args.n, attacks=names, linf_eps=_numbers(args.linf_eps, "--linf-eps"),
-        l2_eps=_numbers(args.l2_eps, "--l2-eps"), steps=args.steps, box=box, tag=args.tag)
+        l2_eps=_numbers(args.l2_eps, "--l2-eps"), steps=args.steps, box=box, tag=args.tag,
+        certify=args.certify)
     folders = reevaluate.finished_runs(args.runs)
     if not folders:
         raise FileNotFoundError(f"No finished runs (metrics.json, model.keras) under "

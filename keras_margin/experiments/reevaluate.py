@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from keras_margin import training  # noqa: F401 - registers the trainers for loading
-from keras_margin._validation import check_box_pair, check_integer
+from keras_margin._validation import check_box_pair, check_choice, check_integer
 from keras_margin.attacks import APGD
 from keras_margin.evaluation import (
     EvaluationPlan,
@@ -52,6 +52,7 @@ class StrongerEvaluation:
     steps: int = 100
     box: tuple[float, float] | None = None
     tag: str = ""
+    certify: str | None = None
 
     def __post_init__(self) -> None:
         check_integer("n", self.n)
@@ -65,6 +66,10 @@ class StrongerEvaluation:
                              "'-' or '_' (it names a file beside the run's metrics).")
         for name in self.attacks:
             resolve_attack(name)
+        if self.certify is not None:
+            from keras_margin.certify import METHODS
+
+            check_choice("--certify", self.certify, METHODS)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -84,7 +89,8 @@ class StrongerEvaluation:
                    for name in self.attacks]
         return dataclasses.replace(row.plan(samples=self.n), attacks=tuple(attacks),
                                    linf_eps=self.linf_eps, l2_eps=self.l2_eps,
-                                   apgd=APGD(steps=self.steps), clip_min=lo, clip_max=hi)
+                                   apgd=APGD(steps=self.steps), clip_min=lo, clip_max=hi,
+                                   certify=self.certify)
 
 
 def _has_adversarial_classes(folder: str) -> bool:
