@@ -108,6 +108,10 @@ class RobustnessReport:
             out["certify_method"] = self.certify_method
             out.update({f"certified_radius_{norm}": radius
                         for norm, radius in self.certified_radius.items()})
+            correct = self.distances > 0
+            out.update({f"certified_radius_{norm}_median":
+                        float(np.median(radius[correct])) if correct.any() else math.nan
+                        for norm, radius in self.certified_radius.items()})
             out["rho_certified"] = self.rho_certified
             for norm, budgets in self.certified_accuracy.items():
                 out.update({f"certified_accuracy_{norm}_{eps:g}": value

@@ -250,3 +250,22 @@ def test_evaluate_robustness_proves_what_it_can_under_the_attacks():
     again = type(report).from_dict(report.to_dict())
     assert again.certified_accuracy == report.certified_accuracy
     assert "rho_certified" in str(report)
+
+
+def test_the_command_certifies_finished_runs_and_the_report_shows_it(tiny_mnist, tmp_path):
+    import dataclasses
+
+    from keras_margin.experiments import cli, get_row, report, runner
+
+    row = dataclasses.replace(get_row("mlp-l2"), name="tiny-l2", hidden=(16,), epochs=1,
+                              validation=40, batch_size=50,
+                              deepfool={"max_iter": 5, "step_clip": 0.5, "overshoot": 0.02})
+    out = str(tmp_path / "runs")
+    runner.run(row, 0, out, data_dir=tiny_mnist, verbose=0)
+    assert cli.main(["evaluate", out, "--data-dir", tiny_mnist, "--n", "20", "--steps", "10",
+                     "--attacks", "fmn,ddn", "--linf-eps", "0.01,0.03", "--l2-eps", "0.1,0.3",
+                     "--certify", "crown", "--tag", "certified"]) == 0
+    text = report.write(out)
+    assert "Certified robustness" in text and "certified acc. linf 0.03" in text
+    line = [ln for ln in text.splitlines() if ln.startswith("| MLP our l2 |")][-1]
+    assert "rho_certified" not in line and line.count("%") == 4

@@ -22,6 +22,12 @@ PROTOCOL_NOTES = {
 }
 
 
+# The evaluations of finished runs the report reads, by kind: the stronger attacks, the [0, 1]
+# box, and the certified bounds (`keras-margin evaluate ... --tag boxed / certified`).
+EVALUATIONS = (("strong", "robustness.json"), ("boxed", "robustness-boxed.json"),
+               ("certified", "robustness-certified.json"))
+
+
 def collect(runs_dir: str) -> list[dict[str, Any]]:
     """Every finished run's metrics.json under `runs_dir` (unfinished runs have none), with the
     configuration it ran (config.json beside it) under "config", its precision under
@@ -33,9 +39,7 @@ def collect(runs_dir: str) -> list[dict[str, Any]]:
         config_path = os.path.join(folder, "config.json")
         config = read_json(config_path) if os.path.exists(config_path) else {}
         extra = {key: read_json(os.path.join(folder, name))
-                 for key, name in (("strong", "robustness.json"),
-                                   ("boxed", "robustness-boxed.json"))
-                 if os.path.exists(os.path.join(folder, name))}
+                 for key, name in EVALUATIONS if os.path.exists(os.path.join(folder, name))}
         metrics = read_json(path)
         runs.append({**metrics, "path": folder, "config": config, **extra,
                      "dtype_policy": config.get("dtype_policy", "float32"),
@@ -179,7 +183,7 @@ def _evaluations(members: list[dict[str, Any]]) -> dict[str, Any]:
     """Seed means of the stronger evaluation ("strong_*") and the boxed one ("boxed_*"), where
     every seed has one; the union of the flags."""
     out: dict[str, Any] = {}
-    for kind in ("strong", "boxed"):
+    for kind, _ in EVALUATIONS:
         results = [m[kind] for m in members if kind in m]
         if len(results) != len(members):
             continue
@@ -189,6 +193,8 @@ def _evaluations(members: list[dict[str, Any]]) -> dict[str, Any]:
             values = [r.get(key, math.nan) for r in results]
             out[f"{kind}_{key}"] = float(np.mean(values))
         out[f"{kind}_flags"] = sorted({f for r in results for f in r.get("flags", [])})
+        if results[0].get("certify_method"):
+            out[f"{kind}_bound"] = results[0]["certify_method"]
         out[f"{kind}_budgets"] = results[0].get("settings", {}).get("linf_eps", [])
     return out
 
@@ -331,7 +337,7 @@ def markdown(lines: list[dict[str, Any]]) -> str:
                 f"{_paper(p.get('rho_adv'), 3, p.get('rho_adv_std'))} | {ratio} | "
                 f"{paper_ratio} |")
         out.append("")
-        out += _strong_table(members) + _boxed_table(members)
+        out += _strong_table(members) + _boxed_table(members) + _certified_table(members)
     return "\n".join(out)
 
 
@@ -379,6 +385,37 @@ def _boxed_table(members: list[dict[str, Any]]) -> list[str]:
     return out + [""]
 
 
+CERTIFIED_BUDGETS = (("l2", 0.1), ("l2", 0.3), ("linf", 0.01), ("linf", 0.03))
+
+
+def _certified_table(members: list[dict[str, Any]]) -> list[str]:
+    """Proven against attacked robustness, where `keras-margin evaluate --certify` ran."""
+    rows = [m for m in members if "certified_rho_certified" in m]
+    if not rows:
+        return []
+    method = rows[0].get("certified_bound", "")
+    out = [f"Certified robustness (`keras-margin evaluate --certify`, the first "
+           f"{int(rows[0]['certified_n'])} test points): each point's certified l2 radius is a "
+           f"proven lower bound on its smallest adversarial perturbation ({method}), beside the "
+           "attacks' upper bounds; rho_certified is eq. 20's measure of it. Certified "
+           "accuracy: share of the points proven robust at the budget.\n",
+           "| row | rho_adv (DeepFool) | rho_min (attacks) | rho_certified (proven) | "
+           "median certified l2 radius | certified / smallest attack (median) | "
+           + " | ".join(f"certified acc. {n} {e:g}" for n, e in CERTIFIED_BUDGETS) + " |",
+           "|---|---|---|---|---|---|" + "---|" * len(CERTIFIED_BUDGETS)]
+    for m in rows:
+        accuracy = " | ".join(
+            f"{100 * m.get(f'certified_certified_accuracy_{n}_{e:g}', math.nan):.1f} %"
+            for n, e in CERTIFIED_BUDGETS)
+        out.append(f"| {m['label']} | {m['certified_rho_adv']:.3f} | "
+                   f"{m.get('certified_rho_min', math.nan):.3f} | "
+                   f"{m['certified_rho_certified']:.3f} | "
+                   f"{m.get('certified_certified_radius_l2_median', math.nan):.3f} | "
+                   f"{m.get('certified_certified_to_minimum_ratio', math.nan):.2f} | "
+                   f"{accuracy} |")
+    return out + [""]
+
+
 CSV_FIELDS = ["table", "row", "label", "architecture", "dataset", "quick", "protocol", "data",
               "dtype_policy", "epochs", "seeds", "seed_list", "error", "error_std",
               "fgsm_error", "fgsm_error_std", "rho_adv", "rho_adv_std", "rho_ratio",
@@ -390,7 +427,8 @@ CSV_FIELDS = ["table", "row", "label", "architecture", "dataset", "quick", "prot
 def csv_rows(lines: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     """The CSV's header and rows: every summary field, the paper's, the stronger ones."""
     extra = sorted({k for line in lines for k in line
-                    if k.startswith(("strong_", "boxed_")) and not k.endswith(("_flags",
+                    if k.startswith(("strong_", "boxed_", "certified_")) and
+                    not k.endswith(("_flags",
                                                                                "_budgets"))})
     fields = CSV_FIELDS + extra + ["strong_flags"]
     rows = []
