@@ -416,6 +416,7 @@ def certified_measures(report: RobustnessReport, model: Callable, inputs: base.I
     scale = base.lp_norms(inputs.x, "l2")
     relative = np.divide(report.certified_radius["l2"], scale,
                          out=np.zeros(len(scale)), where=scale > 0)
+    report.certified_distances = relative
     report.rho_certified = float(relative[correct].mean()) if correct.any() else math.nan
     attacked = _smallest_found(found, "l2", len(subset.x))
     both = np.isfinite(attacked) & (attacked > 0)

@@ -58,6 +58,8 @@ class RobustnessReport:
         certify_method: the bound that proved `certified_radius` ("crown", ...), or None.
         certified_radius: {norm: per point, the largest perturbation (absolute, in that
             norm) proven not to change the prediction; 0 where misclassified}.
+        certified_distances: per point the certified l2 radius / ||x||_2 (eq. 20's summand,
+            beside `distances` and `distances_min`).
         rho_certified: eq. (20)'s mean of certified l2 radius / ||x||_2 over the correctly
             classified points: the proven counterpart of rho_adv and rho_min.
         certified_accuracy: {norm: {eps: share of all points proven robust at eps}}.
@@ -82,6 +84,7 @@ class RobustnessReport:
     deepfool_to_minimum_ratio: float | None = None
     certify_method: str | None = None
     certified_radius: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    certified_distances: np.ndarray | None = None
     rho_certified: float | None = None
     certified_accuracy: dict[str, dict[float, float]] = dataclasses.field(default_factory=dict)
     certified_to_minimum_ratio: float | None = None
@@ -113,6 +116,8 @@ class RobustnessReport:
                         float(np.median(radius[correct])) if correct.any() else math.nan
                         for norm, radius in self.certified_radius.items()})
             out["rho_certified"] = self.rho_certified
+            if self.certified_distances is not None:
+                out["certified_distances"] = self.certified_distances
             for norm, budgets in self.certified_accuracy.items():
                 out.update({f"certified_accuracy_{norm}_{eps:g}": value
                             for eps, value in budgets.items()})
@@ -159,6 +164,8 @@ class RobustnessReport:
                    certified_radius={norm: np.asarray(data[f"certified_radius_{norm}"])
                                      for norm in ("l2", "linf")
                                      if f"certified_radius_{norm}" in data},
+                   certified_distances=None if "certified_distances" not in data
+                   else np.asarray(data["certified_distances"]),
                    rho_certified=data.get("rho_certified"), certified_accuracy=certified,
                    certified_to_minimum_ratio=data.get("certified_to_minimum_ratio"),
                    flags=list(data.get("flags", [])))

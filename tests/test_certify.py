@@ -1,5 +1,7 @@
 """Certified radii against independent truths: closed forms, an exact MILP, every attack."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -269,3 +271,8 @@ def test_the_command_certifies_finished_runs_and_the_report_shows_it(tiny_mnist,
     assert "Certified robustness" in text and "certified acc. linf 0.03" in text
     line = [ln for ln in text.splitlines() if ln.startswith("| MLP our l2 |")][-1]
     assert "rho_certified" not in line and line.count("%") == 4
+    pytest.importorskip("matplotlib")
+    from keras_margin.experiments import figures
+
+    written = figures.write(out, str(tmp_path / "figures"))
+    assert any(os.path.basename(p).startswith("sandwich_") for p in written)

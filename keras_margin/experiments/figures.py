@@ -221,6 +221,40 @@ def robust_accuracy_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
     return written
 
 
+def sandwich(runs: list[dict[str, Any]], out: str) -> list[str]:
+    """Per point, proven below, attacked above: the certified l2 radius <= the smallest
+    adversarial any attack found <= DeepFool's (all / ||x||_2, eq. 20's measure), points sorted
+    by the smallest adversarial; one panel per method evaluated with --certify."""
+    plt = _pyplot()
+    written = []
+    for key, methods in _panels(runs).items():
+        shown = {}
+        for label, members in methods.items():
+            for path in _existing(members[:1], "points-strong-certified.npz"):
+                shown[label] = np.load(path)
+        if not shown:
+            continue
+        fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), sharey=True,
+                                 squeeze=False)
+        for ax, (label, data) in zip(axes[0], shown.items()):
+            correct = data["distances"] > 0
+            deep, smallest = data["distances"][correct], data["distances_min"]
+            proven = data["certified_distances"][correct]
+            order = np.argsort(smallest)
+            ax.plot(deep[order], ",", color="tab:gray", label="DeepFool")
+            ax.plot(smallest[order], color="tab:blue", label="smallest attack")
+            ax.plot(proven[order], color="tab:green", label="certified (proven)")
+            ax.set_title(_wrap(label, 40), fontsize=8)
+            ax.set_xlabel("points, by smallest attack")
+        axes[0, 0].set_ylabel("||r|| / ||x||, l2")
+        axes[0, 0].legend(fontsize=7)
+        fig.suptitle(_title(key, "certified <= smallest attack <= DeepFool, per point"),
+                     fontsize=9)
+        fig.tight_layout()
+        written.append(_save(fig, os.path.join(out, _name("sandwich", key, "l2"))))
+    return written
+
+
 def read_history(path: str) -> list[dict[str, str]]:
     """A run's history.csv, refused with the file named where it is cut or garbled (a row
     with missing cells, or an epoch that is not the next integer)."""
@@ -293,4 +327,5 @@ def write(runs_dir: str, out: str) -> list[str]:
     os.makedirs(out, exist_ok=True)
     return (error_and_robustness_over_c(runs, out) + robustness_densities(runs, out)
             + adversarial_grids(runs, out) + robust_accuracy_curves(runs, out)
+            + sandwich(runs, out)
             + training_curves(runs + in_progress(runs_dir), out))
