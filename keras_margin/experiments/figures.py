@@ -241,7 +241,7 @@ def sandwich(runs: list[dict[str, Any]], out: str) -> list[str]:
             deep, smallest = data["distances"][correct], data["distances_min"]
             proven = data["certified_distances"][correct]
             order = np.argsort(smallest)
-            ax.plot(deep[order], ",", color="tab:gray", label="DeepFool")
+            ax.plot(deep[order], ".", markersize=2, color="tab:gray", label="DeepFool")
             ax.plot(smallest[order], color="tab:blue", label="smallest attack")
             ax.plot(proven[order], color="tab:green", label="certified (proven)")
             ax.set_title(_wrap(label, 40), fontsize=8)
