@@ -31,6 +31,10 @@ def test_on_a_linear_model_the_radius_is_the_exact_distance(norm, dual, method):
         exact = np.where(np.arange(len(w))[None] == y[:, None], np.inf, gaps / lengths).min(1)
     radius = certify.certified_radius(linear_model(w, b), x, y, norm=norm, method=method)
     np.testing.assert_allclose(radius, exact, rtol=1e-5)
+    # Batches of 7 on 20 points: the last one is partial and must not change a radius.
+    batched = certify.certified_radius(linear_model(w, b), x, y, norm=norm, method=method,
+                                       batch_size=7)
+    np.testing.assert_allclose(batched, exact, rtol=1e-5)
 
 
 def _tiny_relu(seed=1):

@@ -56,12 +56,13 @@ class _Certifier:
     def lower_margins(self, eps: np.ndarray) -> np.ndarray:
         """Lower bounds of f_y - f_j (n, k) at per-point budgets `eps` (n,)."""
         x, labels = self.inputs.x, self.inputs.labels
+        size = min(self.batch_size, len(x))
         out = []
-        for start in range(0, len(x), self.batch_size):
-            part = slice(start, start + self.batch_size)
+        for start in range(0, len(x), size):
+            part = np.arange(start, start + size) % len(x)  # one shape: the last batch wraps
             out.append(ops.convert_to_numpy(self.program(
                 ops.convert_to_tensor(x[part]), ops.convert_to_tensor(labels[part]),
-                ops.convert_to_tensor(eps[part].astype(x.dtype)))))
+                ops.convert_to_tensor(eps[part].astype(x.dtype))))[:len(x) - start])
         return np.concatenate(out)
 
     def certified(self, eps: np.ndarray) -> np.ndarray:
