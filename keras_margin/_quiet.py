@@ -3,16 +3,17 @@
 Importing TensorFlow on a CPU machine prints, from C++ and before its log level applies, lines
 no user can act on: absl's "All log messages before absl::InitializeLog()", "Could not find
 cuda drivers", "failed call to cuInit: ... (303)", the CPU-instructions and oneDNN banners.
-`import_tensorflow()` imports it (and lets it look for devices, which is when cuInit fails)
-with the process's stderr captured at the file-descriptor level, then writes back every
-captured line that is not one of those (`NOISE`): a real error still shows. It does nothing
+Keras imports TensorFlow on every backend where it is installed (`keras.utils.set_random_seed`,
+its tf.data adapters), so on JAX and PyTorch too `import_tensorflow()` imports it first (and lets it look for
+devices, which is when cuInit fails) with the process's stderr captured at the file-descriptor
+level, then writes back every captured line that is not one of those (`NOISE`): a real error still shows. It does nothing
 where TensorFlow is already imported, is not installed, or stderr cannot be captured.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import importlib.util
 import os
 import re
 import sys
@@ -30,18 +31,6 @@ NOISE = re.compile("|".join([
     r"computation_placer\.cc.*already registered",
     r"TF-TRT Warning: Could not find TensorRT",
 ]))
-
-
-def keras_backend() -> str:
-    """The Keras backend that `import keras` will pick (KERAS_BACKEND, else keras.json)."""
-    if os.environ.get("KERAS_BACKEND"):
-        return os.environ["KERAS_BACKEND"]
-    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    try:
-        with open(os.path.join(home, "keras.json")) as f:
-            return json.load(f).get("backend", "tensorflow")
-    except (OSError, ValueError, AttributeError):
-        return "tensorflow"
 
 
 @contextlib.contextmanager
@@ -71,7 +60,7 @@ def filtered_stderr() -> Iterator[None]:
 
 def import_tensorflow() -> None:
     """Imports TensorFlow with its start-up noise filtered out (see the module docstring)."""
-    if "tensorflow" in sys.modules or keras_backend() != "tensorflow":
+    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's own info and warning lines
     with filtered_stderr():
