@@ -33,6 +33,8 @@ NORMS = ("linf", "l2")
 LOSSES = ("ce", "dlr")
 # Loss kinds of a lane: untargeted CE, untargeted DLR, targeted DLR, targeted CE.
 CE, DLR, DLR_TARGETED, CE_TARGETED = 0, 1, 2, 3
+# Steps per compiled round: a lane whose sample is fooled waits at most this many for its next.
+ROUND_STEPS = 10
 
 
 @base.register
@@ -110,7 +112,7 @@ def run_schedule(model: Callable, inputs: base.Inputs, attacks: Sequence[APGD],
     runner = base.lane_runner(
         model, ("apgd", first.norm, first.steps, first.rho, inputs.clip_min, inputs.clip_max,
                 dtype, inputs.num_classes),
-        lambda: _Kernel(model, first, inputs, dtype), round_steps=min(first.steps, 10),
+        lambda: _Kernel(model, first, inputs, dtype), round_steps=min(first.steps, ROUND_STEPS),
         jit_compile=jit_compile)
     schedule = _Schedule(inputs, attacks, [float(b) for b in budgets],
                          np.argsort(-_clean_logits(model, inputs.x, lanes), axis=1))
