@@ -337,7 +337,9 @@ def main() -> None:
         print(json.dumps(task[args._child]()))
         return
     if args.memory:
-        print("| model | batch | step | peak MB |\n|---|---|---|---|")
+        print(f"<!-- python benchmarks/step_cost.py --memory --models {args.models} (TensorFlow's "
+              "BFC allocator on the CPU, each step kind in a fresh process) -->\n\n"
+              "| model | batch | step | peak MB |\n|---|---|---|---|")
         result = {"memory": memory(args.models.split(","), [100, 1000])}
     else:
         result = run(args)
