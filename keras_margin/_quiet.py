@@ -4,10 +4,11 @@ Importing TensorFlow on a CPU machine prints, from C++ and before its log level 
 no user can act on: absl's "All log messages before absl::InitializeLog()", "Could not find
 cuda drivers", "failed call to cuInit: ... (303)", the CPU-instructions and oneDNN banners.
 Keras imports TensorFlow on every backend where it is installed (`keras.utils.set_random_seed`,
-its tf.data adapters), so on JAX and PyTorch too `import_tensorflow()` imports it first (and lets it look for
-devices, which is when cuInit fails) with the process's stderr captured at the file-descriptor
-level, then writes back every captured line that is not one of those (`NOISE`): a real error still shows. It does nothing
-where TensorFlow is already imported, is not installed, or stderr cannot be captured.
+its tf.data adapters), so on JAX and PyTorch too `import_tensorflow()` imports it first (and
+lets it look for devices, which is when cuInit fails) with the process's stderr captured at the
+file-descriptor level, then writes back every captured line that is not one of those
+(`NOISE`): a real error still shows. It does nothing where TensorFlow is already imported, is
+not installed, or stderr cannot be captured.
 """
 
 from __future__ import annotations

@@ -241,3 +241,16 @@ def test_configs_of_older_runs_are_the_same_runs():
                 "clean_weight")
         assert run_identity(old) == run_identity(new)
         assert Row.from_dict(old["row"]) == row
+
+
+def test_runs_say_when_the_backend_or_precision_is_the_slow_choice_on_a_cpu():
+    """Measured in docs/results/benchmarks/step_cost.md: JAX's CPU convolutions, and
+    bfloat16 on a CPU without bfloat16 arithmetic."""
+    advice = runner.speed_advice
+    assert advice("mlp", "float32", "jax", False, False) == []
+    assert "KERAS_BACKEND=tensorflow" in advice("lenet5", "float32", "jax", False, False)[0]
+    assert advice("lenet5", "float32", "tensorflow", False, False) == []
+    assert "no bfloat16" in advice("mlp", "mixed_bfloat16", "tensorflow", False, False)[0]
+    assert advice("mlp", "mixed_bfloat16", "tensorflow", False, True) == []
+    assert advice("lenet5", "mixed_bfloat16", "jax", True, False) == []  # on a GPU
+    assert isinstance(runner.has_accelerator(), bool)

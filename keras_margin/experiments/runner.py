@@ -245,6 +245,11 @@ def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = 
             return read_json(metrics_path)
         model, start = _model_at_start(row, folder, seed, len(data.x_train), build)
         _record_environment(folder, start)
+        info = machine()
+        for note in speed_advice(row.architecture, dtype_policy, keras.backend.backend(),
+                                 has_accelerator(), info.get("avx512_bf16") or
+                                 info.get("amx_bf16")):
+            log.warning("[%s seed %d] %s", row.name, seed, note)
         if not _train(row, model, data, folder, seed, start, quick, verbose, stop_after):
             return None
         return _finish(row, model, data, folder, config)
@@ -292,6 +297,42 @@ def machine() -> dict[str, Any]:
 
         info["devices"] = sorted({d.device_kind for d in jax.devices()})
     return info
+
+
+def has_accelerator() -> bool:
+    """Whether the backend computes on a GPU (or another accelerator) rather than the CPU."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return False
+
+
+def speed_advice(architecture: str, dtype_policy: str, backend: str, accelerator: bool,
+                 cpu_bfloat16: bool) -> list[str]:
+    """Why a run is about to be slower than it needs to be on this machine, as measured in
+    docs/results/benchmarks/step_cost.md (empty when nothing is known)."""
+    if accelerator:
+        return []
+    notes = []
+    if backend == "jax" and architecture in ("lenet5", "nin"):
+        notes.append("JAX runs convolutions on a CPU about 3x slower than TensorFlow (a LeNet-5 "
+                     "margin step: 665 ms against 221 ms on 2 cores): for convolutional "
+                     "networks on a CPU, set KERAS_BACKEND=tensorflow")
+    if dtype_policy != "float32" and not cpu_bfloat16:
+        notes.append("this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX), so "
+                     f"{dtype_policy} is no faster than float32 here (LeNet-5 on TensorFlow: "
+                     "several times slower); it pays on chips that have it")
+    return notes
 
 
 def environment() -> dict[str, Any]:
