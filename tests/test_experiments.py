@@ -254,3 +254,27 @@ def test_runs_say_when_the_backend_or_precision_is_the_slow_choice_on_a_cpu():
     assert advice("mlp", "mixed_bfloat16", "tensorflow", False, True) == []
     assert advice("lenet5", "mixed_bfloat16", "jax", True, False) == []  # on a GPU
     assert isinstance(runner.has_accelerator(), bool)
+
+
+def test_the_report_says_what_each_row_cost_and_where_it_ran(tmp_path):
+    from keras_margin.experiments import report
+
+    folders = []
+    for seed, seconds in ((0, (10.0, 30.0, 20.0)), (1, (40.0, 50.0, 60.0))):
+        folder = tmp_path / f"seed-{seed}"
+        folder.mkdir()
+        rows = ["epoch,epoch_seconds,epoch_cpu_seconds"] + [
+            f"{i},{s},{2 * s}" for i, s in enumerate(seconds)]
+        (folder / "history.csv").write_text("\n".join(rows) + "\n")
+        (folder / "environment.json").write_text(json.dumps({"sessions": [
+            {"backend": "tensorflow", "machine": {"cpu": "X", "cores": 2}},
+            {"backend": "jax", "machine": {"cpu": "X", "cores": 2}}]}))
+        folders.append({"label": "row", **report._cost(str(folder))})
+    summary = report._cost_summary(folders)
+    assert summary["epoch_seconds_median"] == 35.0  # pooled over both seeds' epochs
+    assert summary["epoch_cpu_seconds_median"] == 70.0
+    assert summary["train_minutes"] == pytest.approx((60 + 150) / 2 / 60)
+    assert summary["backends"] == ["jax", "tensorflow"] and summary["machines"] == ["X, 2 cores"]
+    table = report._cost_table([{"label": "row", **summary}])
+    assert "| row | jax, tensorflow | X, 2 cores | 35 | 70 | 2 |" in table
+    assert report._cost_summary([{"label": "no history"}]) == {}

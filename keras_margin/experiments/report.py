@@ -43,8 +43,30 @@ def collect(runs_dir: str) -> list[dict[str, Any]]:
         metrics = read_json(path)
         runs.append({**metrics, "path": folder, "config": config, **extra,
                      "dtype_policy": config.get("dtype_policy", "float32"),
-                     "paper": _paper_numbers(metrics)})
+                     "paper": _paper_numbers(metrics), **_cost(folder)})
     return runs
+
+
+def _cost(folder: str) -> dict[str, Any]:
+    """What a run cost and where it ran: its epochs' wall-clock and CPU seconds (history.csv)
+    and the backends and processors of its sessions (environment.json); empty where absent."""
+    out: dict[str, Any] = {}
+    history = os.path.join(folder, "history.csv")
+    if os.path.exists(history):
+        with open(history, newline="") as f:
+            lines = list(csv.DictReader(f))
+        for key in ("epoch_seconds", "epoch_cpu_seconds"):
+            values = [float(line[key]) for line in lines if line.get(key) not in (None, "")]
+            if values:
+                out[key] = values
+    environment = os.path.join(folder, "environment.json")
+    if os.path.exists(environment):
+        sessions = read_json(environment).get("sessions", [])
+        out["backends"] = sorted({s.get("backend", "?") for s in sessions})
+        out["machines"] = sorted({f"{s.get('machine', {}).get('cpu')}, "
+                                  f"{s.get('machine', {}).get('cores')} cores"
+                                  for s in sessions})
+    return out
 
 
 def _paper_numbers(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -163,7 +185,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                       "error": err, "error_std": err_sd, "fgsm_error": fgsm,
                       "fgsm_error_std": fgsm_sd, "rho_adv": rho, "rho_adv_std": rho_sd,
                       "trainer_kwargs": first.get("trainer_kwargs", {}),
-                      **_evaluations(members)})
+                      **_evaluations(members), **_cost_summary(members)})
     baselines = {ln["setting"]: ln for ln in sorted(lines, key=lambda ln: ln["dtype_policy"]
                                                    == "float32") if ln["baseline"]}
     for line in lines:
@@ -338,6 +360,7 @@ def markdown(lines: list[dict[str, Any]]) -> str:
                 f"{paper_ratio} |")
         out.append("")
         out += _strong_table(members) + _boxed_table(members) + _certified_table(members)
+        out += _cost_table(members)
     return "\n".join(out)
 
 
@@ -416,25 +439,57 @@ def _certified_table(members: list[dict[str, Any]]) -> list[str]:
     return out + [""]
 
 
+def _cost_table(members: list[dict[str, Any]]) -> list[str]:
+    """Training time per row (an epoch includes the robustness callback's evaluation of the
+    validation subset), with the backend and the machine it ran on."""
+    rows = [m for m in members if m.get("epoch_seconds_median") is not None]
+    if not rows:
+        return []
+    out = ["Training time (`keras-margin reproduce`, from each run's history.csv; an epoch "
+           "includes the robustness callback's evaluation; wall-clock time depends on what else "
+           "the machine ran, CPU time less so):\n",
+           "| row | backend | machine | median s / epoch (wall) | median CPU s / epoch | "
+           "training, minutes (wall, mean over seeds) |", "|---|---|---|---|---|---|"]
+    for m in rows:
+        out.append(f"| {m['label']} | {', '.join(m['backends'])} | {'; '.join(m['machines'])} "
+                   f"| {m['epoch_seconds_median']:.0f} | {m['epoch_cpu_seconds_median']:.0f} | "
+                   f"{m['train_minutes']:.0f} |")
+    return out + [""]
+
+
+def _cost_summary(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seed-pooled medians of the epoch times, mean total minutes, backends and machines."""
+    if not all(m.get("epoch_seconds") and m.get("epoch_cpu_seconds") for m in members):
+        return {}
+    return {"epoch_seconds_median": float(np.median([v for m in members
+                                                     for v in m["epoch_seconds"]])),
+            "epoch_cpu_seconds_median": float(np.median([v for m in members
+                                                         for v in m["epoch_cpu_seconds"]])),
+            "train_minutes": float(np.mean([sum(m["epoch_seconds"]) for m in members])) / 60,
+            "backends": sorted({b for m in members for b in m.get("backends", ["?"])}),
+            "machines": sorted({c for m in members for c in m.get("machines", ["?"])})}
+
+
 CSV_FIELDS = ["table", "row", "label", "architecture", "dataset", "quick", "protocol", "data",
               "dtype_policy", "epochs", "seeds", "seed_list", "error", "error_std",
               "fgsm_error", "fgsm_error_std", "rho_adv", "rho_adv_std", "rho_ratio",
               "paper_error", "paper_error_std", "paper_fgsm_error", "paper_fgsm_error_std",
               "paper_rho_adv", "paper_rho_adv_std", "paper_rho_ratio", "error_ok", "fgsm_ok",
-              "rho_ok", "verdict", "rho_min_ratio"]
+              "rho_ok", "verdict", "rho_min_ratio", "backends", "epoch_seconds_median",
+              "epoch_cpu_seconds_median", "train_minutes"]
 
 
 def csv_rows(lines: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     """The CSV's header and rows: every summary field, the paper's, the stronger ones."""
     extra = sorted({k for line in lines for k in line
                     if k.startswith(("strong_", "boxed_", "certified_")) and
-                    not k.endswith(("_flags",
-                                                                               "_budgets"))})
+                    not k.endswith(("_flags", "_budgets"))})
     fields = CSV_FIELDS + extra + ["strong_flags"]
     rows = []
     for line in lines:
         rows.append({**line, **{f"paper_{k}": v for k, v in line["paper"].items()},
                      "seed_list": " ".join(map(str, line["seed_list"])),
+                     "backends": " ".join(line.get("backends", [])),
                      "strong_flags": " ".join(line.get("strong_flags", []))})
     return fields, rows
 
