@@ -90,7 +90,8 @@ def test_the_readme_results_tables_are_the_reports():
     with open(os.path.join(RESULTS, "report.md")) as f:
         published = f.read()
     numbers = set(re.findall(r"\d+\.\d+", published))
-    for line in _results_section(text).splitlines():  # tables and prose alike
+    results = re.sub(r"`[^`]*`", "", _results_section(text))  # commands are not results
+    for line in results.splitlines():  # tables and prose alike
         missing = [n for n in re.findall(r"\d+\.\d+", line) if n not in numbers]
         assert not missing, f"README numbers {missing} are in no report table: {line}"
 
