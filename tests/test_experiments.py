@@ -278,3 +278,14 @@ def test_the_report_says_what_each_row_cost_and_where_it_ran(tmp_path):
     table = report._cost_table([{"label": "row", **summary}])
     assert "| row | jax, tensorflow | X, 2 cores | 35 | 70 | 2 |" in table
     assert report._cost_summary([{"label": "no history"}]) == {}
+
+
+def test_an_evaluation_stored_before_a_setting_existed_is_not_run_again():
+    from keras_margin.experiments.reevaluate import StrongerEvaluation
+
+    older = {"attacks": ["fmn", "ddn"], "box": None, "l2_eps": [], "linf_eps": [0.1, 0.2, 0.3],
+             "n": 1000, "steps": 100, "tag": ""}  # written before `certify` existed
+    assert StrongerEvaluation().same_as(older)
+    assert not StrongerEvaluation(certify="crown").same_as(older)
+    assert not StrongerEvaluation(n=100).same_as(older)
+    assert not StrongerEvaluation().same_as({})

@@ -76,6 +76,11 @@ class StrongerEvaluation:
         return {**data, "attacks": list(self.attacks), "linf_eps": list(self.linf_eps),
                 "l2_eps": list(self.l2_eps), "box": None if self.box is None else list(self.box)}
 
+    def same_as(self, stored: dict[str, Any]) -> bool:
+        """Whether settings stored by an earlier evaluation are these: a key that an older
+        version did not write ran at its default (as `certify`, added later: None)."""
+        return bool(stored) and {**StrongerEvaluation().to_dict(), **stored} == self.to_dict()
+
     @property
     def filename(self) -> str:
         return f"robustness{'-' + self.tag if self.tag else ''}.json"
@@ -117,7 +122,7 @@ def evaluate_run(folder: str, settings: StrongerEvaluation, data_dir: str | None
             label_adversarials(folder, getattr(model, "base", model))
         if os.path.exists(path):
             done = read_json(path)
-            if done.get("settings") == settings.to_dict():
+            if settings.same_as(done.get("settings", {})):
                 log.info("[%s] evaluated already: skipped", folder)
                 return done
         config = read_json(os.path.join(folder, "config.json"))
