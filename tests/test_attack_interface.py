@@ -41,6 +41,7 @@ def test_fmn_starts_from_an_attack_object():
         attacks.FMN(init=attacks.APGD())  # a budgeted attack cannot give a start
 
 
+@pytest.mark.slow
 def test_every_attack_is_called_alike_on_a_linear_model():
     """Both kinds through their base class's __call__: same inputs, verified results."""
     rng = np.random.default_rng(3)

@@ -71,6 +71,7 @@ def test_candidates_and_prediction_target(linear_case):
                   >= np.linalg.norm(full.perturbation, axis=1) - 1e-5)
 
 
+@pytest.mark.slow
 def test_success_really_flips_a_trained_mlp():
     rng = np.random.default_rng(6)
     x = np.clip(rng.normal(size=(300, 10)), -3, 3).astype("float32")

@@ -113,6 +113,7 @@ def test_one_logit_accuracy_is_measured_on_logits():
     assert model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"] == pytest.approx(truth)
 
 
+@pytest.mark.slow
 def test_a_nan_batch_in_evaluate_counts_in_no_number_and_warns():
     x, y = _data(n=64)
     model = MarginModel(small_mlp(), C=0.1)
@@ -128,6 +129,7 @@ def test_a_nan_batch_in_evaluate_counts_in_no_number_and_warns():
     assert mixed["loss"] == pytest.approx(clean["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND == "torch", reason="PyTorch steps raise on such a batch")
 def test_a_nan_batch_in_validation_data_is_named_as_validation():
     x, y = _data(n=64)

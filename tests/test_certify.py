@@ -115,6 +115,7 @@ def _milp_to(weights, x0, label, rival, bound, Bounds, LinearConstraint, milp):
     return result.fun if result.status == 0 else np.inf
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND == "torch", reason="float64 reference: the other backends suffice")
 def test_on_a_tiny_relu_network_certified_is_below_the_exact_radius_below_attacks():
     pytest.importorskip("scipy")
@@ -132,6 +133,7 @@ def test_on_a_tiny_relu_network_certified_is_below_the_exact_radius_below_attack
         assert radii["ibp"][i] >= radii["lipschitz"][i] * (1 - 1e-4) or radii["ibp"][i] == 0
 
 
+@pytest.mark.slow
 def test_no_attack_finds_an_adversarial_inside_the_certified_radius():
     """A small trained MLP (784-64-64-10 on digits of the embedded sample), 60 test points,
     l_inf and l2: FMN, DDN, APGD (restarts) and random sampling never get under the radius."""
@@ -183,6 +185,7 @@ def _random_inside(net, x, y, radius, norm, draws=200):
     return bad
 
 
+@pytest.mark.slow
 def test_convolution_pooling_and_batch_norm_are_bounded_soundly():
     """A small LeNet-like net with every supported layer kind; CROWN >= IBP >= 0 and no
     attack inside the radius."""
@@ -233,6 +236,7 @@ def test_certify_checks_its_arguments():
     assert certify.certify(model, x, y, eps=0.0).all()
 
 
+@pytest.mark.slow
 def test_evaluate_robustness_proves_what_it_can_under_the_attacks():
     """On a linear model the minimum-norm attacks find the exact distance and CROWN proves
     it: rho_certified equals rho_min, certified accuracy equals robust accuracy."""
@@ -258,6 +262,7 @@ def test_evaluate_robustness_proves_what_it_can_under_the_attacks():
     assert "rho_certified" in str(report)
 
 
+@pytest.mark.slow
 def test_the_command_certifies_finished_runs_and_the_report_shows_it(tiny_mnist, tmp_path):
     import dataclasses
 

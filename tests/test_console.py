@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from keras_margin import _quiet
 
 
+@pytest.mark.slow
 def test_the_noise_is_filtered_and_a_real_error_kept():
     code = (
         "import os\nfrom keras_margin._quiet import filtered_stderr\n"
@@ -20,6 +23,7 @@ def test_the_noise_is_filtered_and_a_real_error_kept():
     assert proc.stderr.strip() == "E0000 real_thing.cc:1] something is really wrong"
 
 
+@pytest.mark.slow
 def test_importing_keras_margin_prints_no_start_up_noise():
     proc = subprocess.run([sys.executable, "-c", "import keras_margin"], capture_output=True,
                           text=True, timeout=300, check=True)

@@ -43,6 +43,7 @@ def test_fgsm_error_counts_all_points():
     assert report["fgsm_error"] == pytest.approx(2 / 3)
 
 
+@pytest.mark.slow
 def test_callback_numbers_land_in_history_csv_and_progress_bar(tmp_path, capsys):
     rng = np.random.default_rng(8)
     x = rng.normal(size=(96, 6)).astype("float32")
@@ -104,6 +105,7 @@ def _distances(w, f, y, dual):
                          if j != yi) for fi, yi in zip(f, y)])
 
 
+@pytest.mark.slow
 def test_stronger_measures_against_closed_forms_on_a_linear_model():
     """rho_min is the exact minimal relative l2 distance (FMN reaches it where DeepFool's
     overshoot does not), robust accuracy under l_inf budgets is the exact share of points whose
@@ -183,6 +185,7 @@ def test_robust_accuracy_that_rises_with_the_budget_is_flagged():
     assert check_monotone(_report(robust_accuracy={"linf": {0.1: 0.7, 0.2: 0.5}})) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["csv_first", "callback_first"])
 def test_callback_order_does_not_matter_for_the_trainers(tmp_path, order):
     x, y = _data_for_callback()

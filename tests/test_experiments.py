@@ -31,6 +31,7 @@ def _metrics(out):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_like_an_uninterrupted_one(tiny_mnist, tmp_path):
     row = _tiny_row()
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
@@ -49,6 +50,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tiny_mnist, tmp_path):
         assert os.path.exists(os.path.join(folder, name))
 
 
+@pytest.mark.slow
 def test_finished_runs_are_skipped_and_configs_never_mix(tiny_mnist, tmp_path):
     out = str(tmp_path / "runs")
     row = _tiny_row(epochs=1)

@@ -154,6 +154,7 @@ def test_bad_labels_and_shapes():
         model.fit(Batches(x, np.full(len(x), 9), 16), verbose=0)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND == "torch", reason="PyTorch steps run eagerly and raise instead")
 def test_out_of_range_labels_in_compiled_steps_skip_the_batch_and_warn(tmp_path):
     """Keras turns XLA on by itself on GPUs, XLA drops assertions, and JAX steps are always
@@ -190,6 +191,7 @@ def test_uint8_images_train_with_a_warning_to_rescale():
         model.fit(x.astype("float32"), rng.integers(0, 4, 32), epochs=1, verbose=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_non_finite_inputs_never_reach_the_weights(jit_compile):
     """Arrays with NaN raise in fit; a pipeline's batch with NaN raises or is skipped."""
@@ -208,6 +210,7 @@ def test_non_finite_inputs_never_reach_the_weights(jit_compile):
         np.testing.assert_array_equal(a, to_numpy(w))
 
 
+@pytest.mark.slow
 def test_a_backend_that_cannot_train_is_refused_clearly():
     # Keras's numpy backend imports JAX for its convolutions; the JAX suite in CI runs this.
     pytest.importorskip("jax")
@@ -220,6 +223,7 @@ def test_a_backend_that_cannot_train_is_refused_clearly():
     assert "'numpy'" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["hinge", "crossentropy"])
 def test_binary_model_trains_with_plus_minus_one_labels(loss):
     x, y01 = _separable(n=120)

@@ -70,6 +70,7 @@ def test_a_second_process_on_the_same_run_refuses_at_once(tiny_mnist, tmp_path):
     assert not os.path.exists(os.path.join(folder, "history.csv"))
 
 
+@pytest.mark.slow
 def test_a_killed_process_leaves_no_stuck_lock(tmp_path):
     folder = str(tmp_path / "run")
     script = textwrap.dedent(f"""
@@ -121,6 +122,7 @@ def test_row_names_take_underscores_and_tables_are_kept_apart(capsys):
     assert "nin-" not in err.split("Expected")[1]
 
 
+@pytest.mark.slow
 def test_truncated_files_are_named(tiny_mnist, tmp_path):
     out = str(tmp_path / "runs")
     row = _tiny()
@@ -148,6 +150,7 @@ def test_truncated_files_are_named(tiny_mnist, tmp_path):
         report.write(out)
 
 
+@pytest.mark.slow
 def test_a_resumed_vat_run_is_bit_identical(tiny_mnist, tmp_path):
     row = _tiny("mlp-vat")
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
@@ -168,6 +171,7 @@ def test_a_resumed_vat_run_is_bit_identical(tiny_mnist, tmp_path):
         assert texts[0] == texts[1], name
 
 
+@pytest.mark.slow
 def test_report_never_averages_different_configurations(tiny_mnist, tmp_path):
     out = str(tmp_path / "runs")
     runner.run(_tiny(epochs=1), 0, os.path.join(out, "a"), data_dir=tiny_mnist, verbose=0)
@@ -206,6 +210,7 @@ def test_the_command_resumes_a_run_in_a_fresh_process(tiny_mnist, tmp_path):
         assert len(f.read().strip().splitlines()) == 1 + 2  # epoch 1 kept, epoch 2 resumed
 
 
+@pytest.mark.slow
 def test_report_and_figures_show_runs_in_progress_apart(tiny_mnist, tmp_path):
     out = str(tmp_path / "runs")
     runner.run(_tiny(epochs=1), 0, os.path.join(out, "a"), data_dir=tiny_mnist, verbose=0)
@@ -221,6 +226,7 @@ def test_report_and_figures_show_runs_in_progress_apart(tiny_mnist, tmp_path):
     assert any(name.startswith("training_") and "_2ep_" in name for name in written)
 
 
+@pytest.mark.slow
 def test_figures_refuse_a_cut_history_and_name_the_missing_extra(tiny_mnist, tmp_path,
                                                                   monkeypatch, capsys):
     out = str(tmp_path / "runs")

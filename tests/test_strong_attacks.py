@@ -69,6 +69,7 @@ def test_ddn_finds_the_closed_form_minimal_distance_of_two_classes():
     assert np.all(res.distances("l2") >= truth * (1 - 1e-5))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_apgd_ensemble_robust_accuracy_is_exact_below_and_above_each_distance(norm):
     """A sample is robust at eps exactly when its minimal distance exceeds eps; the ensemble of
