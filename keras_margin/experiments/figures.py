@@ -134,6 +134,12 @@ def _existing(members: list[dict[str, Any]], name: str) -> list[str]:
     return [path for path in paths if os.path.exists(path)]
 
 
+def _first_files(methods: dict[str, list[dict[str, Any]]], name: str) -> dict[str, str]:
+    """Per method label, the path of file `name` in its first run's folder, where it exists."""
+    return {label: paths[0] for label, members in methods.items()
+            if (paths := _existing(members[:1], name))}
+
+
 def robustness_densities(runs: list[dict[str, Any]], out: str) -> list[str]:
     """Figure 5: density of ||r(x)|| / ||x|| over correctly classified points, per method."""
     plt = _pyplot()
@@ -164,11 +170,9 @@ def adversarial_grids(runs: list[dict[str, Any]], out: str) -> list[str]:
     plt = _pyplot()
     written = []
     for key, methods in _panels(runs).items():
-        shown = {}
-        for label, members in methods.items():
-            if members[0]["dataset"] != "cifar10":
-                for path in _existing(members[:1], "adversarial.npz"):
-                    shown[label] = dict(np.load(path))
+        shown = {label: dict(np.load(path))
+                 for label, path in _first_files(methods, "adversarial.npz").items()
+                 if methods[label][0]["dataset"] != "cifar10"}
         if not shown:
             continue
         first = next(iter(shown.values()))
@@ -228,10 +232,8 @@ def sandwich(runs: list[dict[str, Any]], out: str) -> list[str]:
     plt = _pyplot()
     written = []
     for key, methods in _panels(runs).items():
-        shown = {}
-        for label, members in methods.items():
-            for path in _existing(members[:1], "points-strong-certified.npz"):
-                shown[label] = np.load(path)
+        shown = {label: np.load(path) for label, path
+                 in _first_files(methods, "points-strong-certified.npz").items()}
         if not shown:
             continue
         fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), sharey=True,
@@ -291,12 +293,10 @@ def training_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
     written = []
     for key, methods in _panels(runs).items():
         histories = {}
-        for label, members in methods.items():
-            for path in _existing(members[:1], "history.csv"):
-                rows = [r for r in read_history(path)
-                        if math.isfinite(_number(r.get("val_rho_adv")))]
-                if rows:
-                    histories[label] = rows
+        for label, path in _first_files(methods, "history.csv").items():
+            rows = [r for r in read_history(path) if math.isfinite(_number(r.get("val_rho_adv")))]
+            if rows:
+                histories[label] = rows
         if not histories:
             continue
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
