@@ -392,14 +392,14 @@ def certified_measures(report: RobustnessReport, model: Callable, inputs: base.I
 
     report.certify_method = plan.certify
     norms = ["l2"] + (["linf"] if plan.linf_eps else [])
+    smallest = {norm: _smallest_found(found, norm, len(subset.x)) for norm in norms}
     flags = []
     for norm in norms:
         radius = np.zeros(len(inputs.x))
-        upper = _smallest_found(found, norm, len(subset.x))
         if len(subset.x):
-            attacked = upper
+            attacked = smallest[norm]
             fallback = base.lp_norms(subset.x, norm) + 1.0
-            upper = np.where(np.isfinite(upper), upper * 1.001 + 1e-6, fallback)
+            upper = np.where(np.isfinite(attacked), attacked * 1.001 + 1e-6, fallback)
             radius[correct] = certified_radius(
                 model, subset.x, subset.labels, norm=norm, method=plan.certify,
                 clip_min=plan.clip_min, clip_max=plan.clip_max, upper=upper, steps=16)
@@ -419,7 +419,7 @@ def certified_measures(report: RobustnessReport, model: Callable, inputs: base.I
                          out=np.zeros(len(scale)), where=scale > 0)
     report.certified_distances = relative
     report.rho_certified = float(relative[correct].mean()) if correct.any() else math.nan
-    attacked = _smallest_found(found, "l2", len(subset.x))
+    attacked = smallest["l2"]
     both = np.isfinite(attacked) & (attacked > 0)
     if both.any():
         report.certified_to_minimum_ratio = float(np.median(
@@ -434,7 +434,6 @@ def sanity_checks(report: RobustnessReport, inputs: base.Inputs, plan: Evaluatio
     return (check_zero_gradients(found) + check_attack_failures(found)
             + check_gradient_masking(report) + check_fgsm_unreliable(report, plan)
             + check_monotone(report) + check_large_budgets(report, inputs))
-
 
 
 def _fooled_by_any(found: dict[str, base.AttackResult]) -> np.ndarray:

@@ -244,8 +244,7 @@ def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = 
             log.info("[%s seed %d] finished already: skipped", row.name, seed)
             return read_json(metrics_path)
         model, start = _model_at_start(row, folder, seed, len(data.x_train), build)
-        _record_environment(folder, start)
-        info = machine()
+        info = _record_environment(folder, start)["machine"]
         for note in speed_advice(row.architecture, dtype_policy, keras.backend.backend(),
                                  has_accelerator(), info.get("avx512_bf16") or
                                  info.get("amx_bf16")):
@@ -350,12 +349,14 @@ def environment() -> dict[str, Any]:
             "machine": machine()}
 
 
-def _record_environment(folder: str, start: int) -> None:
-    """Appends this start (or resume, from epoch `start`) to the folder's environment.json."""
+def _record_environment(folder: str, start: int) -> dict[str, Any]:
+    """Appends this start (or resume, from epoch `start`) to the folder's environment.json;
+    returns it."""
     path = os.path.join(folder, "environment.json")
     sessions = read_json(path).get("sessions", []) if os.path.exists(path) else []
     sessions.append({**environment(), "from_epoch": start})
     write_json(path, {"sessions": sessions})
+    return sessions[-1]
 
 
 def _claim_folder(folder: str, config: dict[str, Any]) -> bool:
