@@ -118,8 +118,7 @@ class RobustnessCallback(keras.callbacks.Callback):
         if logs is None or not (self._first or (epoch + 1) % self.every == 0):
             return
         self._first = False
-        # fit's own verbosity: 1 live bars, 2 one line per attack at its end, 0 quiet.
-        shown = (self.params or {}).get("verbose", 1) if self.verbose else 0
+        shown = fit_verbosity(self.params) if self.verbose else 0
         report = evaluate_robustness(self._target(), self.x_val, self.y_val, self.plan,
                                      batch_size=self.batch_size, verbose=shown)
         self.last_report = report
@@ -128,6 +127,16 @@ class RobustnessCallback(keras.callbacks.Callback):
         logs.update(numbers)
         for key, value in {"epoch": epoch, **numbers}.items():
             self.history.setdefault(key, []).append(value)
+
+
+def fit_verbosity(params: dict | None) -> int:
+    """`fit`'s own verbosity as Keras's progress bar reads it: 1 live bars, 2 one line per
+    attack at its end, 0 quiet. Keras hands callbacks the raw argument, so `"auto"` (the
+    default of `fit`) means 1, as in `keras.callbacks.ProgbarLogger`."""
+    verbose = (params or {}).get("verbose", 1)
+    if isinstance(verbose, (bool, np.bool_)) or verbose not in (0, 1, 2):
+        return 1 if verbose == "auto" or verbose is True else int(bool(verbose))
+    return int(verbose)
 
 
 class SkippedBatchesLogger(keras.callbacks.Callback):

@@ -70,6 +70,50 @@ def test_callback_numbers_land_in_history_csv_and_progress_bar(tmp_path, capsys)
     assert "val_rho_adv" not in lines[2] and "nan" not in lines[2]
 
 
+@pytest.mark.parametrize("trainer", ["plain", "margin"])
+@pytest.mark.parametrize("verbose", ["default", "auto", 0, 1, 2])
+def test_callback_works_in_fit_as_users_call_it(trainer, verbose):
+    # fit's default verbose is "auto"; Keras hands callbacks the raw value (issue 23: it
+    # crashed at the end of the first epoch, naming an argument the user never passed).
+    rng = np.random.default_rng(10)
+    x, y = rng.normal(size=(48, 6)).astype("float32"), rng.integers(0, 4, 48)
+    if trainer == "plain":
+        model = small_mlp()
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    else:
+        model = MarginModel(small_mlp(), C=0.1)
+        model.compile(optimizer="adam")
+    kwargs = {} if verbose == "default" else {"verbose": verbose}
+    callback = RobustnessCallback(x, y, max_samples=16, max_iter=5)
+    history = model.fit(x, y, epochs=1, batch_size=16, callbacks=[callback], **kwargs)
+    assert history.history["val_rho_adv"][0] > 0
+    assert history.history["val_deepfool_success"][0] == pytest.approx(
+        callback.last_report.deepfool_success_rate)
+
+
+def test_the_readme_callback_example_runs_as_written(tmp_path, monkeypatch):
+    # The README's code, cut from the README itself, on small stand-in data.
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+                if block.startswith("model.fit(x, y, validation_data=(x_val, y_val), "
+                                    "callbacks=["))
+    rng = np.random.default_rng(11)
+    x, y = rng.normal(size=(40, 6)).astype("float32"), rng.integers(0, 4, 40)
+    model = MarginModel(small_mlp(), C=0.1)
+    model.compile(optimizer="adam", metrics=["accuracy"])
+    monkeypatch.chdir(tmp_path)
+    namespace = {"model": model, "x": x, "y": y, "x_val": x[:20], "y_val": y[:20],
+                 "keras": keras, "attacks": attacks, "RobustnessCallback": RobustnessCallback}
+    exec(compile(code, "README.md", "exec"), namespace)
+    with open(tmp_path / "history.csv") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["val_rho_adv"]) > 0 and float(row["val_rho_min"]) > 0
+    assert "val_robust_accuracy_linf_0.1" in row
+
+
 @tensorflow_only
 def test_callback_numbers_reach_tensorboard(tmp_path):
     import glob

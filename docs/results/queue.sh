@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Issue 22's standing Table I queue: train, then evaluate (stronger, boxed, certified) each run,
+# one at a time, at low priority, into a folder outside the work tree so a later session on the
+# same machine resumes it (runs checkpoint every epoch; finished evaluations are skipped).
+#   nohup setsid bash docs/results/queue.sh DATA_DIR [OUT] > OUT/queue.log 2>&1 &
+# Pause for a benchmark: kill -STOP -- -PGID; resume: kill -CONT -- -PGID.
+# Publish what finished: keras-margin publish OUT docs/results/runs
+set -uo pipefail
+data=${1:?usage: queue.sh DATA_DIR [OUT]}
+out=${2:-$HOME/keras-margin-runs}
+km="nice -n 10 keras-margin"
+step() { echo "== $(date -u +%FT%TZ) $*"; "$@" || echo "== failed ($?): $*"; }
+evaluate() {  # the published rows' three evaluations of one finished run folder
+  local f=$1
+  step $km evaluate "$f" --data-dir "$data"
+  step $km evaluate "$f" --data-dir "$data" --box 0,1 --tag boxed --attacks "" --linf-eps ""
+  step $km evaluate "$f" --data-dir "$data" --n 100 --attacks fmn,ddn,fmn_linf \
+    --linf-eps 0.01,0.03 --l2-eps 0.1,0.3 --certify crown --tag certified
+}
+# Item 1, shortest first (a run that cannot resume on another machine loses least):
+# LeNet-5 l2 and l1 (10 epochs), MLP l1 (20 epochs).
+for row in lenet5-l2 lenet5-l1 mlp-l1; do
+  arch=${row%%-*}; epochs=$([ "$arch" = mlp ] && echo 20 || echo 10)
+  step $km reproduce table1 --rows "$row" --epochs "$epochs" --data-dir "$data" --out "$out/table1"
+  evaluate "$out/table1/$row/mnist-e$epochs-reference-float32/seed-0"
+done
+# Item 2: seeds 1 and 2 (--seeds 3 skips the finished seed 0).
+for row in lenet5-baseline lenet5-l2 lenet5-l1 mlp-baseline mlp-l2 mlp-l1; do
+  arch=${row%%-*}; epochs=$([ "$arch" = mlp ] && echo 20 || echo 10)
+  step $km reproduce table1 --rows "$row" --seeds 3 --epochs "$epochs" --data-dir "$data" \
+    --out "$out/table1"
+done
+echo "== $(date -u +%FT%TZ) queue done"
