@@ -21,13 +21,13 @@ evaluate() {  # the published rows' three evaluations of one finished run folder
 # LeNet-5 l2 and l1 (10 epochs), MLP l1 (20 epochs).
 for row in lenet5-l2 lenet5-l1 mlp-l1; do
   arch=${row%%-*}; epochs=$([ "$arch" = mlp ] && echo 20 || echo 10)
-  step $km reproduce table1 --rows "$row" --epochs "$epochs" --data-dir "$data" --out "$out/table1"
+  step $km reproduce table1 --rows "$row" --epochs "$epochs" --data-dir "$data" --out "$out"
   evaluate "$out/table1/$row/mnist-e$epochs-reference-float32/seed-0"
 done
 # Item 2: seeds 1 and 2 (--seeds 3 skips the finished seed 0).
 for row in lenet5-baseline lenet5-l2 lenet5-l1 mlp-baseline mlp-l2 mlp-l1; do
   arch=${row%%-*}; epochs=$([ "$arch" = mlp ] && echo 20 || echo 10)
   step $km reproduce table1 --rows "$row" --seeds 3 --epochs "$epochs" --data-dir "$data" \
-    --out "$out/table1"
+    --out "$out"
 done
 echo "== $(date -u +%FT%TZ) queue done"
