@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
                     choices=["crown", "crown-ibp", "ibp", "lipschitz"],
                     help="also prove lower bounds: certified radii (l2, and l_inf with "
                          "--linf-eps) and certified accuracy at the budgets")
+    ev.add_argument("--force", action="store_true",
+                    help="replace a stored evaluation made with other settings (by default "
+                         "that is an error naming both settings)")
     ev.add_argument("--data-dir", default=None, help="folder with the original data files")
     ev.add_argument("--batch-size", type=positive_int, default=500,
                     help="samples attacked side by side (default 500)")
@@ -163,9 +166,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     if not folders:
         raise FileNotFoundError(f"No finished runs (metrics.json, model.keras) under "
                                 f"{args.runs}.")
+    for folder in folders:  # every conflict before any evaluation starts
+        reevaluate.check_replaceable(folder, settings, args.force)
     for folder in folders:
         reevaluate.evaluate_run(folder, settings, data_dir=args.data_dir,
-                                batch_size=args.batch_size, verbose=args.verbose)
+                                batch_size=args.batch_size, verbose=args.verbose,
+                                force=args.force)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                            data_dir=args.data_dir, dataset=args.dataset,
                            protocol=args.protocol, verbose=args.verbose,
                            dtype_policy=args.dtype_policy)
-    except (ValueError, FileNotFoundError, RunLockedError, ImportError) as err:
+    except (ValueError, OSError, RunLockedError, ImportError) as err:
         print(f"keras-margin: error: {err}", file=sys.stderr)
         return 2
     return 0

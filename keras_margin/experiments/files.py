@@ -17,10 +17,28 @@ from typing import Any
 
 def write_json(path: str, payload: Any) -> None:
     """Atomic: write a temporary file, then rename it over the target."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload, indent=1, sort_keys=True))
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes `text` to `path` whole or not at all: a temporary file beside it, flushed to disk,
+    then renamed over it. A failed write (a full disk, a read-only folder) leaves the old file
+    as it was and raises an `OSError` that says so in one line."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(path):
+            shutil.copymode(path, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        kept = "left as it was" if os.path.exists(path) else "not written"
+        raise OSError(err.errno, f"Could not write {path} ({err.strerror or err}); the file "
+                      f"is {kept}.") from None
 
 
 class RunLockedError(RuntimeError):
@@ -100,22 +118,80 @@ EVIDENCE = ("config.json", "environment.json", "history.csv", "metrics.json", "p
             "adversarial.npz", "robustness*.json")
 
 
+def _evidence(folder: str) -> list[str]:
+    """The evidence files of one run folder (`EVIDENCE`), without temporary files."""
+    return sorted(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f))
+                  and any(fnmatch.fnmatch(f, p) for p in EVIDENCE) and not f.endswith(".tmp"))
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_publishable(source: str, target: str) -> None:
+    """Refuses to replace a published run by another run or by an unfinished one."""
+    if not os.path.exists(os.path.join(target, "config.json")):
+        return
+    old, new = (run_identity(read_json(os.path.join(f, "config.json")))
+                for f in (target, source))
+    if old != new:
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ValueError(f"{target} holds another run than {source} (their configs differ in "
+                         f"{', '.join(changed[:5])}); refusing to publish over it. Publish "
+                         "into another folder, or delete the old one first.")
+    if os.path.exists(os.path.join(target, "metrics.json")) and \
+            not os.path.exists(os.path.join(source, "metrics.json")):
+        raise ValueError(f"{source} has not finished (no metrics.json) but {target} holds the "
+                         "finished run; refusing to replace its evidence by less. Publish once "
+                         "the run has finished.")
+
+
 def publish(runs_dir: str, dest: str) -> list[str]:
-    """Copies every run folder's evidence files under `runs_dir` to the same place under
-    `dest` (checkpoints, `.keras` files, locks and temporary files stay behind); returns the
-    run folders copied, relative to `runs_dir`."""
-    copied = []
-    for root, _, files in os.walk(runs_dir):
-        if "config.json" not in files:
+    """Makes each run folder under `runs_dir` hold, at the same place under `dest`, exactly
+    that run's evidence files (checkpoints, `.keras` files, locks and temporary files stay
+    behind; evidence files of an earlier publication that the run no longer has are removed).
+    Each file is copied to a temporary name and renamed. Refused, before anything is copied:
+    a `dest` inside `runs_dir` (the publication would be published into itself), and a
+    destination folder that holds another run or a finished run where the source has not
+    finished. Returns the run folders copied, relative to `runs_dir`."""
+    if not os.path.isdir(runs_dir):
+        raise FileNotFoundError(f"No folder {runs_dir}.")
+    if _inside(dest, runs_dir) or _inside(runs_dir, dest):
+        raise ValueError(f"Invalid value for dest: {dest!r} and the runs folder {runs_dir!r} "
+                         "lie one inside the other; the publication would copy itself. "
+                         "Publish into a folder outside the runs folder.")
+    sources = sorted(os.path.relpath(root, runs_dir) for root, _, files in os.walk(runs_dir)
+                     if "config.json" in files)
+    for relative in sources:
+        _check_publishable(os.path.join(runs_dir, relative), os.path.join(dest, relative))
+    for relative in sources:
+        source, target = os.path.join(runs_dir, relative), os.path.join(dest, relative)
+        names = _evidence(source)
+        os.makedirs(target, exist_ok=True)
+        for name in names:
+            tmp = os.path.join(target, f".{name}.{os.getpid()}.tmp")
+            shutil.copy2(os.path.join(source, name), tmp)
+            os.replace(tmp, os.path.join(target, name))
+        for stale in set(_evidence(target)) - set(names):
+            os.remove(os.path.join(target, stale))
+    return sources
+
+
+def check_unique_runs(folders: list[str]) -> None:
+    """Refuses two run folders that hold the same run (its config and seed): a copy of a run
+    (a backup, a publication inside the runs folder) would count as a second seed."""
+    seen: dict[str, str] = {}
+    for folder in folders:
+        path = os.path.join(folder, "config.json")
+        if not os.path.exists(path):
             continue
-        relative = os.path.relpath(root, runs_dir)
-        names = [f for f in files if any(fnmatch.fnmatch(f, p) for p in EVIDENCE)
-                 and not f.endswith(".tmp")]
-        os.makedirs(os.path.join(dest, relative), exist_ok=True)
-        for name in sorted(names):
-            shutil.copy2(os.path.join(root, name), os.path.join(dest, relative, name))
-        copied.append(relative)
-    return sorted(copied)
+        key = json.dumps(run_identity(read_json(path)), sort_keys=True)
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {folder} hold the same run (the same config "
+                             "and seed): a copy would count as a second seed. Keep one of "
+                             "them under the runs folder (move the copy elsewhere).")
+        seen[key] = folder
 
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -112,20 +112,54 @@ def finished_runs(runs_dir: str) -> list[str]:
     return sorted(found)
 
 
+def check_replaceable(folder: str, settings: StrongerEvaluation, force: bool = False) -> bool:
+    """Whether `folder` holds this evaluation already (True: skip it). One made with other
+    settings is an error unless `force` (it would be replaced: a 10-minute evaluation by a
+    20-point look), with both settings in the message."""
+    path = os.path.join(folder, settings.filename)
+    if not os.path.exists(path):
+        return False
+    stored = read_json(path).get("settings", {})
+    if settings.same_as(stored):
+        return True
+    if not force:
+        ours = settings.to_dict()
+        diff = {k: (stored.get(k), ours[k]) for k in ours if stored.get(k) != ours[k]}
+        raise ValueError(
+            f"{path} holds an evaluation with other settings ("
+            + ", ".join(f"{k}: stored {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+            + "); refusing to replace it. Give --tag NAME to keep both, or --force to "
+            "replace it.")
+    return False
+
+
+def stored_config(folder: str, *keys: str) -> dict[str, Any]:
+    """A run folder's config.json, with the keys the caller reads checked: a folder written by
+    an older version that lacks one is a clear error, not a KeyError."""
+    path = os.path.join(folder, "config.json")
+    config = read_json(path)
+    missing = [k for k in keys if k not in config]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(repr(k) for k in missing)}: it was written "
+                         "by an older keras-margin that this one cannot read. Re-run the row "
+                         "(keras-margin reproduce TABLE --rows ROW --out FOLDER) to make it "
+                         "again.")
+    return config
+
+
 def evaluate_run(folder: str, settings: StrongerEvaluation, data_dir: str | None = None,
-                 batch_size: int = 500, verbose: int = 0) -> dict[str, Any]:
-    """The stronger evaluation of one finished run (cached in its folder)."""
+                 batch_size: int = 500, verbose: int = 0, force: bool = False) -> dict[str, Any]:
+    """The stronger evaluation of one finished run (cached in its folder; one with other
+    settings is replaced only with `force`)."""
     path = os.path.join(folder, settings.filename)
     with run_lock(folder):
         if not _has_adversarial_classes(folder):  # runs made before the runner recorded them
             model = load_checkpoint(os.path.join(folder, "model.keras"))
             label_adversarials(folder, getattr(model, "base", model))
-        if os.path.exists(path):
-            done = read_json(path)
-            if settings.same_as(done.get("settings", {})):
-                log.info("[%s] evaluated already: skipped", folder)
-                return done
-        config = read_json(os.path.join(folder, "config.json"))
+        if check_replaceable(folder, settings, force):
+            log.info("[%s] evaluated already: skipped", folder)
+            return read_json(path)
+        config = stored_config(folder, "row", "quick")
         row = Row.from_dict(config["row"])
         data = load_data(row.dataset, data_dir, config["quick"], row.validation,
                          row.pixel_scale)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import math
 import os
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_margin.experiments.files import read_json, run_identity
+from keras_margin.experiments.files import check_unique_runs, read_json, run_identity, write_text
 from keras_margin.experiments.rows import TABLES
 
 PROTOCOL_NOTES = {
@@ -28,11 +29,18 @@ EVALUATIONS = (("strong", "robustness.json"), ("boxed", "robustness-boxed.json")
                ("certified", "robustness-certified.json"))
 
 
+# What the report reads from every metrics.json.
+METRICS_KEYS = ("table", "row", "architecture", "dataset", "quick", "augmentation", "protocol",
+                "epochs", "trainer", "trainer_kwargs", "dropout", "seed", "error", "fgsm_error",
+                "rho_adv")
+
+
 def collect(runs_dir: str) -> list[dict[str, Any]]:
     """Every finished run's metrics.json under `runs_dir` (unfinished runs have none), with the
     configuration it ran (config.json beside it) under "config", its precision under
     "dtype_policy", and the paper's numbers of its row as the rows define them now."""
     paths = sorted(glob.glob(os.path.join(runs_dir, "**", "metrics.json"), recursive=True))
+    check_unique_runs([os.path.dirname(path) for path in paths])
     runs = []
     for path in paths:
         folder = os.path.dirname(path)
@@ -41,6 +49,11 @@ def collect(runs_dir: str) -> list[dict[str, Any]]:
         extra = {key: read_json(os.path.join(folder, name))
                  for key, name in EVALUATIONS if os.path.exists(os.path.join(folder, name))}
         metrics = read_json(path)
+        missing = [key for key in METRICS_KEYS if key not in metrics]
+        if missing:
+            raise ValueError(f"{path} has no {', '.join(map(repr, missing))}: an older "
+                             "keras-margin wrote it. Re-run the row (keras-margin reproduce "
+                             "TABLE --rows ROW --out FOLDER) to make it again.")
         runs.append({**metrics, "path": folder, "config": config, **extra,
                      "dtype_policy": config.get("dtype_policy", "float32"),
                      "paper": _paper_numbers(metrics), **_cost(folder)})
@@ -537,9 +550,7 @@ def update_readme(runs_dir: str, readme: str) -> list[str]:
     blocks = readme_blocks(summarize(collect(runs_dir)))
     with open(readme) as f:
         text = f.read()
-    new = replace_blocks(text, blocks)
-    with open(readme, "w") as f:
-        f.write(new)
+    write_text(readme, replace_blocks(text, blocks))
     return [name for name in blocks if BLOCK.format(name=name) in text]
 
 
@@ -557,11 +568,11 @@ def write(runs_dir: str, out_prefix: str | None = None) -> str:
     prefix = out_prefix or os.path.join(runs_dir, "report")
     running = _in_progress_table(in_progress(runs_dir))
     text = HEADER + "\n" + markdown(lines) + ("\n" + running if running else "")
-    with open(prefix + ".md", "w") as f:
-        f.write(text)
     fields, rows = csv_rows(lines)
-    with open(prefix + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(prefix + ".md", text)
+    write_text(prefix + ".csv", table.getvalue())
     return text

@@ -72,8 +72,22 @@ class Row:
     def from_dict(cls, data: dict[str, Any]) -> Row:
         """The row a config.json's "row" describes (older configs upgraded first)."""
         data = dict(upgrade_config({"row": data})["row"])
-        data["hidden"], data["lr_boundaries"] = tuple(data["hidden"]), \
-            tuple(data["lr_boundaries"])
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        missing = [name for name, f in fields.items() if name not in data
+                   and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        unknown = sorted(set(data) - set(fields))
+        if missing or unknown:
+            raise ValueError(
+                "A run's config.json row "
+                + (f"lacks {', '.join(map(repr, missing))}" if missing else "")
+                + (" and " if missing and unknown else "")
+                + (f"has keys this version does not know ({', '.join(map(repr, unknown))})"
+                   if unknown else "")
+                + ": another keras-margin wrote it. Re-run the row (keras-margin reproduce "
+                "TABLE --rows ROW --out FOLDER) with this version.")
+        data["hidden"] = tuple(data.get("hidden", fields["hidden"].default))
+        data["lr_boundaries"] = tuple(data.get("lr_boundaries", ()))
         return cls(**data)
 
     def plan(self, samples: int | None = None) -> EvaluationPlan:
