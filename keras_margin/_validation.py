@@ -295,8 +295,9 @@ def check_box_pair(name: str, value: Any) -> tuple[float, float]:
 
 
 def warn_if_unscaled(x: Any, where: str) -> bool:
-    """Warns (and returns True) when x looks like raw 8-bit images: integers or values in
-    [0, 255]. The paper's budgets (FGSM eps 0.2, DeepFool's step clip 0.5) assume [0, 1]."""
+    """Warns (and returns True) when x looks like raw 8-bit images (integers or values in
+    [0, 255]) or like images scaled twice (all in [0, 1.5/255]). The paper's budgets (FGSM
+    eps 0.2, DeepFool's step clip 0.5) assume [0, 1]."""
     array = np.asarray(x)
     if array.size == 0:
         return False
@@ -304,6 +305,13 @@ def warn_if_unscaled(x: Any, where: str) -> bool:
         kind = f"integer ({array.dtype}) inputs with values up to {array.max()}"
     elif array.dtype.kind == "f" and array.min() >= 0 and array.max() > 2:
         kind = f"inputs in [0, {float(array.max()):g}]"
+    elif array.dtype.kind == "f" and array.min() >= 0 and 0 < array.max() <= 1.5 / 255:
+        warnings.warn(
+            f"{where}: inputs in [0, {float(array.max()):.3g}] look like images divided by 255 "
+            "twice (keras_margin.datasets.load already scales them to [0, 1]; "
+            "datasets.load_data gives keras.datasets' uint8 arrays). Losses, margins and the "
+            "attacks' budgets assume images in [0, 1].", UserWarning, stacklevel=3)
+        return True
     else:
         return False
     warnings.warn(

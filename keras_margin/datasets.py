@@ -301,28 +301,66 @@ def load(name: str, validation: int = 10000, seed: int | None = None,
     _check_load_arguments(validation, seed, split, pixel_scale, data_dir)
     if seed is None:
         seed = 1 if split == "reference" else 0
+    train, test, embedded = _train_and_test(name, data_dir, pixel_scale, allow_sample)
+    if embedded:
+        validation = min(validation, len(train[0]) // 8)
+        log.warning(
+            "keras-margin: no MNIST files found and tensorflow-datasets cannot provide "
+            "them; using the embedded sample of real MNIST digits (%d train, %d of them "
+            "for validation, %d test). Pass data_dir= (--data-dir) for the full set.",
+            len(train[0]), validation, len(test[0]))
+    train, val = split_validation(*train, validation=validation, seed=seed, method=split)
+    return train, val, test
+
+
+def _train_and_test(name: str, data_dir: str | None, pixel_scale: float,
+                    allow_sample: bool) -> tuple[Arrays, Arrays, bool]:
+    """The training and test splits from the first source that has them (the module
+    docstring's order), and whether they are the embedded sample."""
     data_dir = os.path.expanduser(data_dir) if data_dir else None
     try:
-        train = load_split(name, "train", data_dir, pixel_scale)
-        test = load_split(name, "test", data_dir, pixel_scale)
+        return (load_split(name, "train", data_dir, pixel_scale),
+                load_split(name, "test", data_dir, pixel_scale), False)
     except DatasetNotFoundError as local_error:
         if data_dir is not None:  # an explicit folder wins: its missing files are the error
             raise
         try:
-            train = _load_tfds(name, "train", pixel_scale)
-            test = _load_tfds(name, "test", pixel_scale)
+            return _load_tfds(name, "train", pixel_scale), _load_tfds(name, "test", pixel_scale), \
+                False
         except DatasetNotFoundError as tfds_error:
-            if name != "mnist" or data_dir is not None or not allow_sample:
+            if name != "mnist" or not allow_sample:
                 raise DatasetNotFoundError(f"{local_error}\n{tfds_error}") from None
-            train, test = _load_embedded(pixel_scale)
-            validation = min(validation, len(train[0]) // 8)
-            log.warning(
-                "keras-margin: no MNIST files found and tensorflow-datasets cannot provide "
-                "them; using the embedded sample of real MNIST digits (%d train, %d of them "
-                "for validation, %d test). Pass data_dir= (--data-dir) for the full set.",
-                len(train[0]), validation, len(test[0]))
-    train, val = split_validation(*train, validation=validation, seed=seed, method=split)
-    return train, val, test
+            return (*_load_embedded(pixel_scale), True)
+
+
+def load_data(name: str = "mnist", data_dir: str | None = None,
+              allow_sample: bool = True) -> tuple[Arrays, Arrays]:
+    """A data set in `keras.datasets`' form, a drop-in for `keras.datasets.mnist.load_data()`.
+
+    Same sources as `load` (no download), but the arrays `keras.datasets` gives: two splits in
+    the files' order, uint8 pixels in [0, 255] with no channel axis for the MNISTs ((n, 28, 28);
+    CIFAR-10 (n, 32, 32, 3)), uint8 labels ((n,); CIFAR-10 (n, 1)). Scale them yourself
+    (`x / 255`, a channel axis for convolutions), as with Keras. `load` instead gives three
+    splits, float32 in [0, 1] and a channel axis, ready for the paper's protocol.
+
+    Example:
+        >>> (x_train, y_train), (x_test, y_test) = load_data("mnist", data_dir="~/data/mnist")
+        >>> x_train = x_train[..., None].astype("float32") / 255   # as a Keras example does
+    """
+    _check_name(name)
+    _check_load_arguments(0, None, "random", 1.0, data_dir)
+    train, test, embedded = _train_and_test(name, data_dir, 1.0, allow_sample)
+    if embedded:
+        log.warning("keras-margin: no MNIST files found and tensorflow-datasets cannot provide "
+                    "them; using the embedded sample of real MNIST digits (%d train, %d test). "
+                    "Pass data_dir= for the full set.", len(train[0]), len(test[0]))
+
+    def keras_form(x: np.ndarray, y: np.ndarray) -> Arrays:
+        x = np.rint(x).clip(0, 255).astype(np.uint8)
+        y = np.asarray(y).astype(np.uint8)
+        return (x, y.reshape(-1, 1)) if name == "cifar10" else (x.reshape(x.shape[:3]), y)
+
+    return keras_form(*train), keras_form(*test)
 
 
 def _check_load_arguments(validation: Any, seed: Any, split: str, pixel_scale: Any,

@@ -198,3 +198,44 @@ def test_keras_datasets_mnist_npz_and_cache_are_sources(tmp_path, monkeypatch):
     np.testing.assert_allclose(x[..., 0], arrays["x_test"] / 255.0, rtol=1e-6)
     (x_tr, _), (x_val, _), _ = datasets.load("mnist", validation=5, data_dir=str(cache))
     assert len(x_tr) == 25 and len(x_val) == 5
+
+
+def test_load_data_is_keras_datasets_form(fake_mnist, tmp_path):
+    # keras.datasets.mnist.load_data(): two splits in file order, uint8 (n, 28, 28), uint8
+    # labels; the bytes are the files' own (read here with gzip, independently).
+    (x_tr, y_tr), (x_te, y_te) = datasets.load_data("mnist", data_dir=str(fake_mnist))
+    with gzip.open(fake_mnist / "train-images-idx3-ubyte.gz") as f:
+        raw = np.frombuffer(f.read()[16:], np.uint8).reshape(60, 28, 28)
+    with gzip.open(fake_mnist / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read()[8:], np.uint8)
+    assert x_tr.dtype == np.uint8 and y_tr.dtype == np.uint8 and x_te.shape == (20, 28, 28)
+    np.testing.assert_array_equal(x_tr, raw)
+    np.testing.assert_array_equal(y_te, labels)
+    folder = tmp_path / "c" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in datasets.CIFAR_FILES["train"] + datasets.CIFAR_FILES["test"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+                         b"labels": list(rng.integers(0, 10, 4))}, f)
+    (x_tr, y_tr), (x_te, y_te) = datasets.load_data("cifar10", data_dir=str(tmp_path / "c"))
+    assert x_tr.shape == (20, 32, 32, 3) and y_tr.shape == (20, 1) and x_te.dtype == np.uint8
+    with pytest.raises(ValueError, match="name"):
+        datasets.load_data("mnsit")
+
+
+def test_images_scaled_twice_are_warned_about():
+    from keras_margin import MarginModel, attacks
+    from keras_margin._validation import warn_if_unscaled
+
+    (x, y), _, _ = datasets.load("mnist", validation=100)
+    twice = x[:64] / 255  # a script that divides load()'s [0, 1] images by 255 again
+    with pytest.warns(UserWarning, match="divided by 255 twice"):
+        assert warn_if_unscaled(twice, "fit")
+    assert not warn_if_unscaled(x[:64], "fit") and not warn_if_unscaled(np.zeros((2, 3)), "f")
+    model = MarginModel(architectures.lenet5(), C=0.1)
+    model.compile(optimizer="adam")
+    with pytest.warns(UserWarning, match="MarginModel.fit: .*divided by 255 twice"):
+        model.fit(twice, y[:64], epochs=1, batch_size=64, verbose=0)
+    with pytest.warns(UserWarning, match="divided by 255 twice"):
+        attacks.fgsm(model.base, twice, y[:64], eps=0.2)
