@@ -154,7 +154,8 @@ class SkippedBatchesLogger(keras.callbacks.Callback):
         if training:
             warnings.warn(
                 f"Epoch {epoch + 1}: {int(training)} training batch(es) left the weights "
-                "untouched: they held NaN/Inf inputs, labels outside the model's classes, or "
+                "untouched: they held NaN/Inf inputs, inputs outside the trainer's box (AT's "
+                "clip), labels outside the model's classes, or "
                 "gave a non-finite objective (too large a C or learning rate?). Check the "
                 "input pipeline.", UserWarning, stacklevel=2)
         if validation:

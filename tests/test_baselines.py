@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import linear_model, small_mlp, to_numpy
+from conftest import Batches, linear_model, refusal, small_mlp, to_numpy
 
 from keras_margin import AdversarialTrainingModel, MarginModel, VATModel, attacks
 
@@ -135,6 +135,33 @@ def test_at_refuses_inputs_outside_its_clip_box_before_training():
         model.fit(x, y, epochs=1, verbose=0)  # normal samples: many outside [0, 1]
     for old, new in zip(before, base.weights):
         np.testing.assert_array_equal(old, to_numpy(new))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_at_refuses_a_pipelines_batch_outside_its_clip_box(jit):
+    # Issue 23: through a PyDataset (or tf.data) the box went unchecked, and the "adversarial"
+    # examples were the projection of x into the box: 0.8 away from x with eps 0.1.
+    if jit and keras.backend.backend() == "torch":
+        pytest.skip("PyTorch steps run eagerly and raise")
+    x, y = _batch(n=48)
+    inside = np.clip(x, 0.0, 1.0)
+    bad = inside.copy()
+    bad[16:32] = x[16:32] + 0.8  # the second batch only
+    model = AdversarialTrainingModel(small_mlp(), eps=0.1, clip=(0.0, 1.0))
+    model.compile(optimizer="adam", jit_compile=jit)
+    model.fit(Batches(inside, y, 16), epochs=1, verbose=0)  # inside the box: trains
+    before = [to_numpy(w).copy() for w in model.weights]
+    with refusal(model):
+        history = model.fit(Batches(bad[16:32], y[16:32], 16), epochs=1, verbose=0)
+    backend = keras.backend.backend()
+    if backend == "jax" or (backend == "tensorflow" and jit):  # compiled: skipped, counted
+        assert history.history["skipped_batches"] == [1.0]
+    for old, new in zip(before, model.weights):
+        np.testing.assert_array_equal(old, to_numpy(new))
+    with pytest.raises(ValueError, match="outside the input box"):
+        model.adversarial_examples(bad, y)
+    x_adv = to_numpy(model.adversarial_examples(inside, y))
+    assert np.abs(x_adv - inside).max() <= 0.1 + 1e-6
 
 
 def test_at_alpha_is_the_deprecated_name_of_clean_weight(tmp_path):

@@ -80,8 +80,9 @@ class trainer:  # noqa: N801 - a namespace, as `keras_margin.backend.trainer`
             tf.cond(objective.valid, lambda: _apply(model, grads, weights), tf.no_op)
         else:
             check = tf.debugging.Assert(objective.valid, [
-                "keras_margin: the batch holds NaN/Inf inputs or labels outside the model's "
-                "classes, or its objective is not finite; refusing to train on it"])
+                "keras_margin: the batch holds NaN/Inf inputs, inputs outside the trainer's box "
+                "(AdversarialTrainingModel's clip) or labels outside the model's classes, or "
+                "its objective is not finite; refusing to train on it"])
             with tf.control_dependencies([check]):
                 _apply(model, grads, weights)
         return _keras_compat.multi_worker_logs(model.record(objective, x, sample_weight))

@@ -58,9 +58,10 @@ class trainer:  # noqa: N801 - a namespace, as `keras_margin.backend.trainer`
         model.zero_grad()
         objective = model.objective(x, y, sample_weight, training=True)
         if not bool(objective.valid):
-            raise ValueError("keras_margin: the batch holds NaN/Inf inputs or labels outside "
-                             "the model's classes, or its objective is not finite; refusing "
-                             "to train on it.")
+            raise ValueError("keras_margin: the batch holds NaN/Inf inputs, inputs outside "
+                             "the trainer's box (AdversarialTrainingModel's clip) or labels "
+                             "outside the model's classes, or its objective is not finite; "
+                             "refusing to train on it.")
         loss = model.optimizer.scale_loss(objective.total)
         loss.backward()
         weights = model.trainable_weights[:]

@@ -7,6 +7,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_margin._validation import (
     as_float_inputs,
@@ -80,7 +81,10 @@ class AdversarialTrainingModel(RobustModel):
         return 1.0 - self.clean_weight
 
     def adversarial_examples(self, x: Any, y: Any, training: bool = False):
-        """x + eps * sign(grad_x L(f(x), y)) for the current weights (l2: normalised gradient)."""
+        """x + eps * sign(grad_x L(f(x), y)) for the current weights (l2: normalised gradient).
+        x must lie in `clip` (the projection of x itself would count as perturbation)."""
+        if self.clip is not None:
+            check_box(*self.clip, np.asarray(keras.ops.convert_to_numpy(x)))
         x = as_float_inputs(x)
         if not self.built:
             self.build(x.shape)
@@ -98,6 +102,18 @@ class AdversarialTrainingModel(RobustModel):
         logits, x_adv = self._logits_and_adversarial(x, labels, training)
         adv_logits = call_logits(self.base, x_adv, training=training)
         return logits, self.data_loss(labels, adv_logits)
+
+    def inputs_valid(self, x: Any) -> Any:
+        """Finite and inside `clip`: a batch from a `tf.data` pipeline or a `PyDataset` outside
+        the box is refused as a NaN batch is (TensorFlow graphs and PyTorch raise; compiled
+        steps skip it and count it in `skipped_batches`)."""
+        valid = super().inputs_valid(x)
+        if self.clip is None:
+            return valid
+        lo, hi = self.clip
+        inside = ops.logical_and(ops.all(x >= ops.cast(lo, x.dtype)),
+                                 ops.all(x <= ops.cast(hi, x.dtype)))
+        return ops.logical_and(valid, inside)
 
     def _check_arrays(self, x: Any, y: Any, where: str) -> None:
         super()._check_arrays(x, y, where)

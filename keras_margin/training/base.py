@@ -183,9 +183,14 @@ class RobustModel(backend.Steps, keras.Model):
         total = self.data_weight * data + self.extra_weight * extra
         if self.losses:
             total = total + ops.sum(ops.stack([ops.cast(r, total.dtype) for r in self.losses]))
-        valid = ops.logical_and(ops.logical_and(labels_valid, ops.all(ops.isfinite(x))),
+        valid = ops.logical_and(ops.logical_and(labels_valid, self.inputs_valid(x)),
                                 ops.isfinite(total))
         return Objective(total, data, extra, logits, labels, valid, ops.shape(x)[0])
+
+    def inputs_valid(self, x: Any) -> Any:
+        """Whether a batch's inputs may train (a boolean scalar, in the compiled step): finite;
+        a trainer with an input box adds its own condition."""
+        return ops.all(ops.isfinite(x))
 
     def record(self, objective: Objective, x: Any, sample_weight: Any) -> dict[str, Any]:
         """Updates the loss trackers (a skipped batch counts in `skipped_batches` only) and the
