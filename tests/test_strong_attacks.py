@@ -120,8 +120,11 @@ def test_float64_inputs_are_attacked_in_float64(float64):
     y = f.argmax(axis=1)
     model = linear_model(w, b, dtype="float64")
     for res in (attacks.deepfool(model, x.astype("float64"), y, step_clip=None),
-                attacks.fmn(model, x.astype("float64"), y)):
+                attacks.fmn(model, x.astype("float64"), y),
+                attacks.ddn(model, x.astype("float64"), y)):  # issue 23: DDN raised
         assert res.perturbation.dtype == np.float64 and res.success.all()
+    budget = attacks.apgd(model, x.astype("float64"), y, eps=1.0, norm="l2", steps=10)
+    assert budget.perturbation.dtype == np.float64
     np.testing.assert_allclose(
         np.linalg.norm(attacks.deepfool(model, x.astype("float64"), y, step_clip=None,
                                         overshoot=0.0).perturbation, axis=1),

@@ -106,8 +106,8 @@ class _Kernel:
         stuck = flat_norm(grad, "l2") <= 0
         grad = ops.where(per_sample(stuck, x), s["noise"], grad)
         delta = delta + per_sample(alpha, x) * normalize(grad, "l2")
-        epsilon = s["epsilon"] * ops.where(adversarial, 1.0 - config.gamma, 1.0 + config.gamma)
-        epsilon = ops.minimum(ops.cast(epsilon, x.dtype), s["worst_norm"])
+        rate = ops.where(adversarial, 1.0 - config.gamma, 1.0 + config.gamma)  # float32
+        epsilon = ops.minimum(s["epsilon"] * ops.cast(rate, x.dtype), s["worst_norm"])
         length = flat_norm(delta, "l2")
         delta = delta * per_sample(epsilon / ops.where(length > 0, length,
                                                        ops.ones_like(length)), x)
