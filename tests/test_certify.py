@@ -223,6 +223,46 @@ def test_unsupported_layers_are_refused_by_name(make, match):
         certify.certify(make(), x, [0, 1], eps=0.1)
 
 
+@pytest.mark.parametrize("norm,dual", [("linf", 1), ("l2", 2)])
+def test_the_radius_search_is_not_capped_by_its_start(norm, dual):
+    # Issue 23: the interval was doubled at most 8 times, so a radius above 256 x upper came
+    # back as 256 x upper, and upper=0 gave 0 everywhere.
+    w, b, x, y = _linear_problem()
+    f = x @ w.T + b
+    gaps = f[np.arange(len(y)), y][:, None] - f
+    lengths = np.linalg.norm(w[y][:, None, :] - w[None], ord=dual, axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exact = np.where(np.arange(len(w))[None] == y[:, None], np.inf, gaps / lengths).min(1)
+    model = linear_model(w, b)
+    radius = certify.certified_radius(model, x, y, norm=norm, upper=exact.min() * 1e-6,
+                                      steps=40)
+    np.testing.assert_allclose(radius, exact, rtol=1e-5)
+    with pytest.raises(ValueError, match="upper"):
+        certify.certified_radius(model, x, y, norm=norm, upper=0.0)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_a_radius_past_the_input_box_is_the_boxs_farthest_point(norm):
+    # Weights so small that no point of [0, 1]^6 changes class: the radius is the distance to
+    # the box's farthest corner (no larger budget exists there); without a box, the exact one.
+    rng = np.random.default_rng(3)
+    w, b = rng.normal(size=(3, 6)) * 1e-3, np.array([10.0, 0.0, 0.0])
+    x = rng.uniform(0, 1, (8, 6)).astype("float32")
+    y = np.zeros(8, int)
+    reach = np.maximum(x, 1 - x).astype(np.float64)
+    farthest = reach.max(1) if norm == "linf" else np.sqrt((reach ** 2).sum(1))
+    boxed = certify.certified_radius(linear_model(w, b), x, y, norm=norm, clip_min=0.0,
+                                     clip_max=1.0)
+    np.testing.assert_allclose(boxed, farthest, rtol=1e-6)
+    free = certify.certified_radius(linear_model(w, b), x, y, norm=norm)
+    dual = 1 if norm == "linf" else 2
+    exact = np.minimum(*[(10.0 + x @ (w[0] - w[j])) / np.linalg.norm(w[0] - w[j], ord=dual)
+                         for j in (1, 2)])
+    np.testing.assert_allclose(free, exact, rtol=1e-4)
+    constant = certify.certified_radius(linear_model(w * 0, b), x, y, norm=norm)
+    assert np.isinf(constant).all()
+
+
 def test_certify_checks_its_arguments():
     w, b, x, y = _linear_problem()
     model = linear_model(w, b)

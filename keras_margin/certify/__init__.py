@@ -124,9 +124,13 @@ def certified_radius(model: Callable, x: Any, y: Any, norm: str = "linf",
     smallest perturbation (in `norm`) that changes the prediction; 0 where misclassified.
 
     Found by bisection (`steps` halvings: relative precision 2^-steps of the start interval)
-    from [0, `upper`] (per point; default: the largest distance the box allows for l_inf, else
-    ||x||_2), the interval first doubled until the top is not certified. The bound is monotone
-    in eps, so the bisection finds its largest certified eps; `lipschitz` has it in closed form.
+    from [0, `upper`] (per point, > 0; default: the largest distance the box allows for l_inf,
+    else ||x||_2 + 1), the interval first doubled until its top is not certified. The bound is
+    monotone in eps, so the bisection finds its largest certified eps; `lipschitz` has it in
+    closed form. With a full input box (`clip_min` and `clip_max`) no budget reaches past the
+    box's farthest point from x (in `norm`): a point certified there keeps its prediction on
+    the whole box, and its radius is that distance. Without one, a point certified at every
+    budget up to 2^64 times the start (a model constant in x) gets `inf`.
 
     Returns:
         float (n,).
@@ -136,24 +140,51 @@ def certified_radius(model: Callable, x: Any, y: Any, norm: str = "linf",
                            "certified_radius")
     x_np = certifier.inputs.x
     n = len(x_np)
+    if upper is not None:
+        upper = _budgets(upper, n)
+        if not (upper > 0).all():
+            raise ValueError(f"Invalid value for argument upper: {upper[upper <= 0][:3]}... "
+                             "Expected budgets > 0 (the bisection starts from [0, upper]).")
     if method == "lipschitz":
         return _lipschitz_radius(certifier)
     flat = np.abs(x_np.reshape(n, -1)).astype(np.float64)
-    high = _budgets(upper, n) if upper is not None else (
+    high = upper if upper is not None else (
         np.full(n, max(1.0, float(flat.max()))) if norm == "linf"
         else np.sqrt((flat ** 2).sum(axis=1)) + 1.0)
     low = np.zeros(n)
     active = certifier.correct.copy()
-    for _ in range(8):  # the top must not be certified
+    limit = _box_limit(x_np, norm, *certifier.box)
+    if limit is not None:  # certified at the box's farthest point: the whole box is
+        whole = active & certifier.certified(limit)
+        low[whole], high[whole] = limit[whole], limit[whole]
+        active &= ~whole
+        high = np.where(active, np.minimum(high, limit), high)
+    for _ in range(64):  # the top must not be certified (it never is at the box's limit)
         grow = active & certifier.certified(high)
         if not grow.any():
             break
-        low[grow], high[grow] = high[grow], high[grow] * 2
+        low[grow] = high[grow]
+        high[grow] = high[grow] * 2 if limit is None else np.minimum(high[grow] * 2,
+                                                                      limit[grow])
+    else:
+        unbounded = active & certifier.certified(high)
+        low[unbounded], high[unbounded] = np.inf, np.inf
     for _ in range(steps):
         middle = (low + high) / 2
-        ok = certifier.certified(middle)
+        ok = certifier.certified(np.where(np.isfinite(middle), middle, 0.0))
         low, high = np.where(ok, middle, low), np.where(ok, high, middle)
     return np.where(certifier.correct, low, 0.0)
+
+
+def _box_limit(x: np.ndarray, norm: str, clip_min: float | None,
+               clip_max: float | None) -> np.ndarray | None:
+    """Per point, the distance (in `norm`) from x to the farthest point of the input box: no
+    budget reaches further. None without a full box."""
+    if clip_min is None or clip_max is None:
+        return None
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    reach = np.maximum(flat - clip_min, clip_max - flat)
+    return reach.max(axis=1) if norm == "linf" else np.sqrt((reach ** 2).sum(axis=1))
 
 
 def _lipschitz_radius(certifier: _Certifier) -> np.ndarray:
