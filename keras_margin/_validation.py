@@ -50,11 +50,23 @@ def check_non_negative(name: str, value: Any, maximum: float | None = None) -> f
     return number
 
 
-def check_positive(name: str, value: Any) -> float:
-    """Raises `ValueError` unless `value` is a finite number > 0."""
+def check_positive(name: str, value: Any, resolved: bool = False) -> float:
+    """Raises `ValueError` unless `value` is a finite number > 0; with `resolved` (a size added
+    to inputs scaled to about 1: a budget, a step, a finite-difference probe), also unless it
+    is at least the working float type's resolution at 1 (float32: 1.19e-7), below which
+    x + value rounds to x and the argument does nothing, as zero would."""
     number = check_non_negative(name, value)
     if number == 0:
         raise ValueError(f"Invalid value for argument {name}: {value!r}. Expected a number > 0.")
+    if resolved:
+        import keras
+
+        floor = float(np.finfo(keras.backend.floatx()).eps)
+        if number < floor:
+            raise ValueError(
+                f"Invalid value for argument {name}: {value!r}. Expected a number >= {floor:.3g}"
+                f" ({keras.backend.floatx()}'s resolution at 1): below it, x + {name} rounds "
+                "to x for inputs in [0, 1] and it does nothing.")
     return number
 
 

@@ -97,7 +97,7 @@ def check_budgets(name: str, budgets: Sequence[float]) -> tuple[float, ...]:
                 or not math.isfinite(value) or value <= 0:
             raise ValueError(f"Invalid value in argument {name}: {value!r}. Expected numbers "
                              "> 0.")
-        values.append(float(value))
+        values.append(check_positive(name, float(value), resolved=True))
     return tuple(sorted(set(values)))
 
 
@@ -140,7 +140,8 @@ class EvaluationPlan:
             raise ValueError(f"Invalid value for argument apgd: {self.apgd!r}. Expected an "
                              "attacks.APGD object.")
         if self.fgsm_eps is not None:
-            object.__setattr__(self, "fgsm_eps", check_positive("fgsm_eps", self.fgsm_eps))
+            object.__setattr__(self, "fgsm_eps",
+                               check_positive("fgsm_eps", self.fgsm_eps, resolved=True))
         if isinstance(self.attacks, (str, bytes)) or not isinstance(self.attacks,
                                                                     (Sequence, np.ndarray)):
             raise ValueError(f"Invalid value for argument attacks: {self.attacks!r}. Expected a "

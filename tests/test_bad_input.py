@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from conftest import BACKEND, small_mlp, to_numpy
 
-from keras_margin import MarginModel, VATModel, datasets, losses
+from keras_margin import (
+    AdversarialTrainingModel,
+    EvaluationPlan,
+    MarginModel,
+    VATModel,
+    attacks,
+    datasets,
+    losses,
+)
 from keras_margin.callbacks import RobustnessCallback
 
 
@@ -193,3 +201,23 @@ def test_missing_files_name_the_command_line_flag(tmp_path):
 def test_losses_module_lists_what_it_accepts():
     with pytest.raises(ValueError, match="sparse_categorical_crossentropy"):
         losses.get("nonsense", 4)
+
+
+@pytest.mark.parametrize("name,build", [
+    ("eps", lambda v: AdversarialTrainingModel(small_mlp(), eps=v)),
+    ("eps", lambda v: VATModel(small_mlp(), eps=v)),
+    ("xi", lambda v: VATModel(small_mlp(), xi=v)),
+    ("step_clip", lambda v: attacks.DeepFool(step_clip=v)),
+    ("init_epsilon", lambda v: attacks.DDN(init_epsilon=v)),
+    ("max_stepsize", lambda v: attacks.FMN(max_stepsize=v, min_stepsize=0.0)),
+    ("fgsm_eps", lambda v: EvaluationPlan(fgsm_eps=v)),
+    ("linf_eps", lambda v: EvaluationPlan(linf_eps=[0.1, v])),
+    ("eps", lambda v: attacks.fgsm(small_mlp(), np.zeros((2, 6), "float32"), [0, 1], eps=v)),
+    ("eps", lambda v: attacks.FGSM()(small_mlp(), np.zeros((2, 6), "float32"), [0, 1], v)),
+])
+def test_sizes_below_the_float_resolution_are_refused_as_zero_is(name, build):
+    # Issue 23: zero was refused but 1e-12 accepted, where x + 1e-12 rounds to x in float32.
+    for value in (0.0, 1e-12, 1e-8):
+        with pytest.raises(ValueError, match=f"argument {name}: {value!r}"):
+            build(value)
+    build(1e-6)  # VAT's default xi, and any size float32 resolves at 1

@@ -345,7 +345,7 @@ class BudgetAttack(Attack):
         check_execution(jit_compile, verbose)
         inputs = check_inputs(model, x, y, clip_min, clip_max, self.name,
                               min_classes=self.min_classes)
-        eps = check_positive("eps", eps)
+        eps = check_positive("eps", eps, resolved=True)
         return self.run(model, inputs, [eps], check_lanes(batch_size, len(inputs.x)),
                         jit_compile, verbose)[eps]
 

@@ -37,8 +37,8 @@ class DDN(base.MinimumNormAttack):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", check_integer("steps", self.steps))
-        object.__setattr__(self, "init_epsilon", check_positive("init_epsilon",
-                                                                self.init_epsilon))
+        object.__setattr__(self, "init_epsilon", check_positive(
+            "init_epsilon", self.init_epsilon, resolved=True))
         object.__setattr__(self, "gamma", check_non_negative("gamma", self.gamma, maximum=1))
         object.__setattr__(self, "seed", check_integer("seed", self.seed, minimum=0))
 

@@ -55,7 +55,8 @@ class DeepFool(base.MinimumNormAttack):
         object.__setattr__(self, "max_iter", check_integer("max_iter", self.max_iter))
         object.__setattr__(self, "overshoot", check_non_negative("overshoot", self.overshoot))
         if self.step_clip is not None:
-            object.__setattr__(self, "step_clip", check_positive("step_clip", self.step_clip))
+            object.__setattr__(self, "step_clip",
+                               check_positive("step_clip", self.step_clip, resolved=True))
         if self.candidates is not None:
             object.__setattr__(self, "candidates",
                                check_integer("candidates", self.candidates, minimum=2))

@@ -126,7 +126,7 @@ def fgsm(model: Callable, x: Any, y: Any, eps: float = 0.2,
     Example:
         >>> x_adv = fgsm(model, x_test, y_test, eps=0.2, clip_min=0.0, clip_max=1.0)
     """
-    eps = check_positive("eps", eps)
+    eps = check_positive("eps", eps, resolved=True)
     if clip is not None:
         if clip_min is not None or clip_max is not None:
             raise ValueError("Pass the input box either as clip=(min, max) or as "

@@ -58,7 +58,7 @@ class FMN(base.MinimumNormAttack):
         check_choice("norm", self.norm, base.THREAT_NORMS)
         object.__setattr__(self, "steps", check_integer("steps", self.steps))
         object.__setattr__(self, "max_stepsize",
-                           check_positive("max_stepsize", self.max_stepsize))
+                           check_positive("max_stepsize", self.max_stepsize, resolved=True))
         if self.min_stepsize is None:
             object.__setattr__(self, "min_stepsize", self.max_stepsize / 100)
         object.__setattr__(self, "min_stepsize",

@@ -60,7 +60,7 @@ class AdversarialTrainingModel(RobustModel):
                           "term).", DeprecationWarning, stacklevel=2)
             clean_weight = alpha
         clean_weight = 0.5 if clean_weight is None else clean_weight
-        eps = check_positive("eps", eps)
+        eps = check_positive("eps", eps, resolved=True)
         clean_weight = check_non_negative("clean_weight", clean_weight, maximum=1)
         check_choice("norm", norm, ("linf", "l2"))
         self.clip = None if clip is None else check_box_pair("clip", clip)

@@ -67,7 +67,7 @@ class VATModel(RobustModel):
                  power_iterations: int = 1, alpha: float = 1.0, loss: Any = "crossentropy",
                  seed: int | None = None, hvp: str = "finite_difference",
                  **kwargs: Any) -> None:
-        eps, xi = check_positive("eps", eps), check_positive("xi", xi)
+        eps, xi = check_positive("eps", eps, True), check_positive("xi", xi, True)
         alpha = check_non_negative("alpha", alpha)
         power_iterations = check_integer("power_iterations", power_iterations, minimum=0)
         check_choice("hvp", hvp, HVP_METHODS)
