@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_margin._validation import (
     check_batch,
+    check_box,
     check_choice,
     check_finite_array,
     check_integer,
@@ -93,6 +94,7 @@ class RobustnessCallback(keras.callbacks.Callback):
         settings = {k: v for k, v in settings.items()
                     if not (k in ("apgd", "deepfool") and v is None)}
         self.plan = EvaluationPlan.resolve(plan, settings)
+        check_box(self.plan.clip_min, self.plan.clip_max, x_val)  # x_val inside the box
         self.keys = ["rho_adv", "fgsm_error", "deepfool_success"]
         if self.plan.attacks:
             self.keys += [f"rho_{a.name}" for a in self.plan.attacks] + ["rho_min"]
@@ -106,6 +108,11 @@ class RobustnessCallback(keras.callbacks.Callback):
         return getattr(self.model, "base", self.model)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        expected = _input_shape(self._target())
+        if expected is not None and (len(expected) != self.x_val.ndim or any(
+                e is not None and e != s for e, s in zip(expected[1:], self.x_val.shape[1:]))):
+            raise ValueError(f"RobustnessCallback: x_val has samples of shape "
+                             f"{self.x_val.shape[1:]}, but the model takes {tuple(expected[1:])}.")
         k = probe_model(self._target(), self.x_val[:32])
         if k < 2:
             raise ValueError("RobustnessCallback needs a model with k >= 2 logits (DeepFool "
@@ -127,6 +134,16 @@ class RobustnessCallback(keras.callbacks.Callback):
         logs.update(numbers)
         for key, value in {"epoch": epoch, **numbers}.items():
             self.history.setdefault(key, []).append(value)
+
+
+def _input_shape(model: Any) -> tuple | None:
+    """The model's input shape where it declares one (None: a subclassed model)."""
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError):
+        return None
+    return tuple(shape) if isinstance(shape, (tuple, list)) and (
+        not shape or not isinstance(shape[0], (tuple, list))) else None
 
 
 def fit_verbosity(params: dict | None) -> int:

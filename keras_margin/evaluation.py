@@ -243,6 +243,10 @@ def evaluate_robustness(model: Callable, x: Any, y: Any, plan: EvaluationPlan | 
     plan = EvaluationPlan.resolve(plan, settings)
     check_choice("verbose", verbose, (0, 1, 2))
     inputs = base.check_inputs(model, x, y, plan.clip_min, plan.clip_max, "evaluate_robustness")
+    if plan.certify is not None:  # an unsupported layer fails now, not after every attack
+        from keras_margin.certify import check_supported
+
+        check_supported(model, inputs.x)
     if plan.samples is not None:
         inputs = dataclasses.replace(inputs, x=inputs.x[:plan.samples],
                                      labels=inputs.labels[:plan.samples])

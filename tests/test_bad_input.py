@@ -221,3 +221,51 @@ def test_sizes_below_the_float_resolution_are_refused_as_zero_is(name, build):
         with pytest.raises(ValueError, match=f"argument {name}: {value!r}"):
             build(value)
     build(1e-6)  # VAT's default xi, and any size float32 resolves at 1
+
+
+def test_the_readmes_build_time_promises_are_kept_at_build_time():
+    # Issue 23: each of these failed only after an epoch had trained or every attack had run.
+    from keras_margin import certify, evaluate_robustness
+
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 1, (32, 6)).astype("float32"), rng.integers(0, 4, 32)
+    with pytest.raises(ValueError, match="outside the input box"):
+        RobustnessCallback(x + 2, y, clip_min=0.0, clip_max=1.0)
+    model = small_mlp()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = [to_numpy(w).copy() for w in model.weights]
+    for wrong in (x[:, :4], x[:, :, None]):
+        with pytest.raises(ValueError, match=r"x_val has samples of shape .* model takes \(6,\)"):
+            model.fit(x, y, epochs=1, verbose=0, callbacks=[RobustnessCallback(wrong, y)])
+    for old, new in zip(before, model.weights):  # refused before the first epoch trained
+        np.testing.assert_array_equal(old, to_numpy(new))
+    # certify: an unsupported layer (tanh) is named before any attack runs ...
+    attacked = []
+
+    class Counting(attacks.FMN):
+        def run(self, *args, **kwargs):
+            attacked.append(1)
+            return super().run(*args, **kwargs)
+
+    with pytest.raises(ValueError, match="cannot bound layer .*tanh"):
+        evaluate_robustness(model, x, y, attacks=[Counting()], certify="crown")
+    assert not attacked
+    # ... a trainer is certified through its base, as the attacks treat it ...
+    relu = small_mlp(activation="relu")
+    trainer = MarginModel(relu, C=0.1)
+    np.testing.assert_array_equal(certify.certify(trainer, x, y, eps=0.01),
+                                  certify.certify(relu, x, y, eps=0.01))
+
+    # ... and a subclassed model, whose call is code, is refused by name.
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(4)
+
+        def call(self, inputs):
+            return self.dense(inputs) * 2.0
+
+    sub = Sub()
+    sub(x)
+    with pytest.raises(ValueError, match="Sub has no defined input.*subclassed"):
+        certify.certified_radius(sub, x, y)

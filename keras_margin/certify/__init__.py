@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -33,6 +34,23 @@ __all__ = ["METHODS", "NORMS", "SUPPORTED", "certified_radius", "certify", "marg
            "lower_margins"]
 
 
+def base_model(model: Callable) -> Callable:
+    """A trainer of keras-margin (`MarginModel`, ...) is certified through its base model,
+    whose logits it outputs; any other model as it is."""
+    base_of = getattr(model, "base", None)
+    return base_of if isinstance(base_of, keras.Model) else model
+
+
+def check_supported(model: Callable, x: np.ndarray) -> list:
+    """The model's chain of operations, once every layer is known to be bounded and the chain
+    to compute the model on a few points of x; a clear error otherwise. Cheap:
+    `evaluate_robustness` calls it before any attack runs."""
+    model = base_model(model)
+    operations = chain(model)
+    check_chain(model, operations, x)
+    return operations
+
+
 class _Certifier:
     """The checked inputs, the model's chain of operations and the compiled bound program."""
 
@@ -42,9 +60,9 @@ class _Certifier:
         check_choice("norm", norm, NORMS)
         check_choice("method", method, METHODS)
         self.batch_size = check_integer("batch_size", batch_size)
+        model = base_model(model)
         self.inputs = base.check_inputs(model, x, y, clip_min, clip_max, where)
-        self.operations = chain(model)
-        check_chain(model, self.operations, self.inputs.x)
+        self.operations = check_supported(model, self.inputs.x)
         self.norm, self.method = norm, method
         self.box = (self.inputs.clip_min, self.inputs.clip_max)
         self.correct = base.predictions(model, self.inputs.x, batch_size) == self.inputs.labels

@@ -215,9 +215,17 @@ def _ops_of(layer: Any, in_shape: tuple) -> list:
 
 
 def chain(model: keras.Model, in_shape: tuple | None = None) -> list:
-    """The model's operations in order; refuses an unsupported layer by its name."""
+    """The model's operations in order; refuses an unsupported layer by its name, and a model
+    whose layers cannot be read in order (a subclassed model: its `call` is code)."""
     if in_shape is None:
-        in_shape = tuple(model.input_shape[1:])
+        try:
+            in_shape = tuple(model.input_shape[1:])
+        except (AttributeError, ValueError):
+            raise ValueError(
+                f"certify reads a model's layers in order, from its input; {type(model).__name__}"
+                " has no defined input (a subclassed model, whose call is code, or one never "
+                "built). Rebuild it as keras.Sequential or a functional model of the supported "
+                f"layers ({', '.join(SUPPORTED)}).") from None
     operations = []
     shape = tuple(in_shape)
     for layer in model.layers:
