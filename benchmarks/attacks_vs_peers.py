@@ -18,7 +18,7 @@ an equivalent PyTorch model, checked to give the same logits):
    batches of 100.
 
     pip install foolbox==3.3.4 torch torchattacks==3.5.1
-    python benchmarks/attacks_vs_peers.py --data-dir ../shared/data/mnist --out peers.json
+    python benchmarks/attacks_vs_peers.py --data-dir MNIST_DIR --out peers.json
 """
 
 from __future__ import annotations
@@ -253,7 +253,8 @@ def section_lanes(models, x, y, steps, rows):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="../shared/data/mnist")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with MNIST's IDX files (README: Data)")
     parser.add_argument("--n", type=int, default=2000, help="attacked test digits")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=3, help="training epochs of the models")

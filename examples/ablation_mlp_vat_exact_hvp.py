@@ -5,7 +5,11 @@ mostly drowns; this row takes it by double backprop (`VATModel(hvp="exact")`), a
 The settings are row "mlp-vat-exact-hvp" of keras_margin.experiments; only the model is
 written out here.
 
-    python examples/ablation_mlp_vat_exact_hvp.py --epochs 20 --data-dir ../shared/data/mnist
+    python examples/ablation_mlp_vat_exact_hvp.py --epochs 20 --data-dir MNIST_DIR
+
+MNIST_DIR: a folder with MNIST's four IDX .gz files (the README's Data section says where to
+get them); without --data-dir: KERAS_MARGIN_DATA, ~/.keras/datasets, then the small embedded
+sample, said so in one line.
 """
 
 from keras_margin import VATModel, architectures

@@ -4,7 +4,11 @@ Paper (100 epochs, 10 seeds): error 1.34 %, FGSM error 93.4 %,
 rho_adv 0.12. The settings are row "mlp-dropout" of keras_margin.experiments, shared with
 `keras-margin reproduce`; only the model is written out here.
 
-    python examples/table1_mlp_dropout.py --data-dir ../shared/data/mnist
+    python examples/table1_mlp_dropout.py --data-dir MNIST_DIR
+
+MNIST_DIR: a folder with MNIST's four IDX .gz files (the README's Data section says where to
+get them); without --data-dir: KERAS_MARGIN_DATA, ~/.keras/datasets, then the small embedded
+sample, said so in one line.
     python examples/table1_mlp_dropout.py --quick   # CPU-sized subsets
 """
 

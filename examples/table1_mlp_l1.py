@@ -4,7 +4,11 @@ Paper (100 epochs, 10 seeds): error 0.84 %, FGSM error 32.43 %,
 rho_adv 0.273. The settings are row "mlp-l1" of keras_margin.experiments, shared with
 `keras-margin reproduce`; only the model is written out here.
 
-    python examples/table1_mlp_l1.py --data-dir ../shared/data/mnist   # --quick: CPU-sized subsets
+    python examples/table1_mlp_l1.py --data-dir MNIST_DIR   # --quick: CPU-sized subsets
+
+MNIST_DIR: a folder with MNIST's four IDX .gz files (the README's Data section says where to
+get them); without --data-dir: KERAS_MARGIN_DATA, ~/.keras/datasets, then the small embedded
+sample, said so in one line.
 """
 
 from keras_margin import MarginModel, architectures

@@ -167,3 +167,21 @@ def test_run_folders_of_an_older_version_are_named_not_a_key_error(tmp_path, cap
     Path(os.path.join(folder, "config.json")).write_text(json.dumps(config))
     with pytest.raises(ValueError, match="has no 'quick'.*keras-margin reproduce"):
         stored_config(folder, "row", "quick")
+
+
+def test_training_figures_have_whole_epochs_a_share_axis_and_a_legend_off_the_curves(
+        tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from keras_margin.experiments import figures
+
+    seen = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: seen.append(fig) or path)
+    runs = _runs(tmp_path, L2, BASELINE, L1)  # L1: one epoch short of a line
+    figures.training_curves(report.collect(runs) + report.in_progress(runs), str(tmp_path))
+    (fig,) = seen
+    left, right = fig.axes
+    for ax in (left, right):
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    assert right.get_ylim() == (0, 100)
+    assert left.get_legend() is None and len(fig.legends) == 1  # below the panels

@@ -291,3 +291,17 @@ def test_an_evaluation_stored_before_a_setting_existed_is_not_run_again():
     assert not StrongerEvaluation(certify="crown").same_as(older)
     assert not StrongerEvaluation(n=100).same_as(older)
     assert not StrongerEvaluation().same_as({})
+
+
+def test_nothing_users_read_points_at_this_projects_own_data_folder():
+    # Users have no ../shared: examples, benchmarks, messages and the README say how to get
+    # MNIST instead (issue 23).
+    import glob
+    from pathlib import Path
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    paths = [os.path.join(root, "README.md")] + [
+        p for pattern in ("examples/*.py", "benchmarks/*.py", "keras_margin/**/*.py")
+        for p in glob.glob(os.path.join(root, pattern), recursive=True)]
+    offenders = [os.path.relpath(p, root) for p in paths if "shared/data" in Path(p).read_text()]
+    assert offenders == []

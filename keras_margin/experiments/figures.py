@@ -307,13 +307,19 @@ def training_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
             epochs = [int(r["epoch"]) + 1 for r in rows]
             left.plot(epochs, [_number(r["val_rho_adv"]) for r in rows], **style)
             right.plot(epochs, [100 * _number(r["val_fgsm_error"]) for r in rows], **style)
-        left.set_xlabel("epoch")
+        from matplotlib.ticker import MaxNLocator
+
+        for ax in (left, right):
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         left.set_ylabel("val rho_adv (DeepFool, eq. 20)")
-        right.set_xlabel("epoch")
         right.set_ylabel("val FGSM error, %")
-        left.legend(fontsize=7)
+        right.set_ylim(0, 100)  # a share: never past 100 %, even for one point
+        handles, labels = left.get_legend_handles_labels()
+        rows = -(-len(labels) // 3)
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
         fig.suptitle(_title(key, "robustness during training (validation subset)"), fontsize=9)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))  # the legend below, not on a curve
         written.append(_save(fig, os.path.join(out, _name("training", key, "robustness"))))
     return written
 
