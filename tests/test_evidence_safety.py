@@ -185,3 +185,29 @@ def test_training_figures_have_whole_epochs_a_share_axis_and_a_legend_off_the_cu
         assert ticks and all(float(t).is_integer() for t in ticks)
     assert right.get_ylim() == (0, 100)
     assert left.get_legend() is None and len(fig.legends) == 1  # below the panels
+
+
+def test_a_publish_that_fails_midway_leaves_the_destination_as_it_was(tmp_path, monkeypatch):
+    runs = _runs(tmp_path, L2)
+    dest = _runs(tmp_path, L2, name="dest")
+    os.remove(os.path.join(dest, L2, "robustness-boxed.json"))  # an older publication
+    Path(dest, L2, "notes.txt").write_text("kept")  # not evidence: never touched
+    before = _snapshot(dest)
+    copy, calls = shutil.copy2, []
+
+    def full_after_three(src, dst, **kwargs):
+        calls.append(src)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return copy(src, dst, **kwargs)
+
+    monkeypatch.setattr(shutil, "copy2", full_after_three)
+    with pytest.raises(OSError, match="No space"):
+        files.publish(runs, dest)
+    assert _snapshot(dest) == before  # no half-published run, no staged folder left
+    monkeypatch.undo()
+    files.publish(runs, dest)
+    assert Path(dest, L2, "notes.txt").read_text() == "kept"
+    assert sorted(set(os.listdir(os.path.join(dest, L2))) - {"notes.txt"}) == \
+        sorted(os.listdir(os.path.join(runs, L2)))
+    assert sorted(os.listdir(os.path.dirname(os.path.join(dest, L2)))) == ["seed-0"]

@@ -166,16 +166,30 @@ def publish(runs_dir: str, dest: str) -> list[str]:
     for relative in sources:
         _check_publishable(os.path.join(runs_dir, relative), os.path.join(dest, relative))
     for relative in sources:
-        source, target = os.path.join(runs_dir, relative), os.path.join(dest, relative)
-        names = _evidence(source)
-        os.makedirs(target, exist_ok=True)
-        for name in names:
-            tmp = os.path.join(target, f".{name}.{os.getpid()}.tmp")
-            shutil.copy2(os.path.join(source, name), tmp)
-            os.replace(tmp, os.path.join(target, name))
-        for stale in set(_evidence(target)) - set(names):
-            os.remove(os.path.join(target, stale))
+        _publish_run(os.path.join(runs_dir, relative), os.path.join(dest, relative))
     return sources
+
+
+def _publish_run(source: str, target: str) -> None:
+    """The run's evidence staged in a folder beside `target`, then swapped in by renames: a
+    failure (a full disk) leaves `target` as it was and no staged files behind."""
+    parent, name = os.path.split(os.path.normpath(target))
+    os.makedirs(parent, exist_ok=True)
+    stage, old = (os.path.join(parent, f".{name}.{kind}.{os.getpid()}")
+                  for kind in ("publishing", "replaced"))
+    try:  # copies: the step that needs space, and may fail
+        os.makedirs(stage)
+        for file in _evidence(source):
+            shutil.copy2(os.path.join(source, file), os.path.join(stage, file))
+    except OSError:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if os.path.isdir(target):  # renames only from here: what is not evidence stays
+        for file in set(os.listdir(target)) - set(_evidence(target)):
+            os.replace(os.path.join(target, file), os.path.join(stage, file))
+        os.replace(target, old)
+    os.replace(stage, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_unique_runs(folders: list[str]) -> None:
