@@ -273,7 +273,8 @@ def run_plan(model: Callable, inputs: base.Inputs, plan: EvaluationPlan, lanes: 
     report.deepfool_to_minimum_ratio = deepfool_to_minimum_ratio(found, plan.norms)
     flags = check_fgsm_blind(fgsm_blind, correct) + sanity_checks(report, inputs, plan, found)
     if plan.certify is not None:
-        flags += certified_measures(report, model, inputs, correct, subset, found, plan)
+        flags += certified_measures(report, model, inputs, correct, subset, found, plan,
+                                    verbose)
     for flag, message in flags:
         report.flags.append(flag)
         warnings.warn(f"evaluate_robustness [{flag}]: {message}", UserWarning, stacklevel=3)
@@ -387,7 +388,7 @@ def _smallest_found(found: dict[str, base.AttackResult], norm: str, n: int) -> n
 def certified_measures(report: RobustnessReport, model: Callable, inputs: base.Inputs,
                        correct: np.ndarray, subset: base.Inputs,
                        found: dict[str, base.AttackResult],
-                       plan: EvaluationPlan) -> list[tuple[str, str]]:
+                       plan: EvaluationPlan, verbose: int = 0) -> list[tuple[str, str]]:
     """Certified radii (l2 always, l_inf where l_inf budgets are asked), rho_certified,
     certified accuracy at the plan's budgets, and how close the bound comes to the attacks.
     The bisection starts from the smallest attack distance, an upper bound of the radius, and
@@ -407,7 +408,8 @@ def certified_measures(report: RobustnessReport, model: Callable, inputs: base.I
             upper = np.where(np.isfinite(attacked), attacked * 1.001 + 1e-6, fallback)
             radius[correct] = certified_radius(
                 model, subset.x, subset.labels, norm=norm, method=plan.certify,
-                clip_min=plan.clip_min, clip_max=plan.clip_max, upper=upper, steps=16)
+                clip_min=plan.clip_min, clip_max=plan.clip_max, upper=upper, steps=16,
+                verbose=verbose)
             above = radius[correct] > attacked * (1 + 1e-4) + 1e-7
             if above.any():
                 flags.append((f"certificate_above_attack_{norm}",

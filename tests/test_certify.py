@@ -303,7 +303,8 @@ def test_evaluate_robustness_proves_what_it_can_under_the_attacks():
 
 
 @pytest.mark.slow
-def test_the_command_certifies_finished_runs_and_the_report_shows_it(tiny_mnist, tmp_path):
+def test_the_command_certifies_finished_runs_and_the_report_shows_it(tiny_mnist, tmp_path,
+                                                                      capfd):
     import dataclasses
 
     from keras_margin.experiments import cli, get_row, report, runner
@@ -316,6 +317,15 @@ def test_the_command_certifies_finished_runs_and_the_report_shows_it(tiny_mnist,
     assert cli.main(["evaluate", out, "--data-dir", tiny_mnist, "--n", "20", "--steps", "10",
                      "--attacks", "fmn,ddn", "--linf-eps", "0.01,0.03", "--l2-eps", "0.1,0.3",
                      "--certify", "crown", "--tag", "certified"]) == 0
+    # Issue 31: 10 minutes of certification printed nothing. Not a terminal here: one line
+    # per step, each named (the attacks', then the bound's per norm).
+    shown = capfd.readouterr().out
+    for name in ("fmn_l2", "ddn", "certify crown l2", "certify crown linf"):
+        assert f"({name})" in shown, shown[-2000:]
+    assert cli.main(["evaluate", out, "--data-dir", tiny_mnist, "--n", "20", "--steps", "10",
+                     "--attacks", "fmn", "--linf-eps", "", "--certify", "ibp", "--tag",
+                     "quiet", "--quiet"]) == 0
+    assert "certify ibp" not in capfd.readouterr().out
     text = report.write(out)
     assert "Certified robustness" in text and "certified acc. linf 0.03" in text
     certified = text[text.index("Certified robustness"):]

@@ -51,7 +51,7 @@ def compare_csv(expected: str, actual: str) -> list[str]:
 def regenerated(tmp_path_factory):
     assert os.path.isdir(RUNS), "docs/results/runs is missing: the raw results are not here"
     prefix = str(tmp_path_factory.mktemp("report") / "report")
-    report.write(RUNS, prefix)
+    report.write(RUNS, prefix, shown_as=("docs/results/runs", "docs/results/report"))
     return prefix
 
 

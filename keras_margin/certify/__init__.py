@@ -70,6 +70,26 @@ class _Certifier:
             return margin_bounds(self.operations, x0, labels, eps, norm, method, self.box)
 
         self.program = backend.compile_fn(fn, model, "auto") if method != "lipschitz" else fn
+        self._bar, self._done = None, 0
+
+    def start_progress(self, title: str, passes: int, verbose: int) -> None:
+        """A Keras progress bar over the batches of `passes` bound computations (0: none)."""
+        self._done = 0
+        if verbose:
+            self._batches = -(-len(self.inputs.x) // min(self.batch_size, len(self.inputs.x)))
+            self._bar = keras.utils.Progbar(passes * self._batches,
+                                            unit_name=f"batch ({title})", verbose=verbose)
+
+    def more_progress(self, passes: int) -> None:
+        """The bar's total grows: the search needed `passes` more bound computations."""
+        if self._bar is not None:
+            self._bar.target += passes * self._batches
+
+    def end_progress(self) -> None:
+        if self._bar is not None:
+            self._bar.target = max(self._done, 1)
+            self._bar.update(self._bar.target, finalize=True)
+            self._bar = None
 
     def lower_margins(self, eps: np.ndarray) -> np.ndarray:
         """Lower bounds of f_y - f_j (n, k) at per-point budgets `eps` (n,)."""
@@ -81,6 +101,9 @@ class _Certifier:
             out.append(ops.convert_to_numpy(self.program(
                 ops.convert_to_tensor(x[part]), ops.convert_to_tensor(labels[part]),
                 ops.convert_to_tensor(eps[part].astype(x.dtype))))[:len(x) - start])
+            if self._bar is not None:
+                self._done += 1
+                self._bar.update(min(self._done, self._bar.target - 1))
         return np.concatenate(out)
 
     def certified(self, eps: np.ndarray) -> np.ndarray:
@@ -137,7 +160,7 @@ def certify(model: Callable, x: Any, y: Any, eps: Any, norm: str = "linf",
 def certified_radius(model: Callable, x: Any, y: Any, norm: str = "linf",
                      method: str = "crown", clip_min: float | None = None,
                      clip_max: float | None = None, batch_size: int = 100,
-                     steps: int = 24, upper: Any = None) -> np.ndarray:
+                     steps: int = 24, upper: Any = None, verbose: int = 0) -> np.ndarray:
     """Per point, the largest budget at which `certify` holds: a proven lower bound on the
     smallest perturbation (in `norm`) that changes the prediction; 0 where misclassified.
 
@@ -148,12 +171,14 @@ def certified_radius(model: Callable, x: Any, y: Any, norm: str = "linf",
     closed form. With a full input box (`clip_min` and `clip_max`) no budget reaches past the
     box's farthest point from x (in `norm`): a point certified there keeps its prediction on
     the whole box, and its radius is that distance. Without one, a point certified at every
-    budget up to 2^64 times the start (a model constant in x) gets `inf`.
+    budget up to 2^64 times the start (a model constant in x) gets `inf`. `verbose` 1 shows a
+    progress bar over the bound's batches (named, with the time left), 2 one line at the end.
 
     Returns:
         float (n,).
     """
     steps = check_integer("steps", steps)
+    check_choice("verbose", verbose, (0, 1, 2))
     certifier = _Certifier(model, x, y, norm, method, clip_min, clip_max, batch_size,
                            "certified_radius")
     x_np = certifier.inputs.x
@@ -172,16 +197,19 @@ def certified_radius(model: Callable, x: Any, y: Any, norm: str = "linf",
     low = np.zeros(n)
     active = certifier.correct.copy()
     limit = _box_limit(x_np, norm, *certifier.box)
-    if limit is not None:  # certified at the box's farthest point: the whole box is
-        whole = active & certifier.certified(limit)
-        low[whole], high[whole] = limit[whole], limit[whole]
-        active &= ~whole
-        high = np.where(active, np.minimum(high, limit), high)
-    for _ in range(64):  # the top must not be certified (it never is at the box's limit)
+    if limit is not None:
+        high = np.minimum(high, limit)
+    certifier.start_progress(f"certify {method} {norm}", steps + 1, verbose)
+    for _ in range(64):  # double the top until it is not certified
         grow = active & certifier.certified(high)
+        low[grow] = high[grow]
+        if limit is not None:  # certified at the box's farthest point: the whole box is
+            whole = grow & (high >= limit)
+            active &= ~whole
+            grow &= ~whole
         if not grow.any():
             break
-        low[grow] = high[grow]
+        certifier.more_progress(1)
         high[grow] = high[grow] * 2 if limit is None else np.minimum(high[grow] * 2,
                                                                       limit[grow])
     else:
@@ -191,6 +219,7 @@ def certified_radius(model: Callable, x: Any, y: Any, norm: str = "linf",
         middle = (low + high) / 2
         ok = certifier.certified(np.where(np.isfinite(middle), middle, 0.0))
         low, high = np.where(ok, middle, low), np.where(ok, high, middle)
+    certifier.end_progress()
     return np.where(certifier.correct, low, 0.0)
 
 

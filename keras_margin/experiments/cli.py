@@ -66,10 +66,34 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "margin penalty stays float32")
 
 
+# One runnable example per verb, shown by its --help (and all of them by keras-margin --help);
+# the README's command-line block runs the same commands (tested).
+EXAMPLES = {
+    "reproduce": "keras-margin reproduce table1 --rows mlp-l2 --quick --epochs 2 --out runs",
+    "sweep-c": "keras-margin sweep-c --arch mlp --C 1e-3,1e-1 --quick --out runs",
+    "evaluate": "keras-margin evaluate runs --n 100 --attacks fmn --linf-eps 0.1",
+    "report": "keras-margin report runs --out runs/report",
+    "figures": "keras-margin figures runs --out figures",
+    "publish": "keras-margin publish runs published",
+}
+HELP = argparse.RawDescriptionHelpFormatter
+
+
+def _example(verb: str) -> str:
+    return f"example:\n  {EXAMPLES[verb]}"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keras-margin", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="keras-margin", description=__doc__.splitlines()[0], formatter_class=HELP,
+        epilog="examples (a minute on a CPU, offline, in this order):\n" + "\n".join(
+            f"  {EXAMPLES[v]}" for v in ("reproduce", "evaluate", "report", "figures")))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    reproduce = sub.add_parser("reproduce", help="train and evaluate the rows of a table")
+
+    def verb(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, epilog=_example(name), formatter_class=HELP, **kwargs)
+
+    reproduce = verb("reproduce", help="train and evaluate the rows of a table")
     reproduce.add_argument("table", choices=TABLE_NAMES,
                            help="table1 (MNIST), table2 (CIFAR-10) or ablation (our variants)")
     reproduce.add_argument("--rows", default=None,
@@ -78,13 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--list", action="store_true",
                            help="list the table's rows with what they train, and exit")
     _common(reproduce)
-    sweep = sub.add_parser("sweep-c", help="Figure 4: l2 margin maximization over C")
+    sweep = verb("sweep-c", help="Figure 4: l2 margin maximization over C")
     sweep.add_argument("--arch", default="mlp,lenet5",
                        help=f"comma-separated, from {', '.join(SWEEP_ARCHITECTURES)}")
     sweep.add_argument("--C", default=",".join(f"{c:g}" for c in SWEEP_C),
                        help="comma-separated values of C (default: 1e-6 ... 1)")
     _common(sweep)
-    ev = sub.add_parser("evaluate", help="stronger attacks (FMN, DDN, APGD) on finished runs")
+    ev = verb("evaluate", help="stronger attacks (FMN, DDN, APGD) on finished runs")
     ev.add_argument("runs", help="folder of runs (searched recursively)")
     ev.add_argument("--n", type=positive_int, default=1000,
                     help="first N test points of each run's data (default 1000)")
@@ -109,19 +133,22 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None, help="folder with the original data files")
     ev.add_argument("--batch-size", type=positive_int, default=500,
                     help="samples attacked side by side (default 500)")
-    ev.add_argument("--verbose", type=int, default=0, choices=[0, 1],
-                    help="progress bars (default 0)")
-    rep = sub.add_parser("report", help="Markdown and CSV tables from finished runs")
+    ev.add_argument("--verbose", type=int, default=None, choices=[0, 1, 2],
+                    help="progress of every attack and of the certification: 1 live bars "
+                         "with the time left (the default on a terminal), 2 one line per step "
+                         "(the default otherwise), 0 none")
+    ev.add_argument("--quiet", action="store_true", help="no progress (--verbose 0)")
+    rep = verb("report", help="Markdown and CSV tables from finished runs")
     rep.add_argument("runs", help="folder of runs (searched recursively)")
     rep.add_argument("--out", default=None, help="file prefix (default: RUNS/report)")
     rep.add_argument("--readme", default=None,
                      help="also rewrite this Markdown file's generated blocks (the README's "
                           "Results tables)")
-    pub = sub.add_parser("publish", help="copy the runs' evidence files (configs, histories, "
+    pub = verb("publish", help="copy the runs' evidence files (configs, histories, "
                                          "metrics, per-point arrays; no models) to a folder")
     pub.add_argument("runs", help="folder of runs (searched recursively)")
     pub.add_argument("dest", help="destination, e.g. docs/results/runs")
-    fig = sub.add_parser("figures", help="PNG figures from finished runs")
+    fig = verb("figures", help="PNG figures from finished runs")
     fig.add_argument("runs", help="folder of runs (searched recursively)")
     fig.add_argument("--out", default="figures", help="output folder (default: figures/)")
     return parser
@@ -168,10 +195,11 @@ def _evaluate(args: argparse.Namespace) -> None:
                                 f"{args.runs}.")
     for folder in folders:  # every conflict before any evaluation starts
         reevaluate.check_replaceable(folder, settings, args.force)
+    verbose = 0 if args.quiet else args.verbose if args.verbose is not None else (
+        1 if sys.stdout.isatty() else 2)
     for folder in folders:
         reevaluate.evaluate_run(folder, settings, data_dir=args.data_dir,
-                                batch_size=args.batch_size, verbose=args.verbose,
-                                force=args.force)
+                                batch_size=args.batch_size, verbose=verbose, force=args.force)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             from keras_margin.experiments import report
 
             prefix = args.out or os.path.join(args.runs, "report")
-            report.write(args.runs, prefix)
+            report.write(args.runs, prefix)  # its header names these two as given
             print(f"wrote {prefix}.md and {prefix}.csv")
             if args.readme:
                 names = report.update_readme(args.runs, args.readme)
