@@ -207,10 +207,15 @@ def _load_tfds(name: str, split: str, pixel_scale: float = 255.0) -> Arrays:
     except ImportError as err:
         raise DatasetNotFoundError("tensorflow-datasets is not installed "
                                    "(pip install 'keras-margin[data]').") from err
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # its "Variant folder ... has no dataset_info.json": a probe
     try:
         prepared = tfds.builder(name).is_prepared()
     except Exception:  # an unusual tfds set-up: let load() below decide
         prepared = True
+    finally:
+        absl.setLevel(level)
     if not prepared and not _server_answers(*TFDS_SERVER):
         raise DatasetNotFoundError(
             f"tensorflow-datasets has no prepared copy of {name!r} and its download server "

@@ -29,3 +29,19 @@ def test_importing_keras_margin_prints_no_start_up_noise():
                           text=True, timeout=300, check=True)
     lines = [line for line in proc.stderr.splitlines() if _quiet.NOISE.search(line)]
     assert lines == []
+
+
+def test_the_tensorflow_datasets_probe_prints_no_folder_warning(caplog, tmp_path, monkeypatch):
+    # Issue 31: asking tfds whether it holds a prepared copy logged "Variant folder ... has
+    # no dataset_info.json", naming a folder that does not exist, before the one-line notice.
+    import logging
+
+    pytest.importorskip("tensorflow_datasets")
+    from keras_margin import datasets
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(datasets, "_server_answers", lambda *a, **k: False)
+    with caplog.at_level(logging.DEBUG, logger="absl"), \
+            pytest.raises(datasets.DatasetNotFoundError, match="no prepared copy"):
+        datasets._load_tfds("mnist", "train")
+    assert not [r for r in caplog.records if r.name == "absl" and r.levelno >= logging.WARNING]
