@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_margin.experiments import verdict
 from keras_margin.experiments.files import check_unique_runs, read_json, run_identity, write_text
 from keras_margin.experiments.rows import TABLES
 
@@ -209,9 +210,16 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         line["paper_rho_ratio"] = (line["paper"].get("rho_adv", math.nan)
                                    / paper_base.get("rho_adv", math.nan)
                                    if paper_base else math.nan)
+        line["rho_ratio_std"] = verdict.ratio_std(
+            line["rho_adv"], line["rho_adv_std"], base["rho_adv"], base["rho_adv_std"]) \
+            if base and line["seeds"] > 1 and base["seeds"] > 1 else 0.0
+        line["paper_rho_ratio_std"] = verdict.ratio_std(
+            line["paper"]["rho_adv"], line["paper"]["rho_adv_std"], paper_base["rho_adv"],
+            paper_base["rho_adv_std"]) if paper_base and "rho_adv_std" in line["paper"] and \
+            "rho_adv_std" in paper_base else math.nan
         line["rho_min_ratio"] = line["strong_rho_min"] / base["strong_rho_min"] \
             if base and "strong_rho_min" in line and "strong_rho_min" in base else math.nan
-        line.update(verdict(line))
+        line.update(_cell_verdicts(line))
     return sorted(lines, key=paper_order)
 
 
@@ -235,38 +243,20 @@ def _evaluations(members: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-# When a Table I cell counts as reproduced (`verdict`).
-FGSM_POINTS = 5.0  # FGSM error within this many percentage points of the paper's
-RHO_RATIO_TOLERANCE = 0.10  # rho_adv / baseline within 10 % of the paper's ratio
-VERDICT_RULE = (
-    "A cell is reproduced when: **error** — ours and the paper's differ by at most the sum of "
-    "the two seed standard deviations (ours is 0 for a single seed); **FGSM error** — within "
-    f"{FGSM_POINTS:g} percentage points; **rho_adv** — its ratio to the same network's "
-    f"baseline (same epochs) within {100 * RHO_RATIO_TOLERANCE:g} % of the paper's ratio (the "
-    f"baseline rows: rho_adv itself within {100 * RHO_RATIO_TOLERANCE:g} %). A row is "
-    "reproduced when all three cells are. The paper averages 10 seeds of 100 epochs.")
-
-
-def verdict(line: dict[str, Any]) -> dict[str, Any]:
-    """Which of the row's cells reproduce the paper's (see `VERDICT_RULE`); empty where the
-    paper has no number for the row."""
-    p = line["paper"]
-    if not {"error", "fgsm_error", "rho_adv"} <= set(p):
+def _cell_verdicts(line: dict[str, Any]) -> dict[str, Any]:
+    """The row's verdict by `verdict.row_verdict`, its cells flattened for the CSV."""
+    judged = verdict.row_verdict(line)
+    if not judged:
         return {}
-    slack = 1e-9  # the printed precision, not a tolerance: 0.86 vs 0.86 +- 0 is equal
-    error_ok = abs(line["error"] - p["error"]) <= line["error_std"] + p.get("error_std",
-                                                                          0.0) + slack
-    fgsm_ok = abs(line["fgsm_error"] - p["fgsm_error"]) <= FGSM_POINTS + slack
-    if line["baseline"]:
-        rho_ok = abs(line["rho_adv"] / p["rho_adv"] - 1) <= RHO_RATIO_TOLERANCE + slack
-    else:
-        rho_ok = abs(line["rho_ratio"] / line["paper_rho_ratio"] - 1) \
-            <= RHO_RATIO_TOLERANCE + slack
-    failed = [name for name, ok in (("error", error_ok), ("FGSM error", fgsm_ok),
-                                    ("rho_adv", rho_ok)) if not ok]
-    text = "reproduced" if not failed else (
-        "not reproduced" if len(failed) == 3 else "not reproduced: " + ", ".join(failed))
-    return {"error_ok": error_ok, "fgsm_ok": fgsm_ok, "rho_ok": rho_ok, "verdict": text}
+    flat: dict[str, Any] = {"verdict": judged["verdict"], "cells": judged["cells"]}
+    for name, key, *_ in verdict.CELLS:
+        result = judged["cells"].get(name)
+        if result is not None:
+            flat[f"{key}_status"] = result["status"]
+            low, high = result.get("interval", (math.nan, math.nan))
+            flat[f"{key}_interval_low"], flat[f"{key}_interval_high"] = low, high
+            flat[f"{key}_p"] = result.get("p", math.nan)
+    return flat
 
 
 def paper_order(item: dict[str, Any]) -> tuple:
@@ -313,29 +303,44 @@ def _epochs(n: int) -> str:
     return f"{n} epoch{'' if n == 1 else 's'}"
 
 
+def _judged(m: dict[str, Any], name: str, key: str, digits: int, scale: str = "") -> str:
+    """One verdict cell: ours / the paper's, the interval or p-value, and the mark."""
+    result = m["cells"].get(name)
+    if result is None:
+        return "—"
+    paper_std = m["paper"].get(f"{key}_std") if key != "rho_ratio" else m["paper_rho_ratio_std"]
+    paper_mean = m["paper"][key] if key != "rho_ratio" else m["paper_rho_ratio"]
+    ours = _fmt(m[key], m.get(f"{key}_std", 0.0), m["seeds"], digits)
+    theirs = _paper(paper_mean, digits, paper_std)
+    if "interval" in result:
+        low, high = result["interval"]
+        test = f"[{low:.{digits}f}, {high:.{digits}f}]"
+    elif "p" in result:
+        test = f"p {result['p']:.3f}"
+    else:
+        test = "no spread"
+    mark = {"reproduced": "✓", "better": "✗ better", "worse": "✗ worse",
+            "undecided": "?"}[result["status"]]
+    return f"{scale}{ours} / {scale}{theirs} {test} {mark}"
+
+
 def verdict_table(lines: list[dict[str, Any]]) -> str:
     """The first table: for each Table I row (float32, full data), ours against the paper's,
-    cell by cell, with the rule."""
+    cell by cell, with the interval or p-value of `verdict.RULE`."""
     rows = [ln for ln in lines if ln["table"] == "table1" and "verdict" in ln
             and not ln["quick"] and ln["dtype_policy"] == "float32"]
     if not rows:
         return ""
     out = ["| row | epochs | seeds | error % (ours / paper) | FGSM error % (ours / paper) | "
-           "rho_adv / baseline (ours / paper) | verdict |", "|---|---|---|---|---|---|---|"]
-    mark = {True: "✓", False: "✗"}
+           "rho_adv (ours / paper) | rho_adv / baseline (ours / paper) | verdict |",
+           "|---|---|---|---|---|---|---|---|"]
     for m in rows:
-        p = m["paper"]
-        rho = (f"{_fmt(m['rho_adv'], m['rho_adv_std'], m['seeds'], 3)} / "
-               f"{_paper(p['rho_adv'], 3, p.get('rho_adv_std'))} (rho_adv)"
-               if m["baseline"] else f"x{m['rho_ratio']:.2f} / x{m['paper_rho_ratio']:.2f}")
         out.append(
             f"| {m['label']} | {m['epochs']} | {m['seeds']} | "
-            f"{_fmt(m['error'], m['error_std'], m['seeds'], 2)} / "
-            f"{_paper(p['error'], 2, p.get('error_std'))} {mark[m['error_ok']]} | "
-            f"{_fmt(m['fgsm_error'], m['fgsm_error_std'], m['seeds'], 1)} / "
-            f"{_paper(p['fgsm_error'], 1, p.get('fgsm_error_std'))} {mark[m['fgsm_ok']]} | "
-            f"{rho} {mark[m['rho_ok']]} | {m['verdict']} |")
-    return "\n".join(out) + "\n\n" + VERDICT_RULE + "\n"
+            f"{_judged(m, 'error', 'error', 2)} | {_judged(m, 'FGSM error', 'fgsm_error', 1)} | "
+            f"{_judged(m, 'rho_adv', 'rho_adv', 3)} | "
+            f"{_judged(m, 'rho_adv / baseline', 'rho_ratio', 2, 'x')} | {m['verdict']} |")
+    return "\n".join(out) + "\n\n" + verdict.RULE + "\n"
 
 
 def markdown(lines: list[dict[str, Any]]) -> str:
@@ -488,8 +493,11 @@ CSV_FIELDS = ["table", "row", "label", "architecture", "dataset", "quick", "prot
               "dtype_policy", "epochs", "seeds", "seed_list", "error", "error_std",
               "fgsm_error", "fgsm_error_std", "rho_adv", "rho_adv_std", "rho_ratio",
               "paper_error", "paper_error_std", "paper_fgsm_error", "paper_fgsm_error_std",
-              "paper_rho_adv", "paper_rho_adv_std", "paper_rho_ratio", "error_ok", "fgsm_ok",
-              "rho_ok", "verdict", "rho_min_ratio", "backends", "epoch_seconds_median",
+              "paper_rho_adv", "paper_rho_adv_std", "paper_rho_ratio", "rho_ratio_std",
+              "paper_rho_ratio_std"] + [
+              f"{key}_{what}" for _, key, *_ in verdict.CELLS
+              for what in ("status", "interval_low", "interval_high", "p")] + [
+              "verdict", "rho_min_ratio", "backends", "epoch_seconds_median",
               "epoch_cpu_seconds_median", "train_minutes"]
 
 
