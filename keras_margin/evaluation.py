@@ -311,7 +311,8 @@ def paper_measures(inputs: base.Inputs, correct: np.ndarray, fgsm_wrong: np.ndar
     return RobustnessReport(
         n=len(inputs.x), error=float((~correct).mean()), fgsm_eps=fgsm_eps,
         fgsm_error=float(fgsm_wrong.mean()) if fgsm_wrong is not None else math.nan,
-        rho_adv=rho, deepfool_success_rate=success_rate, distances=distances)
+        rho_adv=rho, deepfool_success_rate=success_rate, distances=distances,
+        fgsm_wrong=None if fgsm_wrong is None else np.asarray(fgsm_wrong, bool))
 
 
 def minimum_norm_measures(report: RobustnessReport, subset: base.Inputs,

@@ -66,6 +66,8 @@ class RobustnessReport:
         certified_to_minimum_ratio: median over the correct points of the certified l2 radius
             over the smallest l2 attack distance (1: the bound meets the attacks).
         flags: names of the failed sanity checks (each was also warned about).
+        fgsm_wrong: per point, whether it is misclassified after the FGSM step (its mean is
+            `fgsm_error`); None without FGSM.
     """
 
     n: int
@@ -89,6 +91,7 @@ class RobustnessReport:
     certified_accuracy: dict[str, dict[float, float]] = dataclasses.field(default_factory=dict)
     certified_to_minimum_ratio: float | None = None
     flags: list[str] = dataclasses.field(default_factory=list)
+    fgsm_wrong: np.ndarray | None = None
 
     # -- the flat form: JSON, run folders, report["key"] ------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +126,8 @@ class RobustnessReport:
                             for eps, value in budgets.items()})
             if self.certified_to_minimum_ratio is not None:
                 out["certified_to_minimum_ratio"] = self.certified_to_minimum_ratio
+        if self.fgsm_wrong is not None:
+            out["fgsm_wrong"] = np.asarray(self.fgsm_wrong, bool)
         out["flags"] = list(self.flags)
         return out
 
@@ -168,7 +173,9 @@ class RobustnessReport:
                    else np.asarray(data["certified_distances"]),
                    rho_certified=data.get("rho_certified"), certified_accuracy=certified,
                    certified_to_minimum_ratio=data.get("certified_to_minimum_ratio"),
-                   flags=list(data.get("flags", [])))
+                   flags=list(data.get("flags", [])),
+                   fgsm_wrong=None if "fgsm_wrong" not in data
+                   else np.asarray(data["fgsm_wrong"], bool))
 
     def __getitem__(self, key: str) -> Any:
         return self.to_dict()[key]

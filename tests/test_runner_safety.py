@@ -245,3 +245,25 @@ def test_figures_refuse_a_cut_history_and_name_the_missing_extra(tiny_mnist, tmp
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     assert cli.main(["figures", out, "--out", str(tmp_path / "figs")]) == 2
     assert "pip install 'keras-margin[plots]'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fgsm_error_recomputes_from_points_and_older_runs_get_them(tiny_mnist, tmp_path):
+    # Issue 29: FGSM error was one number per run; now each test point's outcome is kept, and
+    # `evaluate` adds them to a run finished before (only when they give the same error).
+    from keras_margin.experiments import reevaluate
+
+    row = _tiny()
+    out = str(tmp_path / "runs")
+    metrics = runner.run(row, 0, out, data_dir=tiny_mnist, verbose=0)
+    folder = runner.run_dir(out, row, 0)
+    points = dict(np.load(os.path.join(folder, "points.npz")))
+    assert points["fgsm_wrong"].dtype == bool and len(points["fgsm_wrong"]) == 60
+    assert points["fgsm_wrong"].mean() == metrics["fgsm_error"]
+    del points["fgsm_wrong"]  # as a run of an older version left it
+    np.savez_compressed(os.path.join(folder, "points.npz"), **points)
+    settings = reevaluate.StrongerEvaluation(n=10, attacks=(), linf_eps=(), steps=5)
+    reevaluate.evaluate_run(folder, settings, data_dir=tiny_mnist)
+    again = np.load(os.path.join(folder, "points.npz"))
+    assert again["fgsm_wrong"].mean() == metrics["fgsm_error"]
+    np.testing.assert_array_equal(again["distances"], points["distances"])

@@ -34,6 +34,7 @@ from keras_margin.experiments.runner import (
     label_adversarials,
     load_checkpoint,
     load_data,
+    record_fgsm_points,
     save_arrays,
 )
 from keras_margin.robustness_report import RobustnessReport
@@ -103,6 +104,11 @@ def _has_adversarial_classes(folder: str) -> bool:
     return not os.path.exists(path) or "adversarial_class" in np.load(path).files
 
 
+def _has_fgsm_points(folder: str) -> bool:
+    path = os.path.join(folder, "points.npz")
+    return os.path.exists(path) and "fgsm_wrong" in np.load(path).files
+
+
 def finished_runs(runs_dir: str) -> list[str]:
     """Folders under `runs_dir` that hold a finished run (metrics.json and model.keras)."""
     found = []
@@ -156,7 +162,8 @@ def evaluate_run(folder: str, settings: StrongerEvaluation, data_dir: str | None
         if not _has_adversarial_classes(folder):  # runs made before the runner recorded them
             model = load_checkpoint(os.path.join(folder, "model.keras"))
             label_adversarials(folder, getattr(model, "base", model))
-        if check_replaceable(folder, settings, force):
+        skip = check_replaceable(folder, settings, force)
+        if skip and _has_fgsm_points(folder):
             log.info("[%s] evaluated already: skipped", folder)
             return read_json(path)
         config = stored_config(folder, "row", "quick")
@@ -164,6 +171,12 @@ def evaluate_run(folder: str, settings: StrongerEvaluation, data_dir: str | None
         data = load_data(row.dataset, data_dir, config["quick"], row.validation,
                          row.pixel_scale)
         model = load_checkpoint(os.path.join(folder, "model.keras"))
+        if not _has_fgsm_points(folder):  # runs finished before the runner recorded them
+            record_fgsm_points(folder, getattr(model, "base", model), data.x_test,
+                               data.y_test, row)
+        if skip:
+            log.info("[%s] evaluated already: skipped", folder)
+            return read_json(path)
         plan = settings.plan(row)
         report = evaluate_robustness(getattr(model, "base", model), data.x_test, data.y_test,
                                      plan, batch_size=batch_size, verbose=verbose)

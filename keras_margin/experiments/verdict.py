@@ -35,14 +35,14 @@ CELLS = (("error", "error", "error_std", 2, "lower"),
          ("rho_adv / baseline", "rho_ratio", "rho_ratio_std", 2, "higher"))
 
 RULE = (
-    "A cell is reproduced when ours could come from the paper's seeds at the 5 % level: with one "
-    "to four seeds of ours, inside the 95 % prediction interval [shown] of a mean of that many "
-    "seeds drawn as the paper's (mean ± t(0.975, 9) · std · √(1/n + 1/10)); with five or more, "
-    "Welch's t-test of the two means, p ≥ 0.05 [p shown] (below five it fails more than 5 %). rho_adv / baseline takes its std "
-    "from both rows' by the delta method. A perfect reproduction fails a cell 5 % of the time "
-    "and a row of three or four cells at most 15 % or 20 %. A row is reproduced when every "
-    "cell is; ✗ says whether ours is better or worse. The paper averages 10 seeds of 100 "
-    "epochs; our epochs are in the table.")
+    "A cell is reproduced when ours could come from the paper's seeds at the 5 % level: with "
+    "one to four seeds of ours, inside the 95 % prediction interval [shown] of a mean of that "
+    "many seeds drawn as the paper's (mean ± t(0.975, 9) · std · √(1/n + 1/10)); with five or "
+    "more, Welch's t-test of the two means, p ≥ 0.05 [p shown] (below five it fails more than 5"
+    " %). rho_adv / baseline takes its std from both rows' by the delta method. A perfect "
+    "reproduction fails a cell 5 % of the time and a row of three or four cells at most 15 % or"
+    " 20 %. A row is reproduced when every cell is; ✗ says whether ours is better or worse. The"
+    " paper averages 10 seeds of 100 epochs; our epochs are in the table.")
 
 
 def _betacf(a: float, b: float, x: float) -> float:
