@@ -115,3 +115,22 @@ def test_every_fgsm_error_with_points_recomputes_from_them():
         if "fgsm_wrong" in points.files:
             assert points["fgsm_wrong"].mean() == run["fgsm_error"], run["path"]
             assert len(points["fgsm_wrong"]) == run["n"], run["path"]
+
+
+def test_every_published_figure_regenerates_from_the_run_files(tmp_path):
+    # What each figure shows (its lines' points, images, labels: `figures.figure_data`) must be
+    # what the committed runs give now; a stale figure (a run published after it was drawn)
+    # fails. The PNGs' pixels depend on the matplotlib version; the data does not.
+    import json
+
+    pytest.importorskip("matplotlib")
+    from keras_margin.experiments import figures
+
+    figures_dir = os.path.join(RESULTS, "figures")
+    written = figures.write(RUNS, str(tmp_path))
+    published = sorted(f for f in os.listdir(figures_dir) if f.endswith(".png"))
+    assert sorted(os.path.basename(p) for p in written) == published
+    for name in published:
+        with open(os.path.join(figures_dir, name + ".json")) as f, \
+                open(os.path.join(tmp_path, name + ".json")) as g:
+            assert json.load(f) == json.load(g), f"docs/results/figures/{name} is stale"

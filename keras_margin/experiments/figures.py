@@ -57,8 +57,38 @@ def _wrap(title: str, width: int = 70) -> str:
     return "\n".join(textwrap.wrap(title, width))
 
 
+def figure_data(fig: Any) -> dict[str, Any]:
+    """What a figure shows, as data: per axes its title, labels, limits, and every line's
+    label and points, every image's pixels' sum and shape, every text. Saved beside the PNG
+    (`<name>.json`), so a test can regenerate the figures and compare what they show whatever
+    the matplotlib version draws (tests/test_results.py)."""
+    def numbers(values: Any) -> list:
+        return [None if not math.isfinite(v) else round(float(v), 9)
+                for v in np.asarray(values, float).ravel()]
+
+    axes = []
+    for ax in fig.axes:
+        axes.append({
+            "title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+            "xlim": numbers(ax.get_xlim()), "ylim": numbers(ax.get_ylim()),
+            "lines": [{"label": line.get_label(), "x": numbers(line.get_xdata()),
+                       "y": numbers(line.get_ydata())} for line in ax.get_lines()],
+            "images": [{"shape": list(np.shape(im.get_array())),
+                        "sum": round(float(np.sum(im.get_array())), 6)}
+                       for im in ax.get_images()],
+            "texts": [t.get_text() for t in ax.texts]})
+    return {"suptitle": fig._suptitle.get_text() if fig._suptitle else "",
+            "legends": [[t.get_text() for t in legend.get_texts()] for legend in fig.legends],
+            "axes": axes}
+
+
 def _save(fig: Any, path: str) -> str:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    import json
+
+    from keras_margin.experiments.files import write_text
+
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
+    write_text(path + ".json", json.dumps(figure_data(fig), indent=1, sort_keys=True) + "\n")
     _pyplot().close(fig)
     return path
 
