@@ -62,6 +62,23 @@ def collect(runs_dir: str) -> list[dict[str, Any]]:
     return runs
 
 
+def _trend(lines: list[dict[str, str]]) -> dict[str, Any]:
+    """The validation error's course over training (history.csv): its value at the last epoch,
+    its lowest and the epoch of it (1-based), and the validation loss's likewise."""
+    def series(key: str, transform=lambda v: v) -> list[float]:
+        return [transform(float(line[key])) if line.get(key) not in (None, "", "NA")
+                else math.nan for line in lines]
+
+    out: dict[str, Any] = {}
+    for name, values in (("val_error", series("val_accuracy", lambda v: 100 * (1 - v))),
+                         ("val_loss", series("val_loss"))):
+        if values and all(math.isfinite(v) for v in values):
+            best = int(np.argmin(values))
+            out.update({f"{name}_last": values[-1], f"{name}_lowest": values[best],
+                        f"{name}_lowest_epoch": best + 1})
+    return out
+
+
 def _cost(folder: str) -> dict[str, Any]:
     """What a run cost and where it ran: its epochs' wall-clock and CPU seconds (history.csv)
     and the backends and processors of its sessions (environment.json); empty where absent."""
@@ -70,6 +87,7 @@ def _cost(folder: str) -> dict[str, Any]:
     if os.path.exists(history):
         with open(history, newline="") as f:
             lines = list(csv.DictReader(f))
+        out.update(_trend(lines))
         for key in ("epoch_seconds", "epoch_cpu_seconds"):
             values = [float(line[key]) for line in lines if line.get(key) not in (None, "")]
             if values:
@@ -200,7 +218,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                       "error": err, "error_std": err_sd, "fgsm_error": fgsm,
                       "fgsm_error_std": fgsm_sd, "rho_adv": rho, "rho_adv_std": rho_sd,
                       "trainer_kwargs": first.get("trainer_kwargs", {}),
-                      **_evaluations(members), **_cost_summary(members)})
+                      **_evaluations(members), **_cost_summary(members),
+                      **{k: v for k, v in min(members, key=lambda m: m["seed"]).items()
+                         if k.startswith(("val_error_", "val_loss_"))}})
     baselines = {ln["setting"]: ln for ln in sorted(lines, key=lambda ln: ln["dtype_policy"]
                                                    == "float32") if ln["baseline"]}
     for line in lines:
@@ -324,6 +344,26 @@ def _judged(m: dict[str, Any], name: str, key: str, digits: int, scale: str = ""
     return f"{scale}{ours} / {scale}{theirs} {test} {mark}"
 
 
+def trend_table(lines: list[dict[str, Any]]) -> str:
+    """Per Table I row (seed 0's history): is the validation error still falling at the last
+    epoch, or did it bottom out earlier? What the README may say about training length."""
+    rows = [ln for ln in lines if ln["table"] == "table1" and "val_error_last" in ln
+            and not ln["quick"] and ln["dtype_policy"] == "float32"]
+    if not rows:
+        return ""
+    out = ["| row | epochs | val error % at the last epoch | lowest (epoch) | val loss at the "
+           "last epoch | lowest (epoch) | val error lowest at the last epoch |",
+           "|---|---|---|---|---|---|---|"]
+    for m in rows:
+        falling = "yes" if m["val_error_lowest_epoch"] == m["epochs"] else "no"
+        out.append(f"| {m['label']} | {m['epochs']} | {m['val_error_last']:.2f} | "
+                   f"{m['val_error_lowest']:.2f} ({m['val_error_lowest_epoch']}) | "
+                   f"{m['val_loss_last']:.4f} | {m['val_loss_lowest']:.4f} "
+                   f"({m['val_loss_lowest_epoch']}) | {falling} |")
+    return "\n".join(out) + "\n\nFrom each row's seed-0 history.csv (validation: the 10,000 " \
+        "held-out training digits).\n"
+
+
 def verdict_table(lines: list[dict[str, Any]]) -> str:
     """The first table: for each Table I row (float32, full data), ours against the paper's,
     cell by cell, with the interval or p-value of `verdict.RULE`."""
@@ -350,6 +390,9 @@ def markdown(lines: list[dict[str, Any]]) -> str:
     verdicts = verdict_table(lines)
     if verdicts:
         out += ["## Verdict: Table I, cell by cell\n", verdicts]
+    trends = trend_table(lines)
+    if trends:
+        out += ["## Training length: the validation error at the last epoch\n", trends]
     sections: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for line in lines:
         sections[section_title(line)].append(line)
@@ -524,7 +567,7 @@ def readme_blocks(lines: list[dict[str, Any]]) -> dict[str, str]:
     sections: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for line in table1:
         sections[section_title(line)].append(line)
-    blocks = {"verdict": verdict_table(lines)}
+    blocks = {"verdict": verdict_table(lines), "trends": trend_table(table1)}
     for name, table in (("stronger", _strong_table), ("certified", _certified_table)):
         parts = []
         for title, members in sections.items():
