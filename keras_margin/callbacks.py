@@ -1,13 +1,11 @@
-"""RobustnessCallback, robustness after each epoch in Keras's logs, and the trainers' helpers.
+"""RobustnessCallback: robustness after each epoch, in Keras's logs.
 
-`RobustnessCallback` is public; `SkippedBatchesLogger` is what the trainers of keras-margin
-add to `fit` themselves (`with_helpers` puts it and every RobustnessCallback ahead of the
-user's callbacks, since Keras hands each callback the epoch's logs in list order).
+`SkippedBatchesLogger` and `with_helpers`, the callbacks the trainers add to `fit` themselves,
+live below the measurements in `keras_margin.training.helpers` and are importable from here.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import keras
@@ -24,6 +22,7 @@ from keras_margin._validation import (
     probe_model,
 )
 from keras_margin.evaluation import EvaluationPlan, budget_key, evaluate_robustness
+from keras_margin.training.helpers import SkippedBatchesLogger, with_helpers
 
 
 class RobustnessCallback(keras.callbacks.Callback):
@@ -66,6 +65,8 @@ class RobustnessCallback(keras.callbacks.Callback):
         >>> model.fit(x, y, validation_data=(x_val, y_val),
         ...           callbacks=[RobustnessCallback(x_val, y_val, every=1)])
     """
+
+    writes_epoch_logs = True  # the trainers put it before the other callbacks
 
     def __init__(self, x_val: Any, y_val: Any, every: int = 1,
                  plan: EvaluationPlan | None = None, max_samples: int | None = 1000,
@@ -154,44 +155,6 @@ def fit_verbosity(params: dict | None) -> int:
     if isinstance(verbose, (bool, np.bool_)) or verbose not in (0, 1, 2):
         return 1 if verbose == "auto" or verbose is True else int(bool(verbose))
     return int(verbose)
-
-
-class SkippedBatchesLogger(keras.callbacks.Callback):
-    """Warns at the end of an epoch in which batches were skipped (NaN/Inf inputs, labels out
-    of range, a non-finite objective; compiled steps cannot raise): training batches, which
-    left the weights untouched, and validation batches, which were left out of the val_*
-    numbers, each by name. The trainers report `skipped_batches` (and `val_skipped_batches`)
-    among their metrics, so CSVLogger and TensorBoard have the columns; they add this callback
-    ahead of the user's."""
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        training, validation = (float(logs.get(key, 0.0) or 0.0)
-                                for key in ("skipped_batches", "val_skipped_batches"))
-        if training:
-            warnings.warn(
-                f"Epoch {epoch + 1}: {int(training)} training batch(es) left the weights "
-                "untouched: they held NaN/Inf inputs, inputs outside the trainer's box (AT's "
-                "clip), labels outside the model's classes, or "
-                "gave a non-finite objective (too large a C or learning rate?). Check the "
-                "input pipeline.", UserWarning, stacklevel=2)
-        if validation:
-            warnings.warn(
-                f"Epoch {epoch + 1}: {int(validation)} validation batch(es) were left out of "
-                "the val_* numbers: they held NaN/Inf inputs or labels outside the model's "
-                "classes. Check validation_data.", UserWarning, stacklevel=2)
-
-
-def with_helpers(callbacks: Any) -> list:
-    """The trainers' callbacks for `fit`: RobustnessCallbacks first, then the skipped-batch
-    logger, then the user's others (Keras hands the epoch's logs to them in list order)."""
-    if isinstance(callbacks, keras.callbacks.Callback):
-        callbacks = [callbacks]
-    callbacks = list(callbacks or [])
-    robustness = [c for c in callbacks if isinstance(c, RobustnessCallback)]
-    others = [c for c in callbacks if not isinstance(c, RobustnessCallback)
-              and not isinstance(c, SkippedBatchesLogger)]
-    return robustness + [SkippedBatchesLogger()] + others
 
 
 __all__ = ["RobustnessCallback", "SkippedBatchesLogger", "with_helpers"]

@@ -26,8 +26,8 @@ from keras_margin._validation import (
     check_non_negative,
 )
 from keras_margin.attacks import base
-from keras_margin.attacks.norms import normalize, project_ball
 from keras_margin.jacobian import call_logits, flat_norm, per_sample
+from keras_margin.norms import normalize, project_ball
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "dlr")

@@ -33,6 +33,7 @@ from keras_margin._validation import (
     warn_if_unscaled,
 )
 from keras_margin.attacks.lanes import Kernel, LaneRunner
+from keras_margin.gradient_steps import project_box  # noqa: F401 - the attacks' box
 from keras_margin.jacobian import call_logits
 
 THREAT_NORMS = ("l2", "linf", "l1")
@@ -130,15 +131,6 @@ def check_inputs(model: Callable, x: Any, y: Any, clip_min: float | None,
         raise ValueError(f"{where} needs a model with k >= {min_classes} logits; this one has "
                          f"{k}. For one logit use margin_sensitivity or fgsm.")
     return Inputs(x, labels.astype(np.int32), k, clip_min, clip_max)
-
-
-def project_box(x: Any, x_adv: Any, clip_min: float | None, clip_max: float | None):
-    """x_adv clipped to the box (keras.ops); a no-op without one."""
-    if clip_min is None and clip_max is None:
-        return x_adv
-    lo = -np.inf if clip_min is None else clip_min
-    hi = np.inf if clip_max is None else clip_max
-    return ops.clip(x_adv, lo, hi)
 
 
 def verify(model: Callable, inputs: Inputs, perturbation: np.ndarray,

@@ -20,9 +20,9 @@ from keras import ops
 from keras_margin._validation import check_integer, check_non_negative, check_positive
 from keras_margin.attacks import base
 from keras_margin.attacks.lanes import gather_samples
-from keras_margin.attacks.norms import normalize
 from keras_margin.attacks.steps import cosine_schedule, loss_gradient, worst_case_norm
 from keras_margin.jacobian import flat_norm, per_sample
+from keras_margin.norms import normalize
 
 
 @base.register

@@ -19,25 +19,10 @@ from keras import ops
 from keras_margin import backend
 from keras_margin._validation import check_box_pair, check_choice, check_positive
 from keras_margin.attacks import base
-from keras_margin.attacks.norms import normalize
-from keras_margin.attacks.steps import loss_gradient
+from keras_margin.gradient_steps import fgsm_examples, fgsm_step, loss_gradient  # noqa: F401
 from keras_margin.jacobian import flat_norm
 
 NORMS = ("linf", "l2")
-
-
-def fgsm_step(grad: Any, norm: str = "linf"):
-    """The unit step of the fast gradient method: sign(grad) (l_inf) or grad / ||grad||_2."""
-    return ops.sign(grad) if norm == "linf" else normalize(grad, "l2")
-
-
-def fgsm_examples(model: Callable, x: Any, labels: Any, eps: Any, norm: str = "linf",
-                  clip: tuple[float | None, float | None] = (None, None),
-                  loss: Callable | None = None, training: bool = False):
-    """(logits of x, x + eps * step) with the fast gradient step; no checks, no gradient
-    through the step: the core that `FGSM`, `fgsm` and adversarial training share."""
-    logits, grad = loss_gradient(model, x, labels, loss, training)
-    return logits, base.project_box(x, x + eps * fgsm_step(grad, norm), *clip)
 
 
 _PROGRAMS: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()

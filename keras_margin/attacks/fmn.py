@@ -32,9 +32,9 @@ from keras_margin._validation import (
 )
 from keras_margin.attacks import base
 from keras_margin.attacks.lanes import gather_samples
-from keras_margin.attacks.norms import DUAL, normalize, project_ball
 from keras_margin.attacks.steps import cosine_schedule, free_directions, worst_case_norm
 from keras_margin.jacobian import flat_norm, logits_and_pullback, per_sample, runner_up
+from keras_margin.norms import DUAL, normalize, project_ball
 
 
 @base.register

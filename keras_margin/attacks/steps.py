@@ -1,43 +1,21 @@
 """Pieces of attack steps that several attacks share, in `keras.ops`.
 
-The loss gradient (FGSM, DDN, adversarial training), the cosine schedules of FMN and DDN, the
-largest perturbation a box allows, and the gradient without its box-blocked coordinates. No
-attack imports another attack's module: what two of them share lives here or in `norms.py`.
+The cosine schedules of FMN and DDN, the largest perturbation a box allows, and the gradient
+without its box-blocked coordinates (the loss gradient, which adversarial training shares too,
+lives below the attacks in `keras_margin.gradient_steps`). No attack imports another attack's
+module: what two of them share lives here, in `gradient_steps.py` or in `norms.py`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from keras import ops
 
-from keras_margin import backend
-from keras_margin.jacobian import call_logits, flat_norm
-
-
-def crossentropy_per_sample(labels: Any, logits: Any):
-    """Softmax cross-entropy on logits, or sigmoid cross-entropy for one logit ({0, 1} labels)."""
-    if logits.shape[-1] == 1:
-        target = ops.cast(ops.reshape(labels, (-1, 1)) > 0, logits.dtype)
-        return ops.binary_crossentropy(target, logits, from_logits=True)[:, 0]
-    return ops.sparse_categorical_crossentropy(ops.reshape(ops.cast(labels, "int32"), (-1,)),
-                                               logits, from_logits=True)
-
-
-def loss_gradient(model: Callable, x: Any, labels: Any, loss: Callable | None = None,
-                  training: bool = False):
-    """(logits, grad_x sum_b L(f(x_b), y_b)) from one forward and one backward pass."""
-    loss = loss or crossentropy_per_sample
-
-    def per_sample_loss(z):
-        logits = call_logits(model, z, training=training)
-        return loss(labels, logits), logits
-
-    _, logits, grad = backend.value_and_grad(per_sample_loss, x, has_aux=True)
-    return logits, ops.stop_gradient(grad)
+from keras_margin.gradient_steps import crossentropy_per_sample, loss_gradient  # noqa: F401
+from keras_margin.jacobian import flat_norm
 
 
 def cosine_schedule(t: Any, steps: int, start: float, end: float):

@@ -18,7 +18,7 @@ from keras_margin._validation import (
     check_positive,
     class_indices,
 )
-from keras_margin.attacks.fgsm import fgsm_examples
+from keras_margin.gradient_steps import fgsm_examples
 from keras_margin.jacobian import call_logits
 from keras_margin.training.base import RobustModel
 

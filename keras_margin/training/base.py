@@ -36,8 +36,8 @@ from keras_margin._validation import (
     label_array,
     warn_if_unscaled,
 )
-from keras_margin.callbacks import with_helpers
 from keras_margin.jacobian import call_logits
+from keras_margin.training.helpers import with_helpers
 
 
 class Objective(NamedTuple):

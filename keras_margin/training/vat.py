@@ -14,8 +14,8 @@ from keras_margin._validation import (
     check_non_negative,
     check_positive,
 )
-from keras_margin.attacks.norms import normalize
 from keras_margin.jacobian import call_logits
+from keras_margin.norms import normalize
 from keras_margin.training.base import RobustModel
 
 
