@@ -19,16 +19,21 @@ def _linear_problem(k=4, d=6, n=20, seed=0):
     return w, b, x, (x @ w.T + b).argmax(axis=1)
 
 
+def _exact_distance(w, b, x, y, dual):
+    """f linear: the distance to class j's boundary is (f_y - f_j) / ||w_y - w_j||_dual."""
+    f = x @ w.T + b
+    gaps = f[np.arange(len(y)), y][:, None] - f
+    lengths = np.linalg.norm(w[y][:, None, :] - w[None], ord=dual, axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.arange(len(w))[None] == y[:, None], np.inf, gaps / lengths).min(1)
+
+
 @pytest.mark.parametrize("norm,dual", [("linf", 1), ("l2", 2)])
 @pytest.mark.parametrize("method", METHODS)
 def test_on_a_linear_model_the_radius_is_the_exact_distance(norm, dual, method):
     """f linear: the distance to class j's boundary is (f_y - f_j) / ||w_y - w_j||_dual."""
     w, b, x, y = _linear_problem()
-    f = x @ w.T + b
-    gaps = f[np.arange(len(y)), y][:, None] - f
-    lengths = np.linalg.norm(w[y][:, None, :] - w[None], ord=dual, axis=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        exact = np.where(np.arange(len(w))[None] == y[:, None], np.inf, gaps / lengths).min(1)
+    exact = _exact_distance(w, b, x, y, dual)
     radius = certify.certified_radius(linear_model(w, b), x, y, norm=norm, method=method)
     np.testing.assert_allclose(radius, exact, rtol=1e-5)
     # Batches of 7 on 20 points: the last one is partial and must not change a radius.
@@ -228,11 +233,7 @@ def test_the_radius_search_is_not_capped_by_its_start(norm, dual):
     # Issue 23: the interval was doubled at most 8 times, so a radius above 256 x upper came
     # back as 256 x upper, and upper=0 gave 0 everywhere.
     w, b, x, y = _linear_problem()
-    f = x @ w.T + b
-    gaps = f[np.arange(len(y)), y][:, None] - f
-    lengths = np.linalg.norm(w[y][:, None, :] - w[None], ord=dual, axis=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        exact = np.where(np.arange(len(w))[None] == y[:, None], np.inf, gaps / lengths).min(1)
+    exact = _exact_distance(w, b, x, y, dual)
     model = linear_model(w, b)
     radius = certify.certified_radius(model, x, y, norm=norm, upper=exact.min() * 1e-6,
                                       steps=40)

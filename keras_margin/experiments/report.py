@@ -344,11 +344,16 @@ def _judged(m: dict[str, Any], name: str, key: str, digits: int, scale: str = ""
     return f"{scale}{ours} / {scale}{theirs} {test} {mark}"
 
 
+def _table1_rows(lines: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The Table I lines on the full data in float32 that hold `key`."""
+    return [ln for ln in lines if ln["table"] == "table1" and key in ln
+            and not ln["quick"] and ln["dtype_policy"] == "float32"]
+
+
 def trend_table(lines: list[dict[str, Any]]) -> str:
     """Per Table I row (seed 0's history): is the validation error still falling at the last
     epoch, or did it bottom out earlier? What the README may say about training length."""
-    rows = [ln for ln in lines if ln["table"] == "table1" and "val_error_last" in ln
-            and not ln["quick"] and ln["dtype_policy"] == "float32"]
+    rows = _table1_rows(lines, "val_error_last")
     if not rows:
         return ""
     out = ["| row | epochs | val error % at the last epoch | lowest (epoch) | val loss at the "
@@ -367,8 +372,7 @@ def trend_table(lines: list[dict[str, Any]]) -> str:
 def verdict_table(lines: list[dict[str, Any]]) -> str:
     """The first table: for each Table I row (float32, full data), ours against the paper's,
     cell by cell, with the interval or p-value of `verdict.RULE`."""
-    rows = [ln for ln in lines if ln["table"] == "table1" and "verdict" in ln
-            and not ln["quick"] and ln["dtype_policy"] == "float32"]
+    rows = _table1_rows(lines, "verdict")
     if not rows:
         return ""
     out = ["| row | epochs | seeds | error % (ours / paper) | FGSM error % (ours / paper) | "
