@@ -94,11 +94,15 @@ def test_report_and_figures_from_runs(tiny_mnist, tmp_path):
         assert f.readline().startswith("table,row,label")
     figures = str(tmp_path / "figures")
     assert cli.main(["figures", out, "--out", figures]) == 0
-    assert sorted(os.listdir(figures)) == [
-        "fig5_mlp_1ep_reference_rho_adv_density.png",
-        "fig6_mlp_1ep_reference_adversarial_examples.png",
-        "robustness_curve_mlp_1ep_reference_linf.png",
-        "training_mlp_1ep_reference_robustness.png"]
+    pngs = ["fig5_mlp_1ep_reference_rho_adv_density.png",
+            "fig6_mlp_1ep_reference_adversarial_examples.png",
+            "robustness_curve_mlp_1ep_reference_linf.png",
+            "training_mlp_1ep_reference_robustness.png"]
+    # Each figure comes with the numbers it plots (<png>.json), which a test regenerates.
+    assert sorted(os.listdir(figures)) == sorted(pngs + [name + ".json" for name in pngs])
+    for name in pngs:
+        with open(os.path.join(figures, name + ".json")) as f:
+            assert json.load(f), name
 
 
 def test_cli_refuses_bad_input_clearly(tmp_path, capsys):
