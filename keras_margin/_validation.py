@@ -161,7 +161,10 @@ def check_probability_outputs(logits: Any) -> None:
     if logits.ndim != 2 or logits.shape[1] < 2 or logits.shape[0] == 0:
         return
     in_unit = np.all((logits >= 0) & (logits <= 1))
-    if in_unit and np.allclose(logits.sum(axis=1), 1.0, atol=1e-4):
+    # Some value strictly inside (0, 1): a softmax never gives exact 0s and 1s, while logits
+    # such as one-hot rows [1, 0] (a model that outputs its decision) are no probabilities.
+    inside = np.any((logits > 0) & (logits < 1))
+    if in_unit and inside and np.allclose(logits.sum(axis=1), 1.0, atol=1e-4):
         raise ValueError(
             "The model's outputs are in [0, 1] and every row sums to 1: these are probabilities "
             "(softmax), but keras_margin needs logits. Remove the final softmax.")

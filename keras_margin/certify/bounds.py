@@ -16,7 +16,8 @@ bounds of it per sample and rival; a sample is certified at eps when all are > 0
   intervals for wider ones; "crown-ibp" intervals for all (cheaper, looser). Each
   intermediate bound is the tighter of CROWN's and the interval's, both sound.
 * "lipschitz": a global bound, the margin over the product of the layers' operator norms
-  (power iteration for l2), for every supported layer (overlapping max pooling included).
+  (l2: each layer's exact spectral norm or a proven upper bound of it, never an estimate),
+  for every supported layer (overlapping max pooling included).
 
 Everything is `keras.ops` over batches; rows of a back-substitution are processed in chunks so
 that memory stays bounded whatever the layer widths.
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 from keras import ops
 
+from keras_margin import backend
 from keras_margin.certify.network import Linear, MaxPool, ReLU
 
 METHODS = ("crown", "crown-ibp", "ibp", "lipschitz")
@@ -212,7 +214,7 @@ def back_substitute(operations: list, bounds: list, relaxations: dict, rows: Any
     for index in range(len(operations) - 1, -1, -1):
         op = operations[index]
         if isinstance(op, Linear):
-            b = op.bias()
+            b = op.bias(lam_lo.dtype)
             if b is not None:
                 bias_lo = bias_lo + ops.sum(lam_lo * b[:, None], axis=axes)
                 if upper:
@@ -303,13 +305,14 @@ def margin_bounds(operations: list, x0: Any, labels: Any, eps: Any, norm: str, m
         low = lipschitz_margins(operations, x0, rows, region)
     else:
         bounds, relaxations = layer_bounds(operations, region, method)
-        if method == "ibp":  # elision: the margins through the last layer, intervals below
-            last = len(operations) - 1
-            below = _interval_region(*bounds[last - 1]) if last else region
-            low = back_substitute(operations[last:], [], {}, rows, below, upper=False)[0]
-        else:
-            low = back_substitute(operations, bounds, relaxations, rows, region,
-                                  upper=False)[0]
+        # Elision: the margins through the last layer, the intervals below it (IBP's bound).
+        last = len(operations) - 1
+        below = _interval_region(*bounds[last - 1]) if last else region
+        low = back_substitute(operations[last:], [], {}, rows, below, upper=False)[0]
+        if method != "ibp":  # both bounds are sound: each margin takes the better one, so
+            # CROWN's radius is never below the interval bound's on the same layer bounds
+            low = ops.maximum(low, back_substitute(operations, bounds, relaxations, rows,
+                                                   region, upper=False)[0])
     own = ops.one_hot(labels, k) > 0
     return ops.where(own, np.inf, low)
 
@@ -322,41 +325,68 @@ def _interval_region(lower: Any, upper: Any) -> Region:
 
 
 # -- Lipschitz -------------------------------------------------------------------------------
-def operator_norm(op: Any, norm: str, iterations: int = 30) -> float:
-    """||W||_{p -> p} of one operation (ReLU: 1; max pooling: 1, or sqrt of the windows an
-    input lies in for l2; l_inf: the largest absolute row sum; l2: power iteration)."""
+def _abs_sums(op: Any) -> tuple[float, float]:
+    """(largest absolute row sum, largest absolute column sum) of W, rounded up: the sums are
+    computed in the layer's float type over at most n terms, so each is within n u of the
+    exact one (u its unit roundoff), and the factor 1 + 2 n u covers that."""
+    dtype = op.apply_abs(ops.ones((1,) + op.in_shape)).dtype
+    n = max(math.prod(op.in_shape), math.prod(op.out_shape))
+    guard = 1 + 2 * n * float(np.finfo(ops.convert_to_numpy(ops.zeros((), dtype)).dtype).eps)
+    rows = op.apply_abs(ops.ones((1,) + op.in_shape, dtype))
+    columns = backend.vjp(op.apply_abs, ops.zeros((1,) + op.in_shape, dtype))[1](
+        ops.ones((1,) + op.out_shape, dtype))
+    return (float(ops.convert_to_numpy(ops.max(rows))) * guard,
+            float(ops.convert_to_numpy(ops.max(columns))) * guard)
+
+
+def operator_norm(op: Any, norm: str) -> float:
+    """An upper bound of ||W||_{p -> p} for one operation, never an estimate. ReLU: 1; max
+    pooling: 1, or for l2 the square root of the number of windows an input lies in; l_inf:
+    the largest absolute row sum. l2: the smaller of the layer's own bound (`Linear.l2_norm`:
+    a dense kernel's exact largest singular value, a convolution's DFT bound, a diagonal's
+    largest entry) and sqrt(||W||_1 ||W||_inf), which holds for any matrix."""
     if isinstance(op, ReLU):
         return 1.0
     if isinstance(op, MaxPool):
         overlap = math.ceil(op.pool[0] / op.strides[0]) * math.ceil(op.pool[1] / op.strides[1])
         return 1.0 if norm == "linf" else math.sqrt(overlap)
+    rows, columns = _abs_sums(op)
     if norm == "linf":
-        ones = ops.ones((1,) + op.in_shape)
-        return float(ops.convert_to_numpy(ops.max(op.apply_abs(ones))))
-    v = ops.convert_to_tensor(np.random.default_rng(0).normal(size=(1,) + op.in_shape),
-                              "float32")
-    value = 0.0
-    for _ in range(iterations):
-        v = v / ops.sqrt(ops.sum(ops.square(v)))
-        w = op.transpose(op.apply(v))
-        value = float(ops.convert_to_numpy(ops.sqrt(ops.sum(ops.square(op.apply(v))))))
-        v = w
-    return value * 1.0001  # power iteration approaches from below: a margin for its rounding
+        return rows
+    bound = math.sqrt(rows * columns)
+    return min(bound, op.l2_norm()) if op.l2_norm is not None else bound
 
 
 def lipschitz_margins(operations: list, x0: Any, rows: Any, region: Region) -> Any:
-    """margin_j(x) - eps * L_j with L_j = ||c_j^T W_last||_dual * prod of the other norms."""
+    """margin_j(x) - eps * L_j with L_j = ||c_j^T W_last||_dual * prod of the other norms.
+
+    Logits that end in a ReLU (relu(W z + b)): each logit is 1-Lipschitz in its own
+    pre-activation, so f_y - f_j moves by at most ||W^T e_y||_dual + ||W^T e_j||_dual per unit
+    of z, which replaces ||W^T (e_y - e_j)||_dual."""
     k = operations[-1].out_shape[-1]
     z = x0
     for op in operations:
         z = op(z)
     centre = ops.sum(rows * z[:, None], axis=-1)
+    relu_last = isinstance(operations[-1], ReLU)
+    linear = [op for op in operations if not isinstance(op, ReLU)]
+    if relu_last and (not linear or linear[-1] is not operations[-2]):
+        raise ValueError("certify's 'lipschitz' method needs the logits to come from a Dense "
+                         "or Conv2D layer (with or without a ReLU): this model ends otherwise.")
+    last = operations[-2] if relu_last else operations[-1]
     product = 1.0
-    for op in operations[:-1]:
+    for op in operations[:operations.index(last)]:
         product *= operator_norm(op, region.norm)
-    last = operations[-1]
-    flat = ops.reshape(rows, (-1, k))
-    through = ops.reshape(last.transpose(flat), (rows.shape[0], k, -1))
-    dual = ops.sum(ops.abs(through), axis=-1) if region.norm == "linf" else \
-        ops.sqrt(ops.sum(ops.square(through), axis=-1))
+
+    def dual_norms(vectors: Any) -> Any:
+        flat = ops.reshape(vectors, (-1, k))
+        through = ops.reshape(last.transpose(flat), (vectors.shape[0], k, -1))
+        return ops.sum(ops.abs(through), axis=-1) if region.norm == "linf" else \
+            ops.sqrt(ops.sum(ops.square(through), axis=-1))
+
+    if relu_last:
+        own = dual_norms(ops.eye(k, dtype=rows.dtype)[None])[0]  # ||W^T e_c|| per class c
+        dual = ops.sum(ops.abs(rows) * own[None, None], axis=-1)  # |e_y - e_j| . norms
+    else:
+        dual = dual_norms(rows)
     return centre - region.eps[:, None] * dual * product

@@ -33,21 +33,26 @@ class Linear:
     def __init__(self, name: str, apply: Callable, in_shape: tuple, out_shape: tuple,
                  bias: Callable[[], Any] | None = None, apply_abs: Callable | None = None,
                  apply_square: Callable | None = None,
-                 transpose: Callable | None = None, reshape: bool = False) -> None:
+                 transpose: Callable | None = None, reshape: bool = False,
+                 l2_norm: Callable[[], float] | None = None) -> None:
         self.name, self.in_shape, self.out_shape = name, tuple(in_shape), tuple(out_shape)
+        self.l2_norm = l2_norm  # an upper bound of ||W||_2 in float64, where one is cheap
         self.reshape = reshape  # a pure reshape (Flatten, Reshape): W is a permutation
         self.apply = apply
         self.apply_abs = apply_abs or apply  # maps with nonnegative weights: W = |W|
         self.apply_square = apply_square
         self._bias, self._transpose = bias, transpose
 
-    def bias(self):
-        """b broadcast to (1, *out_shape), or None."""
-        return None if self._bias is None else self._bias()
+    def bias(self, dtype: Any = None):
+        """b broadcast to (1, *out_shape) (in `dtype` if given), or None."""
+        if self._bias is None:
+            return None
+        b = self._bias()
+        return b if dtype is None else ops.cast(b, dtype)
 
     def __call__(self, z):
         out = self.apply(z)
-        b = self.bias()
+        b = self.bias(out.dtype)
         return out if b is None else out + b
 
     def transpose(self, lam):
@@ -106,10 +111,12 @@ def _dense(layer: Any, in_shape: tuple) -> list:
         raise _refuse(layer, f" on inputs of shape {in_shape}: flatten them first")
     out = (layer.units,)
     bias = (lambda: ops.reshape(layer.bias, (1,) + out)) if layer.use_bias else None
-    linear = Linear(layer.name, lambda z: ops.matmul(z, layer.kernel), in_shape, out, bias,
-                    apply_abs=lambda z: ops.matmul(z, ops.abs(layer.kernel)),
-                    apply_square=lambda z: ops.matmul(z, ops.square(layer.kernel)),
-                    transpose=lambda lam: ops.matmul(lam, ops.transpose(layer.kernel)))
+    kernel = layer.kernel
+    linear = Linear(layer.name, lambda z: ops.matmul(z, like(kernel, z)), in_shape, out, bias,
+                    apply_abs=lambda z: ops.matmul(z, ops.abs(like(kernel, z))),
+                    apply_square=lambda z: ops.matmul(z, ops.square(like(kernel, z))),
+                    transpose=lambda lam: ops.matmul(lam, ops.transpose(like(kernel, lam))),
+                    l2_norm=lambda: spectral_norm(_float64(layer.kernel)))
     return [linear] + _activation(layer, out)
 
 
@@ -118,15 +125,50 @@ def _conv(layer: Any, in_shape: tuple) -> list:
         raise _refuse(layer, ": channels_first or grouped convolution")
 
     def conv(kernel):
-        return lambda z: ops.conv(z, kernel(), layer.strides, layer.padding,
+        return lambda z: ops.conv(z, kernel(z), layer.strides, layer.padding,
                                   dilation_rate=layer.dilation_rate)
 
     out = tuple(layer.compute_output_shape((None,) + in_shape)[1:])
     bias = (lambda: ops.reshape(layer.bias, (1, 1, 1, -1))) if layer.use_bias else None
-    linear = Linear(layer.name, conv(lambda: layer.kernel), in_shape, out, bias,
-                    apply_abs=conv(lambda: ops.abs(layer.kernel)),
-                    apply_square=conv(lambda: ops.square(layer.kernel)))
+    dilated = any(d != 1 for d in np.atleast_1d(layer.dilation_rate))
+    linear = Linear(layer.name, conv(lambda z: like(layer.kernel, z)), in_shape, out, bias,
+                    apply_abs=conv(lambda z: ops.abs(like(layer.kernel, z))),
+                    apply_square=conv(lambda z: ops.square(like(layer.kernel, z))),
+                    l2_norm=None if dilated else
+                    lambda: convolution_norm_bound(_float64(layer.kernel), in_shape[:2]))
     return [linear] + _activation(layer, out)
+
+
+def like(weight: Any, z: Any) -> Any:
+    """A layer's weight in the float type of the values it meets: float64 inputs are bounded
+    in float64 (the model's own float32 weights, exactly), float32 ones as the model runs."""
+    return ops.cast(weight, z.dtype)
+
+
+def _float64(variable: Any) -> np.ndarray:
+    return np.asarray(ops.convert_to_numpy(variable), np.float64)
+
+
+# float64 singular values are exact to a few units of float64's rounding times the size
+# (LAPACK's backward-stable SVD): 1e-9 relative covers every matrix here with room to spare.
+SVD_GUARD = 1e-9
+
+
+def spectral_norm(matrix: np.ndarray) -> float:
+    """||W||_2 of a dense kernel: its largest singular value (float64 SVD), rounded up."""
+    return float(np.linalg.norm(matrix, 2)) * (1 + SVD_GUARD)
+
+
+def convolution_norm_bound(kernel: np.ndarray, spatial: tuple) -> float:
+    """An upper bound of ||W||_2 for a 2-D convolution (any padding, any stride) on inputs of
+    `spatial` size: the norm of the circular convolution on the (H + kh - 1, W + kw - 1) torus,
+    whose operator contains the zero-padded one as a block (and a strided one as rows of it),
+    so its norm is at least theirs; it is the largest singular value of the kernel's 2-D DFT
+    over the frequencies (Sedghi et al., 2019), computed in float64 and rounded up."""
+    kh, kw = kernel.shape[:2]
+    grid = (spatial[0] + kh - 1, spatial[1] + kw - 1)
+    spectrum = np.fft.fft2(kernel, s=grid, axes=(0, 1))  # (N1, N2, c_in, c_out)
+    return float(np.linalg.norm(spectrum, 2, axis=(2, 3)).max()) * (1 + SVD_GUARD)
 
 
 def _batch_norm(layer: Any, in_shape: tuple) -> list:
@@ -142,16 +184,18 @@ def _batch_norm(layer: Any, in_shape: tuple) -> list:
         beta = layer.beta if layer.center else 0.0
         return ops.reshape(beta, shape) - ops.reshape(layer.moving_mean, shape) * scale()
 
-    return [Linear(layer.name, lambda z: z * scale(), in_shape, in_shape, shift,
-                   apply_abs=lambda z: z * ops.abs(scale()),
-                   apply_square=lambda z: z * ops.square(scale()),
-                   transpose=lambda lam: lam * scale())]
+    return [Linear(layer.name, lambda z: z * like(scale(), z), in_shape, in_shape, shift,
+                   apply_abs=lambda z: z * ops.abs(like(scale(), z)),
+                   apply_square=lambda z: z * ops.square(like(scale(), z)),
+                   transpose=lambda lam: lam * like(scale(), lam),
+                   l2_norm=lambda: float(np.abs(_float64(scale())).max()) * (1 + SVD_GUARD))]
 
 
 def _reshape(name: str, in_shape: tuple, out_shape: tuple) -> Linear:
     return Linear(name, lambda z: ops.reshape(z, (-1,) + out_shape), in_shape, out_shape,
                   apply_square=lambda z: ops.reshape(z, (-1,) + out_shape),
-                  transpose=lambda lam: ops.reshape(lam, (-1,) + in_shape), reshape=True)
+                  transpose=lambda lam: ops.reshape(lam, (-1,) + in_shape), reshape=True,
+                  l2_norm=lambda: 1.0)
 
 
 def _pooling(layer: Any, in_shape: tuple) -> list:
@@ -182,7 +226,8 @@ def _rescaling(layer: Any, in_shape: tuple) -> list:
                    (lambda: ops.full((1,) + in_shape, offset)) if offset else None,
                    apply_abs=lambda z: z * abs(scale),
                    apply_square=lambda z: z * scale ** 2,
-                   transpose=lambda lam: lam * scale)]
+                   transpose=lambda lam: lam * scale,
+                   l2_norm=lambda: abs(scale))]
 
 
 def _ops_of(layer: Any, in_shape: tuple) -> list:
