@@ -6,6 +6,7 @@ import pytest
 from conftest import linear_model, small_mlp
 
 from keras_margin import attacks
+from keras_margin.attacks import base
 
 DUALS = {"l2": np.linalg.norm, "linf": lambda v: np.abs(v).sum(), "l1": lambda v: np.abs(v).max()}
 
@@ -18,11 +19,15 @@ def _linear(k, d, n, seed, scale=1.0):
     return w, b, x, f
 
 
-def _boundary_distances(w, f, y, norm):
-    """(n, k): the l_p distance from each x to the boundary between y and each class j."""
+def _boundary_distances(w, f, y, norm, strict=False):
+    """(n, k): the l_p distance from each x to the boundary between y and each class j; with
+    `strict`, to where f_j exceeds f_y by the tolerance of a strict flip (what the attacks
+    report: `base.STRICT_FLIP_EPS` float32 epsilons times the logits' scale)."""
     k = len(w)
-    return np.array([[abs(fi[yi] - fi[j]) / DUALS[norm](w[yi] - w[j]) if j != yi else np.inf
-                      for j in range(k)] for fi, yi in zip(f, y)])
+    tolerance = base.STRICT_FLIP_EPS * np.finfo(np.float32).eps * \
+        np.maximum(1.0, np.abs(f).max(axis=1)) if strict else np.zeros(len(f))
+    return np.array([[(abs(fi[yi] - fi[j]) + ti) / DUALS[norm](w[yi] - w[j]) if j != yi
+                      else np.inf for j in range(k)] for fi, yi, ti in zip(f, y, tolerance)])
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
@@ -39,7 +44,8 @@ def test_fmn_finds_the_closed_form_minimal_distance(norm):
     res = attacks.fmn(linear_model(w, b), x, y, norm=norm)
     assert res.success.all()
     found = res.distances(norm)
-    np.testing.assert_allclose(found[runner_up_nearest], truth[runner_up_nearest], rtol=0.01)
+    strict = _boundary_distances(w, f, y, norm, strict=True).min(axis=1)
+    np.testing.assert_allclose(found[runner_up_nearest], strict[runner_up_nearest], rtol=0.01)
     assert np.all(found >= truth * (1 - 1e-5))
 
 
@@ -49,7 +55,7 @@ def test_fmn_from_deepfool_reaches_the_minimum_everywhere(norm):
     model) FMN stays on the nearest boundary, for every sample."""
     w, b, x, f = _linear(6, 9, 60, seed=5)
     y = f.argmax(axis=1)
-    truth = _boundary_distances(w, f, y, norm).min(axis=1)
+    truth = _boundary_distances(w, f, y, norm, strict=True).min(axis=1)
     res = attacks.fmn(linear_model(w, b), x, y, norm=norm, init="deepfool", steps=30)
     assert res.success.all()
     np.testing.assert_allclose(res.distances(norm), truth, rtol=0.01)
@@ -159,3 +165,41 @@ def test_a_model_without_gradients_is_reported_stuck_not_robust():
                 attacks.ddn(flat, x, np.zeros(6, int), steps=5)):
         assert res.stuck.all() and not res.success.any()
         assert np.isinf(res.distances()).all()
+
+
+def test_every_reported_adversarial_is_one_in_float64():
+    # Issue 30: FMN's adversarials sat on the boundary, and re-evaluated in float64 some were
+    # not adversarial (ties that argmax resolved by class index). A success is now a strict
+    # flip, so every attack's adversarials survive an exact-weights float64 forward pass.
+    from keras_margin import datasets
+
+    (x, y), _, (x_test, y_test) = datasets.load("mnist", validation=0)
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                            keras.layers.Dense(256, activation="relu"),
+                            keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)])
+    net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(x[:3000], y[:3000], epochs=3, batch_size=100, verbose=0)
+    weights = [(np.asarray(layer.kernel, np.float64), np.asarray(layer.bias, np.float64))
+               for layer in net.layers[1:]]
+
+    def float64_logits(points):
+        z = points.reshape(len(points), -1).astype(np.float64)
+        for i, (kernel, bias) in enumerate(weights):
+            z = z @ kernel + bias
+            z = np.maximum(z, 0) if i < len(weights) - 1 else z
+        return z
+
+    x, y = x_test[:100], y_test[:100]
+    float32_error = np.abs(keras.ops.convert_to_numpy(net(x)) - float64_logits(x)).max(axis=1)
+    assert (float32_error < 0.02 * base.flip_tolerance(net, float64_logits(x))).all()
+    results = {
+        "fmn_l2": attacks.fmn(net, x, y, norm="l2"),
+        "fmn_linf": attacks.fmn(net, x, y, norm="linf"),
+        "ddn": attacks.ddn(net, x, y), "deepfool": attacks.deepfool(net, x, y),
+        "apgd": attacks.apgd(net, x, y, eps=0.1, norm="linf"),
+        "fgsm": attacks.FGSM()(net, x, y, eps=0.1)}
+    for name, result in results.items():
+        margins = base.flip_margins(float64_logits(x + result.perturbation), y)
+        assert result.success.sum() > 50, name
+        assert (margins[result.success] > 0).all(), (name, margins[result.success].min())

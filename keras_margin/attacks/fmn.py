@@ -108,7 +108,7 @@ class FMN(base.MinimumNormAttack):
         for _ in range(10):
             middle = (low + high) / 2
             trial = base.per_sample_mask(middle, inputs.x) * found.perturbation
-            fooled = base.predictions(model, inputs.x + trial, lanes) != inputs.labels
+            fooled = base.strict_flips(model, inputs.x + trial, inputs.labels, lanes)
             low, high = np.where(fooled, low, middle), np.where(fooled, middle, high)
         start = base.per_sample_mask(high, inputs.x) * found.perturbation
         return np.where(base.per_sample_mask(found.success, start), start, 0).astype(
