@@ -17,6 +17,7 @@ express live here, once per backend (tensorflow.py, jax.py, torch.py):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import keras
@@ -47,5 +48,16 @@ def value_and_grad(fn, x, has_aux: bool = False, create_graph: bool = False):
     return (values, result[2], grad) if has_aux else (values, grad)
 
 
-__all__ = ["NAME", "Steps", "compile_fn", "is_traced", "trainer", "value_and_grad",
+def float64() -> contextlib.AbstractContextManager:
+    """A context in which float64 tensors stay float64: JAX turns them into float32 unless its
+    x64 mode is on (switched on here for the context only); the other backends always keep
+    them. `certify` computes its bounds in it."""
+    if NAME == "jax":
+        import jax
+
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
+__all__ = ["NAME", "Steps", "compile_fn", "float64", "is_traced", "trainer", "value_and_grad",
            "value_and_weight_grad", "vjp"]

@@ -13,6 +13,10 @@ every layer; the default), "crown-ibp" (intervals for the hidden layers, CROWN f
 cheaper on convolutional networks), "ibp" (intervals) and "lipschitz" (a global Lipschitz bound,
 for every supported layer). Supported layers: see `network.SUPPORTED`; others are refused by
 name. A misclassified point has radius 0 and is never certified.
+
+Rounding (issue 30): the bounds are computed in float64 and each margin gives up a rounding
+allowance (`bounds.rounding_allowance`), so a radius is a bound for the network in exact
+arithmetic with the model's weights; see README, "What proven means under rounding".
 """
 
 from __future__ import annotations
@@ -66,6 +70,10 @@ class _Certifier:
         self.norm, self.method = norm, method
         self.box = (self.inputs.clip_min, self.inputs.clip_max)
         self.correct = base.predictions(model, self.inputs.x, batch_size) == self.inputs.labels
+        # The bounds are computed in float64 (the model's float32 weights are exact in it),
+        # so the rounding allowance (`bounds.ROUNDING_SAFETY`) costs ~1e-11 of a margin.
+        self.x64 = self.inputs.x.astype(np.float64)
+
         def fn(x0, labels, eps):
             return margin_bounds(self.operations, x0, labels, eps, norm, method, self.box)
 
@@ -93,14 +101,15 @@ class _Certifier:
 
     def lower_margins(self, eps: np.ndarray) -> np.ndarray:
         """Lower bounds of f_y - f_j (n, k) at per-point budgets `eps` (n,)."""
-        x, labels = self.inputs.x, self.inputs.labels
+        x, labels = self.x64, self.inputs.labels
         size = min(self.batch_size, len(x))
         out = []
         for start in range(0, len(x), size):
             part = np.arange(start, start + size) % len(x)  # one shape: the last batch wraps
-            out.append(ops.convert_to_numpy(self.program(
-                ops.convert_to_tensor(x[part]), ops.convert_to_tensor(labels[part]),
-                ops.convert_to_tensor(eps[part].astype(x.dtype))))[:len(x) - start])
+            with backend.float64():
+                out.append(ops.convert_to_numpy(self.program(
+                    ops.convert_to_tensor(x[part]), ops.convert_to_tensor(labels[part]),
+                    ops.convert_to_tensor(eps[part].astype(x.dtype))))[:len(x) - start])
             if self._bar is not None:
                 self._done += 1
                 self._bar.update(min(self._done, self._bar.target - 1))
@@ -243,7 +252,9 @@ def _lipschitz_radius(certifier: _Certifier) -> np.ndarray:
         slope = at_zero - at_one
         radius = np.where(np.isfinite(at_zero), at_zero / slope, np.inf)
     radius = radius.min(axis=1)
-    return np.where(certifier.correct & np.isfinite(radius), np.maximum(radius, 0.0), 0.0) \
-        * (1 - 1e-6)
+    # margin - eps L is linear in eps; the quotient is rounded to nearest, so one float64
+    # step toward 0 keeps it at or below the bound's zero.
+    radius = np.nextafter(np.maximum(radius, 0.0), 0.0)
+    return np.where(certifier.correct & np.isfinite(radius), radius, 0.0)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -60,6 +61,16 @@ class Region:
         else:  # the l2 ball; its bounding box for intervals (the input box is not used)
             radius = _per_sample(self.eps, x0)
             self.lower, self.upper = x0 - radius, x0 + radius
+
+    def magnitude(self, lam: Any) -> Any:
+        """sum |lam_r x'| bounded over the region, per row (B, m): the scale of `minimum`'s
+        sums, for the rounding allowance."""
+        axes = tuple(range(2, len(lam.shape)))
+        if self.norm == "linf":
+            reach = ops.maximum(ops.abs(self.lower), ops.abs(self.upper))[:, None]
+            return ops.sum(ops.abs(lam) * reach, axis=axes)
+        return ops.sum(ops.abs(lam * self.x0[:, None]), axis=axes) + \
+            self.eps[:, None] * ops.sqrt(ops.sum(ops.square(lam), axis=axes))
 
     def minimum(self, lam: Any) -> Any:
         """min over the region of <lam_r, x'> for rows lam (B, m, *in_shape) -> (B, m)."""
@@ -203,13 +214,15 @@ def _maxpool_step(op: MaxPool, lam_lo: Any, lam_up: Any, relaxation: tuple) -> t
 
 
 def back_substitute(operations: list, bounds: list, relaxations: dict, rows: Any,
-                    region: Region, upper: bool = True) -> tuple[Any, Any | None]:
-    """Lower (and upper) bounds of rows · z over the region, z the output of the last of
-    `operations`; rows (B, m, *out_shape) -> (B, m)."""
+                    region: Region, upper: bool = True) -> tuple[Any, Any]:
+    """Lower and upper bounds of rows · z over the region, z the output of the last of
+    `operations`; rows (B, m, *out_shape) -> (B, m). With upper=False: the lower bound and the
+    magnitude of the sums that make it (for the rounding allowance) instead."""
     batch, m = rows.shape[0], rows.shape[1]
     lam_lo, lam_up = rows, rows if upper else None
     bias_lo = ops.zeros((batch, m), rows.dtype)
     bias_up = ops.zeros((batch, m), rows.dtype)
+    bias_abs = ops.zeros((batch, m), rows.dtype)
     axes = tuple(range(2, len(rows.shape)))
     for index in range(len(operations) - 1, -1, -1):
         op = operations[index]
@@ -217,6 +230,7 @@ def back_substitute(operations: list, bounds: list, relaxations: dict, rows: Any
             b = op.bias(lam_lo.dtype)
             if b is not None:
                 bias_lo = bias_lo + ops.sum(lam_lo * b[:, None], axis=axes)
+                bias_abs = bias_abs + ops.sum(ops.abs(lam_lo * b[:, None]), axis=axes)
                 if upper:
                     bias_up = bias_up + ops.sum(lam_up * b[:, None], axis=axes)
             lam_lo = _rows(op.transpose(_flat_rows(lam_lo)), batch, m)
@@ -231,12 +245,13 @@ def back_substitute(operations: list, bounds: list, relaxations: dict, rows: Any
                                      relaxations[index])
             lam_lo, new_up, add_lo, add_up = step
             bias_lo = bias_lo + add_lo
+            bias_abs = bias_abs + ops.abs(add_lo)
             if upper:
                 lam_up, bias_up = new_up, bias_up + add_up
         axes = tuple(range(2, len(lam_lo.shape)))
     low = region.minimum(lam_lo) + bias_lo
     if not upper:
-        return low, None
+        return low, region.magnitude(lam_lo) + bias_abs
     return low, -region.minimum(-lam_up) + bias_up
 
 
@@ -301,20 +316,43 @@ def margin_bounds(operations: list, x0: Any, labels: Any, eps: Any, norm: str, m
     region = Region(x0, eps, norm, box)
     k = operations[-1].out_shape[-1]
     rows = margin_rows(labels, k, x0.dtype)
-    if method == "lipschitz":
-        low = lipschitz_margins(operations, x0, rows, region)
-    else:
+    if method != "lipschitz":
         bounds, relaxations = layer_bounds(operations, region, method)
         # Elision: the margins through the last layer, the intervals below it (IBP's bound).
         last = len(operations) - 1
         below = _interval_region(*bounds[last - 1]) if last else region
-        low = back_substitute(operations[last:], [], {}, rows, below, upper=False)[0]
+        low, size = back_substitute(operations[last:], [], {}, rows, below, upper=False)
+        low = low - rounding_allowance(operations, x0) * size
         if method != "ibp":  # both bounds are sound: each margin takes the better one, so
             # CROWN's radius is never below the interval bound's on the same layer bounds
-            low = ops.maximum(low, back_substitute(operations, bounds, relaxations, rows,
-                                                   region, upper=False)[0])
+            crown, size = back_substitute(operations, bounds, relaxations, rows, region,
+                                          upper=False)
+            low = ops.maximum(low, crown - rounding_allowance(operations, x0) * size)
+    else:
+        low, size = lipschitz_margins(operations, x0, rows, region)
+        low = low - rounding_allowance(operations, x0) * size
     own = ops.one_hot(labels, k) > 0
     return ops.where(own, np.inf, low)
+
+
+# Rounding (issue 30): a bound computed in floating point can exceed the exact one by the
+# rounding of its sums. Each margin gives up gamma_n times the magnitude of the sums that made
+# it (`Region.magnitude` and the absolute bias terms: Higham's a-priori bound for a sum of
+# n terms, gamma_n = n u / (1 - n u), u the unit roundoff), with n the network's whole size
+# (input and every operation's outputs) times ROUNDING_SAFETY, which leaves room for the
+# rounding of the intermediate bounds and back-substituted rows. It is a documented allowance,
+# not a machine-checked proof; tests/test_certify.py checks that it covers the float32 bounds'
+# measured error against float64 on random networks. certify computes in float64, where it is
+# about 1e-11 of the margins' scale on LeNet-5.
+ROUNDING_SAFETY = 4
+
+
+def rounding_allowance(operations: list, x0: Any) -> float:
+    """gamma_n (times `ROUNDING_SAFETY`) for bounds computed in x0's float type."""
+    n = ROUNDING_SAFETY * (math.prod(x0.shape[1:]) +
+                           sum(math.prod(op.out_shape) for op in operations))
+    u = float(np.finfo(keras.backend.standardize_dtype(x0.dtype)).eps) / 2
+    return n * u / (1 - n * u)
 
 
 def _interval_region(lower: Any, upper: Any) -> Region:
@@ -357,8 +395,9 @@ def operator_norm(op: Any, norm: str) -> float:
     return min(bound, op.l2_norm()) if op.l2_norm is not None else bound
 
 
-def lipschitz_margins(operations: list, x0: Any, rows: Any, region: Region) -> Any:
-    """margin_j(x) - eps * L_j with L_j = ||c_j^T W_last||_dual * prod of the other norms.
+def lipschitz_margins(operations: list, x0: Any, rows: Any, region: Region) -> tuple:
+    """(margin_j(x) - eps * L_j, the magnitude of its sums) with
+    L_j = ||c_j^T W_last||_dual * prod of the other norms.
 
     Logits that end in a ReLU (relu(W z + b)): each logit is 1-Lipschitz in its own
     pre-activation, so f_y - f_j moves by at most ||W^T e_y||_dual + ||W^T e_j||_dual per unit
@@ -389,4 +428,5 @@ def lipschitz_margins(operations: list, x0: Any, rows: Any, region: Region) -> A
         dual = ops.sum(ops.abs(rows) * own[None, None], axis=-1)  # |e_y - e_j| . norms
     else:
         dual = dual_norms(rows)
-    return centre - region.eps[:, None] * dual * product
+    reach = region.eps[:, None] * dual * product
+    return centre - reach, ops.sum(ops.abs(rows * z[:, None]), axis=-1) + reach
