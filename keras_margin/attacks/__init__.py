@@ -5,7 +5,8 @@ minimum-norm attacks (`MinimumNormAttack`: the smallest perturbation that flips 
 prediction) `DeepFool` (the paper's), `FMN` and `DDN`; budgeted attacks (`BudgetAttack`: any
 perturbation within eps) `FGSM` (the paper's, one step) and `APGD` (Auto-PGD, the core of
 AutoAttack). The functions `deepfool`, `fmn`, `ddn`, `apgd` build and call them; `fgsm` returns
-the adversarial examples themselves. `norm` is always the threat model's norm here.
+the adversarial examples themselves; `Square` (Square Attack, score-based: no gradients, the
+check on the gradient attacks). `norm` is always the threat model's norm here.
 """
 
 from keras_margin.attacks.apgd import APGD, apgd
@@ -14,6 +15,8 @@ from keras_margin.attacks.ddn import DDN, ddn
 from keras_margin.attacks.deepfool import DeepFool, deepfool
 from keras_margin.attacks.fgsm import FGSM, fgsm
 from keras_margin.attacks.fmn import FMN, fmn
+from keras_margin.attacks.square import Square, square
 
 __all__ = ["APGD", "DDN", "FGSM", "FMN", "AttackResult", "BudgetAttack", "DeepFool",
-           "MinimumNormAttack", "apgd", "ddn", "deepfool", "fgsm", "fmn"]
+           "MinimumNormAttack", "Square", "apgd", "ddn", "deepfool", "fgsm", "fmn",
+           "square"]
