@@ -6,7 +6,8 @@
 MNIST comes from DIR, else tensorflow-datasets where it works at once, else the 10,000 real
 digits embedded in keras-margin (7,000 train, 1,000 validate, 2,000 test; said so in one
 line). A folder holding only MNIST's test files (t10k-*) is cut into 8,000 digits to train
-and 2,000 to evaluate. About a minute or two on a 2-core CPU with the embedded digits (5 epochs of 7,000); runs on any Keras backend
+and 2,000 to evaluate. About a minute or two on a 2-core CPU with the embedded digits (5
+epochs of 7,000); runs on any Keras backend
 (KERAS_BACKEND=jax or torch).
 """
 
