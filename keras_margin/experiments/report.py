@@ -244,13 +244,15 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _evaluations(members: list[dict[str, Any]]) -> dict[str, Any]:
-    """Seed means of the stronger evaluation ("strong_*") and the boxed one ("boxed_*"), where
-    every seed has one; the union of the flags."""
+    """Seed means of the stronger evaluation ("strong_*") and the boxed one ("boxed_*") over
+    the seeds that have one (how many: "<kind>_seeds"; the tables say so where some seeds have
+    none yet); the union of the flags."""
     out: dict[str, Any] = {}
     for kind, _ in EVALUATIONS:
         results = [m[kind] for m in members if kind in m]
-        if len(results) != len(members):
+        if not results:
             continue
+        out[f"{kind}_seeds"] = len(results)
         keys = [k for k, v in results[0].items() if isinstance(v, (int, float))
                 and not isinstance(v, bool)]
         for key in keys:
@@ -430,6 +432,15 @@ def markdown(lines: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def evaluated_label(line: dict[str, Any], kind: str) -> str:
+    """The row's label, with "(seed 0 of 3)"-style counts where only some seeds have the
+    evaluation `kind` (the table's numbers are the means over those)."""
+    have, seeds = int(line.get(f"{kind}_seeds", 0)), int(line.get("seeds", 0))
+    if not have or have >= seeds:
+        return line["label"]
+    return f"{line['label']} ({have} of {seeds} seeds)"
+
+
 def _strong_table(members: list[dict[str, Any]]) -> list[str]:
     """Minimum-norm rho and APGD robust accuracy, where `keras-margin evaluate` ran."""
     rows = [m for m in members if "strong_rho_adv" in m]
@@ -451,7 +462,7 @@ def _strong_table(members: list[dict[str, Any]]) -> list[str]:
                               for e in budgets)
         flags = ", ".join(m["strong_flags"]) or "none"
         over = m.get("strong_deepfool_to_minimum_ratio", math.nan)
-        out.append(f"| {m['label']} | {m['strong_rho_adv']:.3f} | "
+        out.append(f"| {evaluated_label(m, 'strong')} | {m['strong_rho_adv']:.3f} | "
                    f"{m.get('strong_rho_min', math.nan):.3f} | {over:.2f} | {ratio} | "
                    f"{accuracy} | {flags} |")
     return out + [""]
@@ -468,7 +479,8 @@ def _boxed_table(members: list[dict[str, Any]]) -> list[str]:
            "boxed |", "|---|---|---|---|---|---|"]
     for m in rows:
         change = m["boxed_rho_adv"] / m["strong_rho_adv"] - 1
-        out.append(f"| {m['label']} | {m['strong_rho_adv']:.3f} | {m['boxed_rho_adv']:.3f} | "
+        out.append(f"| {evaluated_label(m, 'boxed')} | {m['strong_rho_adv']:.3f} | "
+                   f"{m['boxed_rho_adv']:.3f} | "
                    f"{100 * change:+.1f} % | {100 * m['strong_fgsm_error']:.1f} | "
                    f"{100 * m['boxed_fgsm_error']:.1f} |")
     return out + [""]
@@ -496,7 +508,7 @@ def _certified_table(members: list[dict[str, Any]]) -> list[str]:
         accuracy = " | ".join(
             f"{100 * m.get(f'certified_certified_accuracy_{n}_{e:g}', math.nan):.1f} %"
             for n, e in CERTIFIED_BUDGETS)
-        out.append(f"| {m['label']} | {m['certified_rho_adv']:.3f} | "
+        out.append(f"| {evaluated_label(m, 'certified')} | {m['certified_rho_adv']:.3f} | "
                    f"{m.get('certified_rho_min', math.nan):.3f} | "
                    f"{m['certified_rho_certified']:.3f} | "
                    f"{m.get('certified_certified_radius_l2_median', math.nan):.3f} | "
