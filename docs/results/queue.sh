@@ -32,7 +32,7 @@ for row in lenet5-baseline lenet5-l2 mlp-baseline lenet5-l1 mlp-l2 mlp-l1; do
     --out "$out"
 done
 # Item 2's evaluations: the stronger table shows a row only when every seed has them.
-for row in lenet5-l2 lenet5-l1 mlp-l1; do
+for row in lenet5-l2 lenet5-l1 mlp-l1 lenet5-baseline mlp-baseline mlp-l2; do
   arch=${row%%-*}; epochs=$([ "$arch" = mlp ] && echo 20 || echo 10)
   for seed in 1 2; do evaluate "$out/table1/$row/mnist-e$epochs-reference-float32/seed-$seed"; done
 done
