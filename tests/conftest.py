@@ -167,6 +167,21 @@ def linear_model(w: np.ndarray, b: np.ndarray, dtype: str = "float32") -> keras.
     return model
 
 
+def trained_mnist_mlp(hidden: tuple, epochs: int) -> tuple:
+    """A ReLU MLP (28 x 28 x 1 -> hidden -> 10 logits), seed 0, trained `epochs` epochs on the
+    first 3,000 digits of the embedded MNIST sample; (model, test images, test labels)."""
+    from keras_margin import datasets
+
+    (x, y), _, (x_test, y_test) = datasets.load("mnist", validation=0)
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten()] +
+                           [keras.layers.Dense(width, activation="relu") for width in hidden] +
+                           [keras.layers.Dense(10)])
+    net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(x[:3000], y[:3000], epochs=epochs, batch_size=100, verbose=0)
+    return net, x_test, y_test
+
+
 def small_mlp(d: int = 6, k: int = 4, hidden: int = 8, activation: str = "tanh",
               dtype: str = "float32") -> keras.Model:
     return keras.Sequential([keras.Input((d,), dtype=dtype),

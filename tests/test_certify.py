@@ -5,7 +5,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, linear_model
+from conftest import BACKEND, linear_model, trained_mnist_mlp
 
 from keras_margin import attacks, certify
 
@@ -142,15 +142,7 @@ def test_on_a_tiny_relu_network_certified_is_below_the_exact_radius_below_attack
 def test_no_attack_finds_an_adversarial_inside_the_certified_radius():
     """A small trained MLP (784-64-64-10 on digits of the embedded sample), 60 test points,
     l_inf and l2: FMN, DDN, APGD (restarts) and random sampling never get under the radius."""
-    from keras_margin import datasets
-
-    (x, y), _, (x_test, y_test) = datasets.load("mnist", validation=0)
-    keras.utils.set_random_seed(0)
-    net = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
-                            keras.layers.Dense(64, activation="relu"),
-                            keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
-    net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    net.fit(x[:3000], y[:3000], epochs=2, batch_size=100, verbose=0)
+    net, x_test, y_test = trained_mnist_mlp((64, 64), epochs=2)
     x, y = x_test[:60], y_test[:60]
     for norm in ("linf", "l2"):
         radius = certify.certified_radius(net, x, y, norm=norm, clip_min=0.0, clip_max=1.0)

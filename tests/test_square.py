@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
+from conftest import BACKEND, trained_mnist_mlp
 
 from keras_margin import attacks
 from keras_margin.attacks import base
@@ -53,14 +53,7 @@ def test_l2_square_stays_in_the_ball_and_the_box():
 def test_square_sees_through_masked_gradients():
     # Issue 25: a model whose input quantisation has a zero gradient (stop_gradient) gives
     # APGD nothing to follow: it reports high robust accuracy, and Square brings it down.
-    from keras_margin import datasets
-
-    (x, y), _, (x_test, y_test) = datasets.load("mnist", validation=0)
-    keras.utils.set_random_seed(0)
-    mlp = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
-                            keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
-    mlp.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    mlp.fit(x[:3000], y[:3000], epochs=3, batch_size=100, verbose=0)
+    mlp, x_test, y_test = trained_mnist_mlp((128,), epochs=3)
     quantise = keras.layers.Lambda(lambda z: keras.ops.stop_gradient(keras.ops.round(z * 4) / 4))
     masked = keras.Sequential([keras.Input((28, 28, 1)), quantise, mlp])
     x, y = x_test[:100], y_test[:100]

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import linear_model, small_mlp
+from conftest import linear_model, small_mlp, trained_mnist_mlp
 
 from keras_margin import attacks
 from keras_margin.attacks import base
@@ -171,15 +171,7 @@ def test_every_reported_adversarial_is_one_in_float64():
     # Issue 30: FMN's adversarials sat on the boundary, and re-evaluated in float64 some were
     # not adversarial (ties that argmax resolved by class index). A success is now a strict
     # flip, so every attack's adversarials survive an exact-weights float64 forward pass.
-    from keras_margin import datasets
-
-    (x, y), _, (x_test, y_test) = datasets.load("mnist", validation=0)
-    keras.utils.set_random_seed(0)
-    net = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
-                            keras.layers.Dense(256, activation="relu"),
-                            keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)])
-    net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    net.fit(x[:3000], y[:3000], epochs=3, batch_size=100, verbose=0)
+    net, x_test, y_test = trained_mnist_mlp((256, 256), epochs=3)
     weights = [(np.asarray(layer.kernel, np.float64), np.asarray(layer.bias, np.float64))
                for layer in net.layers[1:]]
 
