@@ -316,21 +316,22 @@ def margin_bounds(operations: list, x0: Any, labels: Any, eps: Any, norm: str, m
     region = Region(x0, eps, norm, box)
     k = operations[-1].out_shape[-1]
     rows = margin_rows(labels, k, x0.dtype)
+    allowance = rounding_allowance(operations, x0)
     if method != "lipschitz":
         bounds, relaxations = layer_bounds(operations, region, method)
         # Elision: the margins through the last layer, the intervals below it (IBP's bound).
         last = len(operations) - 1
         below = _interval_region(*bounds[last - 1]) if last else region
         low, size = back_substitute(operations[last:], [], {}, rows, below, upper=False)
-        low = low - rounding_allowance(operations, x0) * size
+        low = low - allowance * size
         if method != "ibp":  # both bounds are sound: each margin takes the better one, so
             # CROWN's radius is never below the interval bound's on the same layer bounds
             crown, size = back_substitute(operations, bounds, relaxations, rows, region,
                                           upper=False)
-            low = ops.maximum(low, crown - rounding_allowance(operations, x0) * size)
+            low = ops.maximum(low, crown - allowance * size)
     else:
         low, size = lipschitz_margins(operations, x0, rows, region)
-        low = low - rounding_allowance(operations, x0) * size
+        low = low - allowance * size
     own = ops.one_hot(labels, k) > 0
     return ops.where(own, np.inf, low)
 
@@ -351,8 +352,13 @@ def rounding_allowance(operations: list, x0: Any) -> float:
     """gamma_n (times `ROUNDING_SAFETY`) for bounds computed in x0's float type."""
     n = ROUNDING_SAFETY * (math.prod(x0.shape[1:]) +
                            sum(math.prod(op.out_shape) for op in operations))
-    u = float(np.finfo(keras.backend.standardize_dtype(x0.dtype)).eps) / 2
+    u = _epsilon(x0.dtype) / 2
     return n * u / (1 - n * u)
+
+
+def _epsilon(dtype: Any) -> float:
+    """The machine epsilon of a backend float type (twice its unit roundoff)."""
+    return float(np.finfo(keras.backend.standardize_dtype(dtype)).eps)
 
 
 def _interval_region(lower: Any, upper: Any) -> Region:
@@ -367,10 +373,10 @@ def _abs_sums(op: Any) -> tuple[float, float]:
     """(largest absolute row sum, largest absolute column sum) of W, rounded up: the sums are
     computed in the layer's float type over at most n terms, so each is within n u of the
     exact one (u its unit roundoff), and the factor 1 + 2 n u covers that."""
-    dtype = op.apply_abs(ops.ones((1,) + op.in_shape)).dtype
+    rows = op.apply_abs(ops.ones((1,) + op.in_shape))
+    dtype = rows.dtype
     n = max(math.prod(op.in_shape), math.prod(op.out_shape))
-    guard = 1 + 2 * n * float(np.finfo(ops.convert_to_numpy(ops.zeros((), dtype)).dtype).eps)
-    rows = op.apply_abs(ops.ones((1,) + op.in_shape, dtype))
+    guard = 1 + 2 * n * _epsilon(dtype)
     columns = backend.vjp(op.apply_abs, ops.zeros((1,) + op.in_shape, dtype))[1](
         ops.ones((1,) + op.out_shape, dtype))
     return (float(ops.convert_to_numpy(ops.max(rows))) * guard,
