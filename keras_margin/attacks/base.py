@@ -214,27 +214,31 @@ def verify_minimum_norm(model: Callable, inputs: Inputs, delta: np.ndarray, foun
     the first that verifies is kept, and the distance reported is that point's.
     """
     perturbation, success = verify(model, inputs, delta, lanes)
-    retry = found & ~success
-    if retry.any():
+
+    def lengthen(factor_of: Callable[[Inputs, np.ndarray], Any]) -> None:
+        """Verifies the found but unconfirmed points again with their delta times
+        `factor_of(those points' inputs, their deltas)`; keeps what now verifies."""
+        retry = found & ~success
+        if not retry.any():
+            return
         subset = dataclasses.replace(inputs, x=inputs.x[retry], labels=inputs.labels[retry])
+        longer, ok = verify(model, subset, delta[retry] * factor_of(subset, delta[retry]),
+                            lanes)
+        idx = np.flatnonzero(retry)[ok]
+        perturbation[idx], success[idx] = longer[ok], True
+
+    def secant(subset: Inputs, part: np.ndarray) -> np.ndarray:
         at_x, _ = flip_state(model, subset.x, subset.labels, lanes)
-        at_delta, tolerance = flip_state(model, np.clip(subset.x + delta[retry], *inputs.box),
+        at_delta, tolerance = flip_state(model, np.clip(subset.x + part, *inputs.box),
                                          subset.labels, lanes)
         with np.errstate(divide="ignore", invalid="ignore"):
             step = (SECANT_TARGET * tolerance - at_delta) / (at_delta - at_x)
         step = np.where(np.isfinite(step) & (step > 0), np.minimum(step, 1.0), 1.0)
-        longer, ok = verify(model, subset, delta[retry] * per_sample_mask(1 + step, delta[retry]),
-                            lanes)
-        idx = np.flatnonzero(retry)[ok]
-        perturbation[idx], success[idx] = longer[ok], True
+        return per_sample_mask(1 + step, part)
+
+    lengthen(secant)
     for factor in LENGTHEN:
-        retry = found & ~success
-        if not retry.any():
-            break
-        subset = dataclasses.replace(inputs, x=inputs.x[retry], labels=inputs.labels[retry])
-        longer, ok = verify(model, subset, delta[retry] * factor, lanes)
-        idx = np.flatnonzero(retry)[ok]
-        perturbation[idx], success[idx] = longer[ok], True
+        lengthen(lambda subset, part, factor=factor: factor)
     perturbation = np.where(per_sample_mask(success, perturbation), perturbation, 0)
     return perturbation.astype(inputs.x.dtype), success
 
