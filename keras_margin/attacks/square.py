@@ -264,8 +264,7 @@ def _l2_start(rng: np.random.Generator, n: int, h: int, w: int, c: int) -> np.nd
 
 
 def _unit_l2(delta: np.ndarray) -> np.ndarray:
-    norms = np.sqrt((delta.reshape(len(delta), -1) ** 2).sum(axis=1))
-    return delta / (norms.reshape((-1,) + (1,) * (delta.ndim - 1)) + 1e-12)
+    return delta / (base.per_sample_mask(base.lp_norms(delta, "l2"), delta) + 1e-12)
 
 
 def square(model: Callable, x: Any, y: Any, eps: float, norm: str = "linf",
