@@ -2,9 +2,9 @@
 
 Two kinds, each a frozen dataclass of its settings on one base class (`attacks.base`):
 minimum-norm attacks (`MinimumNormAttack`: the smallest perturbation that flips each
-prediction) `DeepFool` (the paper's), `FMN` and `DDN`; budgeted attacks (`BudgetAttack`: any
+prediction) `DeepFool` (the paper's), `FMN`, `DDN` and `FAB` (AutoAttack's FAB-T); budgeted attacks (`BudgetAttack`: any
 perturbation within eps) `FGSM` (the paper's, one step) and `APGD` (Auto-PGD, the core of
-AutoAttack). The functions `deepfool`, `fmn`, `ddn`, `apgd` build and call them; `fgsm` returns
+AutoAttack). The functions `deepfool`, `fmn`, `ddn`, `fab`, `apgd` build and call them; `fgsm` returns
 the adversarial examples themselves; `Square` (Square Attack, score-based: no gradients, the
 check on the gradient attacks). `norm` is always the threat model's norm here.
 """
@@ -13,10 +13,11 @@ from keras_margin.attacks.apgd import APGD, apgd
 from keras_margin.attacks.base import AttackResult, BudgetAttack, MinimumNormAttack
 from keras_margin.attacks.ddn import DDN, ddn
 from keras_margin.attacks.deepfool import DeepFool, deepfool
+from keras_margin.attacks.fab import FAB, fab
 from keras_margin.attacks.fgsm import FGSM, fgsm
 from keras_margin.attacks.fmn import FMN, fmn
 from keras_margin.attacks.square import Square, square
 
-__all__ = ["APGD", "DDN", "FGSM", "FMN", "AttackResult", "BudgetAttack", "DeepFool",
-           "MinimumNormAttack", "Square", "apgd", "ddn", "deepfool", "fgsm", "fmn",
+__all__ = ["APGD", "DDN", "FAB", "FGSM", "FMN", "AttackResult", "BudgetAttack", "DeepFool",
+           "MinimumNormAttack", "Square", "apgd", "ddn", "deepfool", "fab", "fgsm", "fmn",
            "square"]

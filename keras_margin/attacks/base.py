@@ -254,6 +254,28 @@ def predictions(model: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
                            for start in range(0, len(x), batch_size)]).astype(np.int32)
 
 
+def call_in_chunks(program: Callable, lanes: int, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`program(*arrays)` as numpy arrays, over chunks of at most `lanes` rows. Each chunk is
+    padded (repeating its last row) to the next power of two, at least 8 and at most `lanes`:
+    few rows left cost little, and at most log2(lanes) shapes are traced."""
+    parts = []
+    for start in range(0, len(arrays[0]), lanes):
+        chunk = [a[start:start + lanes] for a in arrays]
+        rows = len(chunk[0])
+        size = min(lanes, max(8, 1 << (rows - 1).bit_length()))
+        if rows < size:
+            chunk = [np.concatenate([a, np.repeat(a[-1:], size - rows, axis=0)]) for a in chunk]
+        out = program(*[ops.convert_to_tensor(a) for a in chunk])
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        parts.append([ops.convert_to_numpy(o)[:rows] for o in out])
+    return tuple(np.concatenate(column) for column in zip(*parts))
+
+
+def logits_in_chunks(program: Callable, x: np.ndarray, lanes: int) -> np.ndarray:
+    """The logits of x from a compiled logits `program`, by `call_in_chunks`."""
+    return call_in_chunks(program, lanes, x)[0]
+
+
 def logits_of(model: Callable, x: np.ndarray) -> np.ndarray:
     """The logits of one batch as a numpy array."""
     return ops.convert_to_numpy(ops.stop_gradient(call_logits(model, ops.convert_to_tensor(x))))

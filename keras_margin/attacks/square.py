@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from keras import ops
 
 from keras_margin import backend
 from keras_margin._validation import check_choice, check_integer, check_positive
@@ -183,20 +182,9 @@ class _Scores:
                                           jit_compile)
 
     def __call__(self, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        margins, fooled = [], []
-        for start in range(0, len(x), self.lanes):
-            part = x[start:start + self.lanes]
-            rows = len(part)
-            # Padded to the next power of two (at most `lanes`): few points left cost little,
-            # and at most log2(lanes) shapes are traced.
-            size = min(self.lanes, max(8, 1 << (rows - 1).bit_length()))
-            if rows < size:
-                part = np.concatenate([part, np.repeat(part[-1:], size - rows, axis=0)])
-            logits = ops.convert_to_numpy(self.program(ops.convert_to_tensor(part)))[:rows]
-            flip = base.flip_margins(logits, labels[start:start + rows])
-            margins.append(-flip)
-            fooled.append(flip > base.flip_tolerance(self.model, logits))
-        return np.concatenate(margins), np.concatenate(fooled)
+        logits = base.logits_in_chunks(self.program, x, self.lanes)
+        flip = base.flip_margins(logits, labels)
+        return -flip, flip > base.flip_tolerance(self.model, logits)
 
 
 def _window_corners(rng: np.random.Generator, draws: int, n: int, h: int, w: int,
