@@ -2,10 +2,10 @@
 
 Two kinds, each a frozen dataclass of its settings on one base class (`attacks.base`):
 minimum-norm attacks (`MinimumNormAttack`: the smallest perturbation that flips each
-prediction) `DeepFool` (the paper's), `FMN`, `DDN` and `FAB` (AutoAttack's FAB-T); budgeted attacks (`BudgetAttack`: any
-perturbation within eps) `FGSM` (the paper's, one step) and `APGD` (Auto-PGD, the core of
-AutoAttack). The functions `deepfool`, `fmn`, `ddn`, `fab`, `apgd` build and call them; `fgsm` returns
-the adversarial examples themselves; `Square` (Square Attack, score-based: no gradients, the
+prediction) `DeepFool` (the paper's), `FMN`, `DDN` and `FAB` (AutoAttack's FAB-T); budgeted
+attacks (`BudgetAttack`: any perturbation within eps) `FGSM` (the paper's, one step) and `APGD`
+(Auto-PGD, the core of AutoAttack). The functions `deepfool`, `fmn`, `ddn`, `fab`, `apgd` build
+and call them; `fgsm` returns the adversarial examples themselves; `Square` (Square Attack, score-based: no gradients, the
 check on the gradient attacks). `norm` is always the threat model's norm here.
 """
 

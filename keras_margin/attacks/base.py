@@ -276,6 +276,15 @@ def logits_in_chunks(program: Callable, x: np.ndarray, lanes: int) -> np.ndarray
     return call_in_chunks(program, lanes, x)[0]
 
 
+def compiled_flips(program: Callable, model: Callable, x: np.ndarray, labels: np.ndarray,
+                   lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(margin max_{j != y} f_j - f_y, strict flip) per point, from a compiled logits
+    `program` of `model` (`flip_state` and `strict_flips` without recompiling)."""
+    logits = logits_in_chunks(program, x, lanes)
+    margin = flip_margins(logits, labels)
+    return margin, margin > flip_tolerance(model, logits)
+
+
 def logits_of(model: Callable, x: np.ndarray) -> np.ndarray:
     """The logits of one batch as a numpy array."""
     return ops.convert_to_numpy(ops.stop_gradient(call_logits(model, ops.convert_to_tensor(x))))

@@ -126,8 +126,7 @@ class FAB(base.MinimumNormAttack):
         x, labels = inputs.x, inputs.labels
         linearise = _Linearisation(model, inputs, self.targeted, self.norm, lanes, jit_compile)
         clean = base.logits_in_chunks(linearise.logits, x, lanes)
-        margin = base.flip_margins(clean, labels)
-        fooled = margin > base.flip_tolerance(model, clean)
+        fooled = base.flip_margins(clean, labels) > base.flip_tolerance(model, clean)
         best = np.zeros(x.shape, np.float64)
         dist = np.where(fooled, 0.0, np.inf)
         ranked = np.argsort(-np.where(np.eye(inputs.num_classes, dtype=bool)[labels], -np.inf,
@@ -299,8 +298,7 @@ class _Linearisation:
     def fooled(self, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Strict flips (`base.STRICT_FLIP_EPS`) at the flat points x."""
         images = x.reshape((len(x),) + self.shape).astype(self.dtype)
-        logits = base.logits_in_chunks(self.logits, images, self.lanes)
-        return base.flip_margins(logits, labels) > base.flip_tolerance(self.model, logits)
+        return base.compiled_flips(self.logits, self.model, images, labels, self.lanes)[1]
 
 
 def fab(model: Callable, x: Any, y: Any, eps: float | None = None, norm: str = "linf",

@@ -182,9 +182,8 @@ class _Scores:
                                           jit_compile)
 
     def __call__(self, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits = base.logits_in_chunks(self.program, x, self.lanes)
-        flip = base.flip_margins(logits, labels)
-        return -flip, flip > base.flip_tolerance(self.model, logits)
+        flip, fooled = base.compiled_flips(self.program, self.model, x, labels, self.lanes)
+        return -flip, fooled
 
 
 def _window_corners(rng: np.random.Generator, draws: int, n: int, h: int, w: int,
