@@ -55,8 +55,10 @@ class RobustnessCallback(keras.callbacks.Callback):
             `fit` shows its own (a live bar, or with `fit(verbose=2)` one line per attack);
             0 is quiet.
         **settings: `EvaluationPlan` fields by keyword (fgsm_eps, clip_min, clip_max, attacks,
-            linf_eps, l2_eps, apgd, deepfool) or DeepFool's settings (max_iter, overshoot,
-            step_clip, candidates), as for `evaluate_robustness`.
+            linf_eps, l2_eps, apgd, deepfool, autoattack) or DeepFool's settings (max_iter,
+            overshoot, step_clip, candidates), as for `evaluate_robustness`; with
+            `autoattack=True` the ensemble's accuracy lands in History as
+            `val_autoattack_accuracy_<norm>_<eps>`.
 
     Every argument is checked here, and the labels against the model when training begins,
     so a mistake fails before the first epoch trains.
@@ -101,6 +103,9 @@ class RobustnessCallback(keras.callbacks.Callback):
             self.keys += [f"rho_{a.name}" for a in self.plan.attacks] + ["rho_min"]
         self.keys += [budget_key(norm, eps) for norm, budgets in self.plan.budgets.items()
                       for eps in budgets]
+        if self.plan.autoattack:
+            self.keys += [f"autoattack_accuracy_{norm}_{eps:g}"
+                          for norm, budgets in self.plan.budgets.items() for eps in budgets]
         self.last_report = None
         self.history: dict[str, list] = {}
         self._first = True

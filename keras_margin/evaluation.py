@@ -29,6 +29,7 @@ from keras_margin._validation import (
 )
 from keras_margin.attacks import base
 from keras_margin.attacks.apgd import APGD, ensemble, run_schedule
+from keras_margin.attacks.autoattack import AutoAttack
 from keras_margin.attacks.ddn import DDN
 from keras_margin.attacks.deepfool import DeepFool
 from keras_margin.attacks.fgsm import FGSM
@@ -46,6 +47,9 @@ MASKING_RATIO = 2.0
 MIN_SUCCESS = 0.99
 # FGSM fooling this many fewer points than APGD at a budget no larger: a masked single step.
 FGSM_GAP = 0.2
+# Square (no gradients) fooling more than this share of the correct points that every
+# gradient attack missed within the same budget: the gradients hide adversarials.
+SQUARE_ONLY = 0.01
 
 __all__ = ["EvaluationPlan", "RobustnessReport", "evaluate_robustness", "relative_norms",
            "rho_adv"]
@@ -119,6 +123,11 @@ class EvaluationPlan:
             "lipschitz") to prove lower bounds under the attacks' upper ones: the certified
             l2 radius per point (rho_certified), and the l_inf one where l_inf budgets are
             given, with certified accuracy at every budget; None (default) proves nothing.
+        autoattack: True completes the APGD pair to AutoAttack's standard ensemble at every
+            budget: FAB-T, then Square (no gradients), each on the points the attacks before
+            it left robust; who fooled how many lands in the report (`autoattack`), and
+            Square fooling points every gradient attack missed raises a masking flag. Needs
+            image inputs (n, height, width, channels).
     """
 
     deepfool: DeepFool = dataclasses.field(default_factory=DeepFool)
@@ -131,6 +140,7 @@ class EvaluationPlan:
     clip_max: float | None = None
     samples: int | None = None
     certify: str | None = None
+    autoattack: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.deepfool, DeepFool):
@@ -159,6 +169,7 @@ class EvaluationPlan:
             from keras_margin.certify import METHODS
 
             check_choice("certify", self.certify, METHODS)
+        check_choice("autoattack", self.autoattack, (True, False))
 
     @classmethod
     def resolve(cls, plan: EvaluationPlan | None, settings: dict[str, Any]) -> EvaluationPlan:
@@ -191,7 +202,8 @@ class EvaluationPlan:
                 "attacks": [a.to_dict() for a in self.attacks],
                 "linf_eps": list(self.linf_eps), "l2_eps": list(self.l2_eps),
                 "apgd": self.apgd.to_dict(), "clip_min": self.clip_min,
-                "clip_max": self.clip_max, "samples": self.samples, "certify": self.certify}
+                "clip_max": self.clip_max, "samples": self.samples, "certify": self.certify,
+                "autoattack": self.autoattack}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvaluationPlan:
@@ -243,6 +255,11 @@ def evaluate_robustness(model: Callable, x: Any, y: Any, plan: EvaluationPlan | 
     plan = EvaluationPlan.resolve(plan, settings)
     check_choice("verbose", verbose, (0, 1, 2))
     inputs = base.check_inputs(model, x, y, plan.clip_min, plan.clip_max, "evaluate_robustness")
+    if plan.autoattack and inputs.x.ndim != 4 and any(plan.budgets.values()):
+        raise ValueError("evaluate_robustness(autoattack=True) runs Square, which perturbs "
+                         "square windows of images: x must be (n, height, width, channels); "
+                         f"received shape {inputs.x.shape}. Reshape flat inputs to images (the "
+                         "model may flatten them).")
     if plan.certify is not None:  # an unsupported layer fails now, not after every attack
         from keras_margin.certify import check_supported
 
@@ -269,7 +286,8 @@ def run_plan(model: Callable, inputs: base.Inputs, plan: EvaluationPlan, lanes: 
     for norm, budgets in plan.budgets.items():
         if budgets:
             report.robust_accuracy[norm] = robust_accuracy(
-                model, subset, correct, norm, budgets, plan, found, fgsm_wrong, lanes, verbose)
+                model, subset, correct, norm, budgets, plan, found, fgsm_wrong, lanes, verbose,
+                report)
     report.deepfool_to_minimum_ratio = deepfool_to_minimum_ratio(found, plan.norms)
     flags = check_fgsm_blind(fgsm_blind, correct) + sanity_checks(report, inputs, plan, found)
     if plan.certify is not None:
@@ -343,23 +361,55 @@ def minimum_norm_measures(report: RobustnessReport, subset: base.Inputs,
 def robust_accuracy(model: Callable, subset: base.Inputs, correct: np.ndarray, norm: str,
                     budgets: Sequence[float], plan: EvaluationPlan,
                     found: dict[str, base.AttackResult], fgsm_wrong: np.ndarray | None,
-                    lanes: int, verbose: int) -> dict[float, float]:
+                    lanes: int, verbose: int,
+                    report: RobustnessReport | None = None) -> dict[float, float]:
     """Robust accuracy per budget: correct, and no attack run found an adversarial within it
-    (the APGD ensemble, the minimum-norm attacks of the same norm, and FGSM for l_inf)."""
+    (the APGD ensemble, the minimum-norm attacks of the same norm, FGSM for l_inf, and with
+    `plan.autoattack` FAB-T and Square, whose record goes into `report.autoattack`)."""
     results = run_schedule(model, subset, ensemble(plan.apgd, norm, subset.num_classes),
                            budgets, lanes, verbose=verbose) if len(subset.x) else {}
     norms = plan.norms
     accuracy = {}
     for eps in budgets:
-        fooled = results[eps].success.copy() if results else np.zeros(0, bool)
+        by_apgd = results[eps].success.copy() if results else np.zeros(0, bool)
+        others = np.zeros(len(subset.x), bool)
         for name, result in found.items():
             if norms[name] == norm:
-                fooled |= result.success & (base.lp_norms(result.perturbation, norm)
+                others |= result.success & (base.lp_norms(result.perturbation, norm)
                                             <= eps * (1 + 1e-6))
         if norm == "linf" and fgsm_wrong is not None and plan.fgsm_eps <= eps:
-            fooled |= fgsm_wrong[correct]
+            others |= fgsm_wrong[correct]
+        fooled = by_apgd | others
+        if plan.autoattack:
+            fooled |= complete_autoattack(model, subset, norm, eps, by_apgd, others, plan,
+                                          lanes, verbose, report)
         accuracy[eps] = float((~fooled).sum() / len(correct))
     return accuracy
+
+
+def complete_autoattack(model: Callable, subset: base.Inputs, norm: str, eps: float,
+                        by_apgd: np.ndarray, others: np.ndarray, plan: EvaluationPlan,
+                        lanes: int, verbose: int, report: RobustnessReport | None
+                        ) -> np.ndarray:
+    """AutoAttack's standard ensemble from the APGD pair's result (its first two attacks):
+    FAB-T, then Square, on the correct points APGD left robust; the points they fooled.
+    Records per attack how many points it fooled first, and how many of Square's no other
+    gradient attack of the evaluation (minimum-norm, FGSM) fooled within eps either."""
+    rest = np.flatnonzero(~by_apgd)
+    fooled = np.zeros(len(subset.x), bool)
+    counts = {"apgd": int(by_apgd.sum()), "fab-t": 0, "square": 0, "square_only": 0}
+    if rest.size:
+        tail = AutoAttack(norm=norm, version="custom", attacks=("fab-t", "square"),
+                          seed=plan.apgd.seed, steps=plan.apgd.steps)
+        part = dataclasses.replace(subset, x=subset.x[rest], labels=subset.labels[rest])
+        result = tail.run(model, part, [eps], lanes, verbose=verbose)[eps]
+        fooled[rest] = result.success
+        counts.update(result.counts())
+        counts["square_only"] = int((result.fooled_by == "square")[~others[rest]].sum())
+    counts["robust"] = int((~(by_apgd | fooled)).sum())
+    if report is not None:
+        report.autoattack.setdefault(norm, {})[eps] = counts
+    return fooled
 
 
 def deepfool_to_minimum_ratio(found: dict[str, base.AttackResult],
@@ -440,7 +490,8 @@ def sanity_checks(report: RobustnessReport, inputs: base.Inputs, plan: Evaluatio
                   found: dict[str, base.AttackResult]) -> list[tuple[str, str]]:
     """Every check's flags, in a fixed order."""
     return (check_zero_gradients(found) + check_attack_failures(found)
-            + check_gradient_masking(report) + check_fgsm_unreliable(report, plan)
+            + check_gradient_masking(report) + check_square_after_gradients(report)
+            + check_fgsm_unreliable(report, plan)
             + check_monotone(report) + check_large_budgets(report, inputs))
 
 
@@ -510,6 +561,25 @@ def check_gradient_masking(report: RobustnessReport) -> list[tuple[str, str]]:
         return []
     return [("gradient_masking", f"DeepFool's l2 distances are {ratio:.2f}x the minimum-norm "
              "attacks' (median): its rho_adv overstates robustness; report rho_min.")]
+
+
+def check_square_after_gradients(report: RobustnessReport) -> list[tuple[str, str]]:
+    """Square (no gradients) fooling, within a budget, more than `SQUARE_ONLY` of the
+    correct points that every gradient attack of the evaluation missed."""
+    correct = round(report.n * (1 - report.error))
+    flags = []
+    for norm, budgets in report.autoattack.items():
+        for eps, counts in sorted(budgets.items()):
+            if correct and counts["square_only"] / correct > SQUARE_ONLY:
+                flags.append((f"square_after_gradients_{norm}",
+                              f"Square, which uses no gradient, fooled {counts['square_only']} "
+                              f"of {correct} correct points at {norm} {eps:g} that every "
+                              "gradient attack (APGD, FAB-T, the minimum-norm attacks, FGSM) "
+                              "missed: the gradients hide adversarials (masking), so gradient "
+                              "attacks overstate this model's robustness; trust the "
+                              "AutoAttack accuracy."))
+                break
+    return flags
 
 
 def check_fgsm_unreliable(report: RobustnessReport,

@@ -65,6 +65,10 @@ class RobustnessReport:
         certified_accuracy: {norm: {eps: share of all points proven robust at eps}}.
         certified_to_minimum_ratio: median over the correct points of the certified l2 radius
             over the smallest l2 attack distance (1: the bound meets the attacks).
+        autoattack: {norm: {eps: {attack: points}}} where AutoAttack's ensemble ran: the
+            correct points each attack fooled first ("apgd" (APGD-CE and APGD-T), "fab-t",
+            "square"), "square_only" (Square's that no gradient attack of the evaluation
+            fooled within eps) and "robust" (none of the four did).
         flags: names of the failed sanity checks (each was also warned about).
         fgsm_wrong: per point, whether it is misclassified after the FGSM step (its mean is
             `fgsm_error`); None without FGSM.
@@ -90,6 +94,7 @@ class RobustnessReport:
     rho_certified: float | None = None
     certified_accuracy: dict[str, dict[float, float]] = dataclasses.field(default_factory=dict)
     certified_to_minimum_ratio: float | None = None
+    autoattack: dict[str, dict[float, dict[str, int]]] = dataclasses.field(default_factory=dict)
     flags: list[str] = dataclasses.field(default_factory=list)
     fgsm_wrong: np.ndarray | None = None
 
@@ -126,10 +131,21 @@ class RobustnessReport:
                             for eps, value in budgets.items()})
             if self.certified_to_minimum_ratio is not None:
                 out["certified_to_minimum_ratio"] = self.certified_to_minimum_ratio
+        for norm, budgets in self.autoattack.items():
+            for eps, counts in budgets.items():
+                out[f"autoattack_accuracy_{norm}_{eps:g}"] = self.autoattack_accuracy[norm][eps]
+                out.update({f"autoattack_{norm}_{eps:g}_{name}": value
+                            for name, value in counts.items()})
         if self.fgsm_wrong is not None:
             out["fgsm_wrong"] = np.asarray(self.fgsm_wrong, bool)
         out["flags"] = list(self.flags)
         return out
+
+    @property
+    def autoattack_accuracy(self) -> dict[str, dict[float, float]]:
+        """{norm: {eps: share of all points AutoAttack's ensemble alone left robust}}."""
+        return {norm: {eps: counts["robust"] / self.n for eps, counts in budgets.items()}
+                for norm, budgets in self.autoattack.items()}
 
     def scalars(self) -> dict[str, Any]:
         """`to_dict` without the per-point arrays (what metrics.json holds)."""
@@ -143,9 +159,14 @@ class RobustnessReport:
     def from_dict(cls, data: dict[str, Any]) -> RobustnessReport:
         """The report of a flat dict (`to_dict`, or a run folder's JSON; arrays may be
         missing there, and are then empty)."""
-        attacks, robust, certified = {}, {}, {}
+        attacks, robust, certified, autoattack = {}, {}, {}, {}
         for key in data:
-            if key.startswith("certified_accuracy_"):
+            if key.startswith("autoattack_accuracy_"):
+                continue  # derived from the counts
+            if key.startswith("autoattack_"):
+                norm, eps, name = key[len("autoattack_"):].split("_", 2)
+                autoattack.setdefault(norm, {}).setdefault(float(eps), {})[name] = data[key]
+            elif key.startswith("certified_accuracy_"):
                 norm, eps = key[len("certified_accuracy_"):].split("_", 1)
                 certified.setdefault(norm, {})[float(eps)] = data[key]
             elif key.startswith("robust_accuracy_"):
@@ -173,7 +194,7 @@ class RobustnessReport:
                    else np.asarray(data["certified_distances"]),
                    rho_certified=data.get("rho_certified"), certified_accuracy=certified,
                    certified_to_minimum_ratio=data.get("certified_to_minimum_ratio"),
-                   flags=list(data.get("flags", [])),
+                   autoattack=autoattack, flags=list(data.get("flags", [])),
                    fgsm_wrong=None if "fgsm_wrong" not in data
                    else np.asarray(data["fgsm_wrong"], bool))
 
@@ -208,6 +229,12 @@ class RobustnessReport:
         for norm, budgets in self.robust_accuracy.items():
             for eps, value in budgets.items():
                 rows.append((f"robust accuracy, {norm} eps {eps:g}", _percent(value)))
+        for norm, budgets in self.autoattack_accuracy.items():
+            for eps, value in budgets.items():
+                counts = self.autoattack[norm][eps]
+                rows.append((f"AutoAttack accuracy, {norm} eps {eps:g}",
+                             f"{_percent(value)} (fooled first: APGD {counts['apgd']}, FAB-T "
+                             f"{counts['fab-t']}, Square {counts['square']})"))
         if self.certify_method is not None:
             rows.append((f"rho_certified ({self.certify_method}, proven)",
                          _number(self.rho_certified)))

@@ -78,6 +78,16 @@ def test_report_and_figures_from_runs(tiny_mnist, tmp_path):
                      "--attacks", "fmn,ddn", "--linf-eps", "0.1,0.3"]) == 0
     assert cli.main(["evaluate", out, "--data-dir", tiny_mnist, "--n", "20", "--box", "0,1",
                      "--tag", "boxed", "--attacks", "", "--linf-eps", ""]) == 0
+    assert cli.main(["evaluate", out, "--data-dir", tiny_mnist, "--n", "20", "--box", "0,1",
+                     "--steps", "3", "--tag", "autoattack", "--attacks", "", "--linf-eps",
+                     "0.3", "--autoattack"]) == 0
+    folder = runner.run_dir(out, _tiny_row(epochs=1), 0)
+    with open(os.path.join(folder, "robustness-autoattack.json")) as f:
+        stored = json.load(f)
+    assert stored["settings"]["autoattack"] is True
+    counts = {k: v for k, v in stored.items() if k.startswith("autoattack_linf_0.3_")}
+    assert set(counts) == {f"autoattack_linf_0.3_{name}" for name in
+                           ("apgd", "fab-t", "square", "square_only", "robust")}, stored.keys()
     assert cli.main(["report", out]) == 0
     with open(os.path.join(out, "report.md")) as f:
         text = f.read()

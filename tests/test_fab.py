@@ -39,8 +39,8 @@ def test_projection_onto_a_hyperplane_in_a_box_is_the_exact_optimum(norm):
             optimum, got = res.fun, np.abs(d).max()
         else:
             res = so.minimize(lambda z: z @ z, np.zeros(dims), jac=lambda z: 2 * z,
-                              constraints=[{"type": "eq", "fun": lambda z: w @ z + c,
-                                            "jac": lambda z: w}],
+                              constraints=[{"type": "eq", "fun": lambda z, w=w, c=c: w @ z + c,
+                                            "jac": lambda z, w=w: w}],
                               bounds=bounds, method="SLSQP",
                               options={"ftol": 1e-15, "maxiter": 500})
             optimum, got = np.sqrt(res.fun), np.linalg.norm(d)

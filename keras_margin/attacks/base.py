@@ -68,7 +68,7 @@ class AttackResult:
 
 def lp_norms(v: np.ndarray, norm: str) -> np.ndarray:
     """Per-sample l2, linf or l1 norms of a numpy batch."""
-    flat = np.reshape(v, (len(v), -1)).astype(np.float64)
+    flat = np.reshape(v, (len(v), int(np.prod(np.shape(v)[1:])))).astype(np.float64)
     if norm == "l2":
         return np.sqrt((flat ** 2).sum(axis=1))
     if norm == "linf":

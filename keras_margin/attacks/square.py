@@ -45,10 +45,12 @@ class Square(base.BudgetAttack):
     restarts: int = 1
     seed: int = 0
     shared_windows: bool = False
+    rescale_schedule: bool = True
 
     def __post_init__(self) -> None:
         check_choice("norm", self.norm, NORMS)
         check_choice("shared_windows", self.shared_windows, (True, False))
+        check_choice("rescale_schedule", self.rescale_schedule, (True, False))
         object.__setattr__(self, "n_queries", check_integer("n_queries", self.n_queries))
         object.__setattr__(self, "restarts", check_integer("restarts", self.restarts))
         object.__setattr__(self, "seed", check_integer("seed", self.seed, minimum=0))
@@ -94,10 +96,11 @@ class Square(base.BudgetAttack):
         return results
 
     def p_at(self, query: int) -> float:
-        """The share of the image a window covers at this query (the paper's schedule,
-        rescaled to `n_queries`)."""
-        rescaled = int(query / self.n_queries * 10000)
-        return self.p_init / 2 ** sum(rescaled > step for step in P_SCHEDULE)
+        """The share of the image a window covers at this query (the paper's schedule for
+        10,000 queries, rescaled to `n_queries` unless `rescale_schedule` is False, as in
+        AutoAttack's ensemble)."""
+        at = int(query / self.n_queries * 10000) if self.rescale_schedule else query
+        return self.p_init / 2 ** sum(at > step for step in P_SCHEDULE)
 
     def _single_run(self, scores: _Scores, inputs: base.Inputs, todo: np.ndarray, eps: float,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -256,7 +259,8 @@ def _unit_l2(delta: np.ndarray) -> np.ndarray:
 
 def square(model: Callable, x: Any, y: Any, eps: float, norm: str = "linf",
            n_queries: int = 5000, p_init: float = 0.8, restarts: int = 1, seed: int = 0,
-           shared_windows: bool = False, clip_min: float | None = None,
+           shared_windows: bool = False, rescale_schedule: bool = True,
+           clip_min: float | None = None,
            clip_max: float | None = None, batch_size: int | None = None,
            jit_compile: bool | str = "auto", verbose: int = 0) -> base.AttackResult:
     """Adversarial examples within ||delta||_p <= eps by Square Attack (no gradients).
@@ -273,6 +277,9 @@ def square(model: Callable, x: Any, y: Any, eps: float, norm: str = "linf",
         shared_windows: one window (and for l_inf one sign per channel) per query for the
             whole batch, as the reference implementation draws them; default one per image,
             as the paper's code (stronger at equal queries on MNIST; see README).
+        rescale_schedule: the paper's schedule of window sizes (for 10,000 queries) stretched
+            to `n_queries` (default, as the reference alone); False keeps it per query, as
+            AutoAttack's ensemble runs it.
         clip_min, clip_max: optional input box; x must lie inside it.
         batch_size: rows per model call (lanes, default 256).
         jit_compile: as for `deepfool`.
@@ -287,6 +294,6 @@ def square(model: Callable, x: Any, y: Any, eps: float, norm: str = "linf",
         >>> robust_accuracy = 1 - res.success.mean()
     """
     return Square(norm=norm, n_queries=n_queries, p_init=p_init, restarts=restarts,
-                  seed=seed, shared_windows=shared_windows)(
+                  seed=seed, shared_windows=shared_windows, rescale_schedule=rescale_schedule)(
         model, x, y, eps, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
         jit_compile=jit_compile, verbose=verbose)

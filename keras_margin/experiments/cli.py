@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--C", default=",".join(f"{c:g}" for c in SWEEP_C),
                        help="comma-separated values of C (default: 1e-6 ... 1)")
     _common(sweep)
-    ev = verb("evaluate", help="stronger attacks (FMN, DDN, APGD) on finished runs")
+    ev = verb("evaluate", help="stronger attacks (FMN, DDN, APGD, AutoAttack) on "
+                                     "finished runs")
     ev.add_argument("runs", help="folder of runs (searched recursively)")
     ev.add_argument("--n", type=positive_int, default=1000,
                     help="first N test points of each run's data (default 1000)")
@@ -127,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
                     choices=["crown", "crown-ibp", "ibp", "lipschitz"],
                     help="also prove lower bounds: certified radii (l2, and l_inf with "
                          "--linf-eps) and certified accuracy at the budgets")
+    ev.add_argument("--autoattack", action="store_true",
+                    help="complete the APGD pair to AutoAttack's standard ensemble (FAB-T, "
+                         "then Square) at every budget, with who fooled how many and the "
+                         "masking flag")
     ev.add_argument("--force", action="store_true",
                     help="replace a stored evaluation made with other settings (by default "
                          "that is an error naming both settings)")
@@ -188,7 +193,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     settings = reevaluate.StrongerEvaluation(
         n=args.n, attacks=names, linf_eps=_numbers(args.linf_eps, "--linf-eps"),
         l2_eps=_numbers(args.l2_eps, "--l2-eps"), steps=args.steps, box=box, tag=args.tag,
-        certify=args.certify)
+        certify=args.certify, autoattack=args.autoattack)
     folders = reevaluate.finished_runs(args.runs)
     if not folders:
         raise FileNotFoundError(f"No finished runs (metrics.json, model.keras) under "

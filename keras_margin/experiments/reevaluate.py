@@ -54,6 +54,7 @@ class StrongerEvaluation:
     box: tuple[float, float] | None = None
     tag: str = ""
     certify: str | None = None
+    autoattack: bool = False
 
     def __post_init__(self) -> None:
         check_integer("n", self.n)
@@ -71,6 +72,7 @@ class StrongerEvaluation:
             from keras_margin.certify import METHODS
 
             check_choice("--certify", self.certify, METHODS)
+        check_choice("--autoattack", self.autoattack, (True, False))
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -79,7 +81,8 @@ class StrongerEvaluation:
 
     def same_as(self, stored: dict[str, Any]) -> bool:
         """Whether settings stored by an earlier evaluation are these: a key that an older
-        version did not write ran at its default (as `certify`, added later: None)."""
+        version did not write ran at its default (as `certify` and `autoattack`, added
+        later: None and False)."""
         return bool(stored) and {**StrongerEvaluation().to_dict(), **stored} == self.to_dict()
 
     @property
@@ -96,7 +99,7 @@ class StrongerEvaluation:
         return dataclasses.replace(row.plan(samples=self.n), attacks=tuple(attacks),
                                    linf_eps=self.linf_eps, l2_eps=self.l2_eps,
                                    apgd=APGD(steps=self.steps), clip_min=lo, clip_max=hi,
-                                   certify=self.certify)
+                                   certify=self.certify, autoattack=self.autoattack)
 
 
 def _has_adversarial_classes(folder: str) -> bool:
