@@ -60,6 +60,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="CPU-sized: data subsets, 10 epochs; labelled QUICK everywhere")
     parser.add_argument("--verbose", type=int, default=2, choices=[0, 1, 2],
                         help="Keras fit verbosity (default 2: one line per epoch)")
+    parser.add_argument("--monitor-every", type=positive_int, default=None,
+                        help="run the per-epoch robustness callback every N epochs (and the "
+                             "first and last; default: the rows' own, 1); recorded in the "
+                             "run's config")
     parser.add_argument("--dtype-policy", default="float32",
                         choices=["float32", "mixed_bfloat16"],
                         help="the layers' precision (default float32, the paper's); the "
@@ -257,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 runner.run(row, seed, args.out, epochs=args.epochs, quick=args.quick,
                            data_dir=args.data_dir, dataset=args.dataset,
                            protocol=args.protocol, verbose=args.verbose,
-                           dtype_policy=args.dtype_policy)
+                           dtype_policy=args.dtype_policy, monitor_every=args.monitor_every)
     except (ValueError, OSError, RunLockedError, ImportError) as err:
         print(f"keras-margin: error: {err}", file=sys.stderr)
         return 2

@@ -201,7 +201,8 @@ def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = 
         data_dir: str | None = None, dataset: str | None = None, verbose: int = 2,
         stop_after: int | None = None, protocol: str | None = None,
         build: Callable[[Row], keras.Model] | None = None,
-        dtype_policy: str = "float32") -> dict[str, Any] | None:
+        dtype_policy: str = "float32",
+        monitor_every: int | None = None) -> dict[str, Any] | None:
     """Trains and evaluates `row` with `seed` into its folder under `out`; returns its metrics.
 
     Args:
@@ -214,6 +215,8 @@ def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = 
             their own, written with the public API.
         dtype_policy: Keras's dtype policy for the layers ("float32", the paper's precision,
             or "mixed_bfloat16"); the margin penalty stays float32 either way.
+        monitor_every: overrides the row's period of the per-epoch robustness callback
+            (recorded in the run's config; the final evaluation is the same).
 
     Returns:
         The metrics dict, or None when stopped by `stop_after` before the end.
@@ -224,8 +227,8 @@ def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = 
     """
     check_epochs(epochs)
     dtype_policy = check_dtype_policy(dtype_policy)
-    changes = {key: value for key, value in (("dataset", dataset), ("protocol", protocol))
-               if value}
+    changes = {key: value for key, value in (("dataset", dataset), ("protocol", protocol),
+                                             ("monitor_every", monitor_every)) if value}
     row = dataclasses.replace(row, **changes)
     row = dataclasses.replace(row, epochs=epochs or (QUICK["epochs"] if quick else row.epochs))
     folder = run_dir(out, row, seed, quick, dtype_policy)
@@ -402,14 +405,17 @@ def _train(row: Row, model: keras.Model, data: Data, folder: str, seed: int, sta
     monitor = RobustnessCallback(data.x_val, data.y_val, plan=row.plan(),
                                  max_samples=QUICK["monitor"] if quick else 1000)
     checkpoint = os.path.join(folder, "checkpoint.keras")
-    callbacks = [monitor, ProgressLine(f"{row.table}/{row.name}", seed, row.epochs),
-                 keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=True)]
+    every_epoch = [ProgressLine(f"{row.table}/{row.name}", seed, row.epochs),
+                   keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=True)]
     validation = (data.x_val, data.y_val)
     if not len(data.x_val):  # every training digit trains (validation=0): nothing to monitor
-        callbacks, validation = callbacks[1:], None
+        validation = None
     for epoch in range(start, row.epochs):
         if stop_after is not None and epoch - start >= stop_after:
             return False
+        unmonitored = [NotMonitored(monitor)] if validation is not None else []
+        callbacks = ([monitor] if validation is not None and monitored_epoch(row, epoch)
+                     else unmonitored) + every_epoch
         keras.utils.set_random_seed(seed * 100003 + epoch)
         order = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
         x, y = data.x_train[order], data.y_train[order]
@@ -425,6 +431,25 @@ def _train(row: Row, model: keras.Model, data: Data, folder: str, seed: int, sta
         os.replace(checkpoint + ".tmp.keras", checkpoint)
         write_json(os.path.join(folder, "state.json"), {"epoch": epoch + 1})
     return True
+
+
+def monitored_epoch(row: Row, epoch: int) -> bool:
+    """Whether the robustness callback runs after `epoch` (0-based): every
+    `row.monitor_every`-th, the first and the last."""
+    return epoch == 0 or (epoch + 1) % row.monitor_every == 0 or epoch + 1 == row.epochs
+
+
+class NotMonitored(keras.callbacks.Callback):
+    """On an epoch the robustness callback skips: its keys as NaN, so that CSVLogger (which
+    takes its columns from each `fit` call's first epoch) keeps the same columns."""
+
+    def __init__(self, monitor: RobustnessCallback) -> None:
+        super().__init__()
+        self.keys = [monitor.prefix + key for key in monitor.keys]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs.update({key: float("nan") for key in self.keys})
 
 
 def save_arrays(folder: str, report: RobustnessReport, suffix: str = "") -> dict[str, Any]:
