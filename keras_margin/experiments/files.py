@@ -211,7 +211,8 @@ def check_unique_runs(folders: list[str]) -> None:
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     """A run's config.json in today's form (a copy): older runs stored DeepFool's settings
     without its defaults norm "l2" and candidates None, adversarial training's clean-loss
-    weight as "alpha" (now "clean_weight"), and no "monitor_every" (every epoch: 1). Applied wherever a stored config is compared."""
+    weight as "alpha" (now "clean_weight"), and no "monitor_every" (every epoch: 1). Applied
+    wherever a stored config is compared."""
     config = json.loads(json.dumps(config))
     row = config.get("row")
     if not isinstance(row, dict):
