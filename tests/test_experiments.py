@@ -94,6 +94,9 @@ def test_report_and_figures_from_runs(tiny_mnist, tmp_path):
     assert "| tiny l2 |" in text and "±" in text and "0.259" in text
     assert "Stronger attacks" in text and "robust acc. l_inf 0.3" in text
     assert "What the [0, 1] input box changes" in text
+    autoattack = text[text.index("AutoAttack (`keras-margin evaluate --autoattack"):]
+    line = [r for r in autoattack.splitlines() if r.startswith("| tiny l2 | 0.3 |")]
+    assert line, autoattack[:600]
     assert "seeds per row: 2" in text
     section = text[text.index("## Table I — MLP 16, 1 epoch"):]
     ratio = [line for line in section.splitlines() if line.startswith("| tiny l2 |")][0]

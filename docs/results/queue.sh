@@ -5,6 +5,7 @@
 #   nohup setsid bash docs/results/queue.sh DATA_DIR [OUT] > OUT/queue.log 2>&1 &
 # Pause for a benchmark: kill -STOP -- -PGID; resume: kill -CONT -- -PGID.
 # Publish what finished: keras-margin publish OUT docs/results/runs
+# AUTOATTACK_DIR (a folder holding fra31/auto-attack's autoattack/) adds issue 25's benchmark.
 set -uo pipefail
 data=${1:?usage: queue.sh DATA_DIR [OUT]}
 out=${2:-$HOME/keras-margin-runs}
@@ -43,4 +44,17 @@ for row in mlp-baseline mlp-l2 lenet5-baseline lenet5-l2; do
     --out "$out"
   evaluate "$out/table1/$row/mnist-e100-reference-float32/seed-0"
 done
+# Issue 25: AutoAttack's standard ensemble on every published Table I run (l_inf 0.1; AT rows
+# also 0.3), then the comparison with the reference AutoAttack (seed 0 of every cell first).
+for folder in "$out"/table1/*/mnist-e*-reference-float32/seed-*; do
+  case "$folder" in */mlp-at/*|*/lenet5-at/*) eps=0.1,0.3 ;; *) eps=0.1 ;; esac
+  step $km evaluate "$folder" --data-dir "$data" --autoattack --tag autoattack --attacks "" \
+    --linf-eps "$eps"
+done
+if [ -n "${AUTOATTACK_DIR:-}" ]; then
+  for seeds in 1 3; do
+    step nice -n 10 python benchmarks/autoattack_vs_reference.py --data-dir "$data" \
+      --reference "$AUTOATTACK_DIR" --seeds "$seeds" --out "$out/autoattack_vs_reference.jsonl"
+  done
+fi
 echo "== $(date -u +%FT%TZ) queue done"

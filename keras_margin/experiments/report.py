@@ -26,9 +26,11 @@ PROTOCOL_NOTES = {
 
 
 # The evaluations of finished runs the report reads, by kind: the stronger attacks, the [0, 1]
-# box, and the certified bounds (`keras-margin evaluate ... --tag boxed / certified`).
+# box, the certified bounds and AutoAttack's ensemble (`keras-margin evaluate ... --tag boxed /
+# certified / autoattack`).
 EVALUATIONS = (("strong", "robustness.json"), ("boxed", "robustness-boxed.json"),
-               ("certified", "robustness-certified.json"))
+               ("certified", "robustness-certified.json"),
+               ("autoattack", "robustness-autoattack.json"))
 
 
 # What the report reads from every metrics.json.
@@ -428,6 +430,7 @@ def markdown(lines: list[dict[str, Any]]) -> str:
                 f"{paper_ratio} |")
         out.append("")
         out += _strong_table(members) + _boxed_table(members) + _certified_table(members)
+        out += _autoattack_table(members)
         out += _cost_table(members)
     return "\n".join(out)
 
@@ -514,6 +517,36 @@ def _certified_table(members: list[dict[str, Any]]) -> list[str]:
                    f"{m.get('certified_certified_radius_l2_median', math.nan):.3f} | "
                    f"{m.get('certified_certified_to_minimum_ratio', math.nan):.2f} | "
                    f"{accuracy} |")
+    return out + [""]
+
+
+def _autoattack_table(members: list[dict[str, Any]]) -> list[str]:
+    """AutoAttack's standard ensemble beside the APGD pair, where `keras-margin evaluate
+    --autoattack --tag autoattack` ran."""
+    rows = [m for m in members if "autoattack_n" in m]
+    if not rows:
+        return []
+    out = [f"AutoAttack (`keras-margin evaluate --autoattack --tag autoattack`, the first "
+           f"{int(rows[0]['autoattack_n'])} test points): robust accuracy by APGD-CE + APGD-T "
+           "alone, by AutoAttack's standard ensemble (APGD-CE, APGD-T, FAB-T, Square, each on "
+           "the points the ones before left), and by every attack of the evaluation (the "
+           "ensemble and FGSM); the points FAB-T and Square fooled after APGD, and Square's "
+           "that no gradient attack fooled (masking).\n",
+           "| row | l_inf eps | APGD-CE + APGD-T | AutoAttack | every attack | fooled by "
+           "FAB-T | by Square | by Square only | flags |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for m in rows:
+        correct = 1 - m["autoattack_error"]
+        for eps in m["autoattack_budgets"]:
+            key = f"autoattack_autoattack_linf_{eps:g}"
+            apgd = correct - m.get(f"{key}_apgd", math.nan) / m["autoattack_n"]
+            out.append(
+                f"| {evaluated_label(m, 'autoattack')} | {eps:g} | {100 * apgd:.1f} % | "
+                f"{100 * m.get(f'autoattack_autoattack_accuracy_linf_{eps:g}', math.nan):.1f} % | "
+                f"{100 * m.get(f'autoattack_robust_accuracy_linf_{eps:g}', math.nan):.1f} % | "
+                f"{m.get(f'{key}_fab-t', math.nan):.1f} | {m.get(f'{key}_square', math.nan):.1f} | "
+                f"{m.get(f'{key}_square_only', math.nan):.1f} | "
+                f"{', '.join(m['autoattack_flags']) or 'none'} |")
     return out + [""]
 
 
