@@ -49,7 +49,7 @@ done
 for folder in "$out"/table1/*/mnist-e*-reference-float32/seed-*; do
   case "$folder" in */mlp-at/*|*/lenet5-at/*) eps=0.1,0.3 ;; *) eps=0.1 ;; esac
   step $km evaluate "$folder" --data-dir "$data" --autoattack --tag autoattack --attacks "" \
-    --linf-eps "$eps"
+    --linf-eps "$eps" --box 0,1
 done
 if [ -n "${AUTOATTACK_DIR:-}" ]; then
   for seeds in 1 3; do

@@ -264,6 +264,7 @@ def _evaluations(members: list[dict[str, Any]]) -> dict[str, Any]:
         if results[0].get("certify_method"):
             out[f"{kind}_bound"] = results[0]["certify_method"]
         out[f"{kind}_budgets"] = results[0].get("settings", {}).get("linf_eps", [])
+        out[f"{kind}_box"] = results[0].get("box")
     return out
 
 
@@ -526,9 +527,12 @@ def _autoattack_table(members: list[dict[str, Any]]) -> list[str]:
     rows = [m for m in members if "autoattack_n" in m]
     if not rows:
         return []
+    lo, hi = rows[0].get("autoattack_box") or (None, None)
+    box = "no input box" if lo is None and hi is None else f"inside [{lo:g}, {hi:g}]"
     out = [f"AutoAttack (`keras-margin evaluate --autoattack --tag autoattack`, the first "
-           f"{int(rows[0]['autoattack_n'])} test points): robust accuracy by APGD-CE + APGD-T "
-           "alone, by AutoAttack's standard ensemble (APGD-CE, APGD-T, FAB-T, Square, each on "
+           f"{int(rows[0]['autoattack_n'])} test points, {box}): robust accuracy by APGD-CE + "
+           "APGD-T alone, by AutoAttack's standard ensemble (APGD-CE, APGD-T, FAB-T, Square, "
+           "each on "
            "the points the ones before left), and by every attack of the evaluation (the "
            "ensemble and FGSM); the points FAB-T and Square fooled after APGD, and Square's "
            "that no gradient attack fooled (masking).\n",
