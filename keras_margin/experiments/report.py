@@ -600,8 +600,8 @@ CSV_FIELDS = ["table", "row", "label", "architecture", "dataset", "quick", "prot
 def csv_rows(lines: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     """The CSV's header and rows: every summary field, the paper's, the stronger ones."""
     extra = sorted({k for line in lines for k in line
-                    if k.startswith(("strong_", "boxed_", "certified_")) and
-                    not k.endswith(("_flags", "_budgets"))})
+                    if k.startswith(("strong_", "boxed_", "certified_", "autoattack_")) and
+                    not k.endswith(("_flags", "_budgets", "_box"))})
     fields = CSV_FIELDS + extra + ["strong_flags"]
     rows = []
     for line in lines:
