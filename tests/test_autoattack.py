@@ -117,6 +117,11 @@ def test_settings_round_trip_through_json():
      "custom"),
     (lambda m, x, y: attacks.autoattack(m, x.reshape(len(x), -1), y, eps=0.1), ValueError,
      "images"),
+    (lambda m, x, y: attacks.AutoAttack(n_queries=0)(m, x, y, 0.1), ValueError, "n_queries"),
+    (lambda m, x, y: attacks.AutoAttack(steps=0)(m, x, y, 0.1), ValueError, "steps"),
+    (lambda m, x, y: attacks.AutoAttack(seed=-1)(m, x, y, 0.1), ValueError, "seed"),
+    (lambda m, x, y: attacks.autoattack(m, x, y, eps=0.1, version="custom",
+                                        attacks=["square", "square"]), ValueError, "twice"),
 ])
 def test_autoattack_refuses_bad_input_by_name(call, error, match):
     net, x, y, _ = _linear_images(n=4)
