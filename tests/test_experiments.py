@@ -363,9 +363,11 @@ def test_the_robustness_monitor_runs_every_nth_epoch_and_the_first_and_last(tiny
     folder = runner.run_dir(out, row, 0)
     with open(os.path.join(folder, "history.csv")) as f:
         rows = list(csv.DictReader(f))
-    monitored = [r["val_rho_adv"] not in ("", "NA", "nan") for r in rows]
+    # FGSM's error is a share of all points: a number wherever the callback ran (rho_adv can
+    # be NaN there too, on a model that classifies no point correctly).
+    monitored = [r["val_fgsm_error"] not in ("", "NA", "nan") for r in rows]
     assert monitored == [True, False, True, True]  # the first, the 3rd, the last
-    assert rows[1]["val_fgsm_error"] == "nan"  # the columns stay aligned
+    assert rows[1]["val_rho_adv"] == "nan"  # the columns stay aligned
     assert all(0 <= float(r["val_accuracy"]) <= 1 for r in rows)
     assert [runner.monitored_epoch(dataclasses.replace(row, epochs=100, monitor_every=5), e)
             for e in (0, 1, 4, 5, 9, 98, 99)] == [True, False, True, False, True, False, True]
