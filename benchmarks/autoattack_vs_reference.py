@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -34,6 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_margin import architectures, attacks, datasets  # noqa: E402
+from keras_margin.experiments import runner  # noqa: E402
 from keras_margin.training import AdversarialTrainingModel, MarginModel  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -87,16 +87,6 @@ def reference(net, x, y, eps, attack, seed):
     return robust
 
 
-def cpu_name() -> str:
-    """The CPU's model name (lscpu's), for the record of every timing."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
-
-
 def ours(model, x, y, eps, attack, seed):
     kwargs = {} if attack == "standard" else {"version": "custom", "attacks": [attack]}
     result = attacks.autoattack(model, x, y, eps=eps, seed=seed, clip_min=0.0, clip_max=1.0,
@@ -117,7 +107,7 @@ def run(args: argparse.Namespace) -> None:
                                                             data_dir=args.data_dir)
     x, y = x_test[:args.n], y_test[:args.n]
     cache = os.path.join(os.path.dirname(os.path.abspath(args.out)), "autoattack-models")
-    machine = {"cpu": cpu_name(), "threads": os.cpu_count(),
+    machine = {"cpu": runner.machine()["cpu"], "threads": os.cpu_count(),
                "keras": keras.__version__, "torch": torch.__version__}
     for arch in args.models.split(","):
         for kind in args.kinds.split(","):

@@ -34,6 +34,7 @@ from keras_margin.attacks.ddn import DDN
 from keras_margin.attacks.deepfool import DeepFool
 from keras_margin.attacks.fgsm import FGSM
 from keras_margin.attacks.fmn import FMN
+from keras_margin.attacks.square import check_images
 from keras_margin.robustness_report import AttackSummary, RobustnessReport, budget_key
 
 # Names accepted in `attacks=`. The l2 FMN starts from DeepFool's adversarials, those of the
@@ -255,11 +256,8 @@ def evaluate_robustness(model: Callable, x: Any, y: Any, plan: EvaluationPlan | 
     plan = EvaluationPlan.resolve(plan, settings)
     check_choice("verbose", verbose, (0, 1, 2))
     inputs = base.check_inputs(model, x, y, plan.clip_min, plan.clip_max, "evaluate_robustness")
-    if plan.autoattack and inputs.x.ndim != 4 and any(plan.budgets.values()):
-        raise ValueError("evaluate_robustness(autoattack=True) runs Square, which perturbs "
-                         "square windows of images: x must be (n, height, width, channels); "
-                         f"received shape {inputs.x.shape}. Reshape flat inputs to images (the "
-                         "model may flatten them).")
+    if plan.autoattack and any(plan.budgets.values()):  # before any attack runs
+        check_images(inputs.x, "evaluate_robustness(autoattack=True)'s Square")
     if plan.certify is not None:  # an unsupported layer fails now, not after every attack
         from keras_margin.certify import check_supported
 

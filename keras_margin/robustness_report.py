@@ -131,9 +131,10 @@ class RobustnessReport:
                             for eps, value in budgets.items()})
             if self.certified_to_minimum_ratio is not None:
                 out["certified_to_minimum_ratio"] = self.certified_to_minimum_ratio
+        accuracy = self.autoattack_accuracy
         for norm, budgets in self.autoattack.items():
             for eps, counts in budgets.items():
-                out[f"autoattack_accuracy_{norm}_{eps:g}"] = self.autoattack_accuracy[norm][eps]
+                out[f"autoattack_accuracy_{norm}_{eps:g}"] = accuracy[norm][eps]
                 out.update({f"autoattack_{norm}_{eps:g}_{name}": value
                             for name, value in counts.items()})
         if self.fgsm_wrong is not None:

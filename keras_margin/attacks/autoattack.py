@@ -3,8 +3,8 @@ ones before it left robust, the protocol RobustBench reports.
 
 The standard version runs APGD-CE, APGD-T (targeted DLR over the 9 runner-up classes), FAB-T
 and Square (5,000 queries, the window schedule per query, not stretched), each with
-AutoAttack's settings and one restart; "rand" (for
-models random at inference) runs APGD-CE and APGD-DLR; "custom" any list of those names.
+AutoAttack's settings and one restart; "rand" (for models random at inference) runs APGD-CE
+and APGD-DLR; "custom" any list of those names.
 A point is robust at eps when it is correctly classified and no attack of the list finds a
 verified adversarial within eps. The result records, per point, which attack fooled it first
 ("clean" where the clean input is already misclassified, "" where robust), so Square's
@@ -25,7 +25,7 @@ from keras_margin._validation import check_choice, check_integer
 from keras_margin.attacks import base
 from keras_margin.attacks.apgd import APGD
 from keras_margin.attacks.fab import FAB
-from keras_margin.attacks.square import Square
+from keras_margin.attacks.square import Square, check_images
 
 NORMS = ("linf", "l2")
 # AutoAttack's attack names, as its `attacks_to_run`.
@@ -56,11 +56,11 @@ class AutoAttackResult(base.AttackResult):
 
     @property
     def robust_accuracy(self) -> float:
-        return float(self.robust.mean()) if len(self.robust) else float("nan")
+        return float(self.robust.mean()) if len(self.fooled_by) else float("nan")
 
     @property
     def clean_accuracy(self) -> float:
-        return float((self.fooled_by != CLEAN).mean()) if len(self.robust) else float("nan")
+        return float((self.fooled_by != CLEAN).mean()) if len(self.fooled_by) else float("nan")
 
     def counts(self) -> dict[str, int]:
         """Points fooled by each attack of the list (first success only), in order."""
@@ -127,11 +127,8 @@ class AutoAttack(base.BudgetAttack):
     def run(self, model: Callable, inputs: base.Inputs, budgets: Sequence[float], lanes: int,
             jit_compile: bool | str = "auto", verbose: int = 0
             ) -> dict[float, AutoAttackResult]:
-        if "square" in self.names and inputs.x.ndim != 4:
-            raise ValueError(f"{self.name} runs Square, which perturbs square windows of "
-                             "images: x must be (n, height, width, channels); received shape "
-                             f"{inputs.x.shape}. Reshape flat inputs to images (the model may "
-                             "flatten them), or leave 'square' out (version='custom').")
+        if "square" in self.names:  # before any attack runs
+            check_images(inputs.x, f"{self.name}'s Square (version='custom' can leave it out)")
         _check_deterministic(model, inputs, self.version)
         correct = base.predictions(model, inputs.x, lanes) == inputs.labels
         return {float(eps): self._run_one(model, inputs, correct, float(eps), lanes,

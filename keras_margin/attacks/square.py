@@ -66,10 +66,7 @@ class Square(base.BudgetAttack):
 
     def run(self, model: Callable, inputs: base.Inputs, budgets: Sequence[float], lanes: int,
             jit_compile: bool | str = "auto", verbose: int = 0) -> dict[float, base.AttackResult]:
-        if inputs.x.ndim != 4:
-            raise ValueError(f"{self.name} perturbs square windows of images: x must be "
-                             f"(n, height, width, channels); received shape {inputs.x.shape}. "
-                             "Reshape flat inputs to images (the model may flatten them).")
+        check_images(inputs.x, self.name)
         scores = _Scores(model, inputs, lanes, jit_compile)
         bar = base.progress_bar(len(inputs.x) * len(budgets), verbose, self.name)
         results = {}
@@ -251,6 +248,15 @@ def _l2_start(rng: np.random.Generator, n: int, h: int, w: int, c: int) -> np.nd
             out[:, top:top + side, left:left + side] += \
                 shape[None, :, :, None] * rng.choice([-1.0, 1.0], size=(n, 1, 1, c))
     return out
+
+
+def check_images(x: np.ndarray, where: str) -> None:
+    """Square perturbs square windows of images: x must be (n, height, width, channels).
+    `where` names the caller (Square itself, or what runs it) in the error."""
+    if x.ndim != 4:
+        raise ValueError(f"{where} perturbs square windows of images: x must be "
+                         f"(n, height, width, channels); received shape {x.shape}. Reshape "
+                         "flat inputs to images (the model may flatten them).")
 
 
 def _unit_l2(delta: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ class Row:
     deepfool: DeepFool = dataclasses.field(default_factory=DeepFool)  # the paper's settings
     paper: dict = dataclasses.field(default_factory=dict)
     protocol: str = "reference"
-    # The per-epoch robustness callback's period (and the first, resumed and last epochs): 5 on
+    # The per-epoch robustness callback's period (and the first and last epochs): 5 on
     # the 100-epoch rows, where it is ~40 % of an MLP epoch; the final evaluation is unchanged.
     monitor_every: int = 1
 

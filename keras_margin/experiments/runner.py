@@ -408,14 +408,13 @@ def _train(row: Row, model: keras.Model, data: Data, folder: str, seed: int, sta
     every_epoch = [ProgressLine(f"{row.table}/{row.name}", seed, row.epochs),
                    keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=True)]
     validation = (data.x_val, data.y_val)
+    monitored, unmonitored = [monitor], [NotMonitored(monitor)]
     if not len(data.x_val):  # every training digit trains (validation=0): nothing to monitor
-        validation = None
+        validation, monitored, unmonitored = None, [], []
     for epoch in range(start, row.epochs):
         if stop_after is not None and epoch - start >= stop_after:
             return False
-        unmonitored = [NotMonitored(monitor)] if validation is not None else []
-        callbacks = ([monitor] if validation is not None and monitored_epoch(row, epoch)
-                     else unmonitored) + every_epoch
+        callbacks = (monitored if monitored_epoch(row, epoch) else unmonitored) + every_epoch
         keras.utils.set_random_seed(seed * 100003 + epoch)
         order = np.random.default_rng([seed, epoch]).permutation(len(data.x_train))
         x, y = data.x_train[order], data.y_train[order]
