@@ -91,7 +91,7 @@ def measure(model, x, y, lanes: int) -> list[dict]:
     for name, attack in ATTACKS.items():
         def call(points, attack=attack):
             if isinstance(attack, attacks.BudgetAttack):
-                return attack(model, x[:points], y[:points], 0.1, clip_min=0.0, clip_max=1.0,
+                return attack(model, x[:points], y[:points], eps=0.1, clip_min=0.0, clip_max=1.0,
                               batch_size=lanes)
             return attack(model, x[:points], y[:points], clip_min=0.0, clip_max=1.0,
                           batch_size=lanes)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _SUBMODULES = ("architectures", "attacks", "callbacks", "datasets", "evaluation", "losses",
-               "robustness_report", "sensitivity", "training")
+               "robustness_report", "sensitivity", "threat", "training")
 _NAMES = {
     "AdversarialTrainingModel": "training",
     "EvaluationPlan": "evaluation",
@@ -27,6 +27,7 @@ _NAMES = {
     "RobustnessReport": "robustness_report",
     "MarginModel": "training",
     "RobustModel": "training",
+    "ThreatModel": "threat",
     "VATModel": "training",
     "binary_hinge": "losses",
     "evaluate_robustness": "evaluation",
@@ -42,6 +43,7 @@ __all__ = [
     "RobustnessReport",
     "MarginModel",
     "RobustModel",
+    "ThreatModel",
     "VATModel",
     "architectures",
     "attacks",
@@ -84,6 +86,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from keras_margin.losses import binary_hinge, multiclass_hinge
     from keras_margin.robustness_report import RobustnessReport
     from keras_margin.sensitivity import margin_sensitivity
+    from keras_margin.threat import ThreatModel
     from keras_margin.training import (
         AdversarialTrainingModel,
         MarginModel,

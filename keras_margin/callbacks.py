@@ -21,7 +21,7 @@ from keras_margin._validation import (
     label_array,
     probe_model,
 )
-from keras_margin.evaluation import EvaluationPlan, budget_key, evaluate_robustness
+from keras_margin.evaluation import EvaluationPlan, evaluate_robustness
 from keras_margin.training.helpers import SkippedBatchesLogger, with_helpers
 
 
@@ -101,11 +101,9 @@ class RobustnessCallback(keras.callbacks.Callback):
         self.keys = ["rho_adv", "fgsm_error", "deepfool_success"]
         if self.plan.attacks:
             self.keys += [f"rho_{a.name}" for a in self.plan.attacks] + ["rho_min"]
-        self.keys += [budget_key(norm, eps) for norm, budgets in self.plan.budgets.items()
-                      for eps in budgets]
+        self.keys += [threat.key("robust_accuracy") for threat in self.plan.threat_models]
         if self.plan.autoattack:
-            self.keys += [f"autoattack_accuracy_{norm}_{eps:g}"
-                          for norm, budgets in self.plan.budgets.items() for eps in budgets]
+            self.keys += [threat.key("autoattack_accuracy") for threat in self.plan.threat_models]
         self.last_report = None
         self.history: dict[str, list] = {}
         self._first = True

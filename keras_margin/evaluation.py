@@ -36,6 +36,7 @@ from keras_margin.attacks.fgsm import FGSM
 from keras_margin.attacks.fmn import FMN
 from keras_margin.attacks.square import check_images
 from keras_margin.robustness_report import AttackSummary, RobustnessReport, budget_key
+from keras_margin.threat import ThreatModel
 
 # Names accepted in `attacks=`. The l2 FMN starts from DeepFool's adversarials, those of the
 # evaluation's own DeepFool (`resolve_attack`), which it computes anyway (FMN alone can settle
@@ -217,6 +218,13 @@ class EvaluationPlan:
     @property
     def budgets(self) -> dict[str, tuple[float, ...]]:
         return {"linf": self.linf_eps, "l2": self.l2_eps}
+
+    @property
+    def threat_models(self) -> list[ThreatModel]:
+        """Every budget of robust accuracy as a `ThreatModel` with the plan's input box (its
+        report keys: `threat.key("robust_accuracy")`)."""
+        return [ThreatModel(norm, eps, self.clip_min, self.clip_max)
+                for norm, budgets in self.budgets.items() for eps in budgets]
 
     @property
     def norms(self) -> dict[str, str]:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_margin.threat import metric_key, parse_metric_key
+
 
 @dataclasses.dataclass
 class AttackSummary:
@@ -127,15 +129,15 @@ class RobustnessReport:
             if self.certified_distances is not None:
                 out["certified_distances"] = self.certified_distances
             for norm, budgets in self.certified_accuracy.items():
-                out.update({f"certified_accuracy_{norm}_{eps:g}": value
+                out.update({metric_key("certified_accuracy", norm, eps): value
                             for eps, value in budgets.items()})
             if self.certified_to_minimum_ratio is not None:
                 out["certified_to_minimum_ratio"] = self.certified_to_minimum_ratio
         accuracy = self.autoattack_accuracy
         for norm, budgets in self.autoattack.items():
             for eps, counts in budgets.items():
-                out[f"autoattack_accuracy_{norm}_{eps:g}"] = accuracy[norm][eps]
-                out.update({f"autoattack_{norm}_{eps:g}_{name}": value
+                out[metric_key("autoattack_accuracy", norm, eps)] = accuracy[norm][eps]
+                out.update({metric_key("autoattack", norm, eps) + f"_{name}": value
                             for name, value in counts.items()})
         if self.fgsm_wrong is not None:
             out["fgsm_wrong"] = np.asarray(self.fgsm_wrong, bool)
@@ -162,17 +164,13 @@ class RobustnessReport:
         missing there, and are then empty)."""
         attacks, robust, certified, autoattack = {}, {}, {}, {}
         for key in data:
-            if key.startswith("autoattack_accuracy_"):
-                continue  # derived from the counts
-            if key.startswith("autoattack_"):
-                norm, eps, name = key[len("autoattack_"):].split("_", 2)
-                autoattack.setdefault(norm, {}).setdefault(float(eps), {})[name] = data[key]
-            elif key.startswith("certified_accuracy_"):
-                norm, eps = key[len("certified_accuracy_"):].split("_", 1)
-                certified.setdefault(norm, {})[float(eps)] = data[key]
-            elif key.startswith("robust_accuracy_"):
-                norm, eps = key[len("robust_accuracy_"):].split("_", 1)
-                robust.setdefault(norm, {})[float(eps)] = data[key]
+            if (parsed := parse_metric_key("autoattack", key)) and parsed[2]:
+                norm, eps, name = parsed  # "autoattack_accuracy_..." is derived from the counts
+                autoattack.setdefault(norm, {}).setdefault(eps, {})[name] = data[key]
+            elif parsed := parse_metric_key("certified_accuracy", key):
+                certified.setdefault(parsed[0], {})[parsed[1]] = data[key]
+            elif parsed := parse_metric_key("robust_accuracy", key):
+                robust.setdefault(parsed[0], {})[parsed[1]] = data[key]
             elif key.endswith("_success_rate") and key != "deepfool_success_rate":
                 name = key[: -len("_success_rate")]
                 attacks[name] = AttackSummary(_norm_of(name), data[f"rho_{name}"], data[key],
@@ -250,7 +248,7 @@ class RobustnessReport:
 
 def budget_key(norm: str, eps: float) -> str:
     """The flat key of robust accuracy at one budget, e.g. "robust_accuracy_linf_0.3"."""
-    return f"robust_accuracy_{norm}_{eps:g}"
+    return metric_key("robust_accuracy", norm, eps)
 
 
 def _norm_of(name: str) -> str:

@@ -54,12 +54,12 @@ def test_every_attack_is_called_alike_on_a_linear_model():
         assert result.perturbation.shape == x.shape and result.success.dtype == bool
         assert np.all(x + result.perturbation >= 0) and np.all(x + result.perturbation <= 1)
     for attack in (attacks.FGSM(), attacks.APGD(steps=5)):
-        result = attack(model, x, y, 0.5, clip_min=0.0, clip_max=1.0)
+        result = attack(model, x, y, eps=0.5, clip_min=0.0, clip_max=1.0)
         assert np.abs(result.perturbation).max() <= 0.5 + 1e-6
         flipped = ((x + result.perturbation) @ w.T + b).argmax(axis=1) != y
         np.testing.assert_array_equal(result.success, flipped)
     with pytest.raises(ValueError, match="eps"):
-        attacks.FGSM()(model, x, y, -0.1)
+        attacks.FGSM()(model, x, y, eps=-0.1)
 
 
 def test_no_attack_imports_another_attacks_module():

@@ -213,7 +213,7 @@ def test_losses_module_lists_what_it_accepts():
     ("fgsm_eps", lambda v: EvaluationPlan(fgsm_eps=v)),
     ("linf_eps", lambda v: EvaluationPlan(linf_eps=[0.1, v])),
     ("eps", lambda v: attacks.fgsm(small_mlp(), np.zeros((2, 6), "float32"), [0, 1], eps=v)),
-    ("eps", lambda v: attacks.FGSM()(small_mlp(), np.zeros((2, 6), "float32"), [0, 1], v)),
+    ("eps", lambda v: attacks.FGSM()(small_mlp(), np.zeros((2, 6), "float32"), [0, 1], eps=v)),
 ])
 def test_sizes_below_the_float_resolution_are_refused_as_zero_is(name, build):
     # Issue 23: zero was refused but 1e-12 accepted, where x + 1e-12 rounds to x in float32.

@@ -16,7 +16,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "keras_margin")
 
 FLOORS = [
     ("keras_margin._quiet", "keras_margin._keras_compat", "keras_margin.losses",
-     "keras_margin.robustness_report"),
+     "keras_margin.robustness_report", "keras_margin.threat"),
     ("keras_margin.backend",),
     ("keras_margin.jacobian",),
     ("keras_margin._validation",),

@@ -334,5 +334,5 @@ def apgd(model: Callable, x: Any, y: Any, eps: float, norm: str = "linf", loss: 
     """
     return APGD(norm=norm, loss=loss, targeted=targeted, steps=steps, restarts=restarts,
                 n_target_classes=n_target_classes, rho=rho, seed=seed)(
-        model, x, y, eps, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
+        model, x, y, eps=eps, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
         jit_compile=jit_compile, verbose=verbose)

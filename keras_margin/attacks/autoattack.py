@@ -215,5 +215,5 @@ def autoattack(model: Callable, x: Any, y: Any, eps: float, norm: str = "linf",
         >>> res.robust_accuracy, res.counts()
     """
     return AutoAttack(norm=norm, version=version, attacks=tuple(attacks), seed=seed)(
-        model, x, y, eps, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
+        model, x, y, eps=eps, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
         jit_compile=jit_compile, verbose=verbose)

@@ -3,8 +3,10 @@
 An attack is a frozen dataclass of its hyper-parameters (defaults from the paper that introduced
 it), of one of two kinds, as Foolbox separates them: a `MinimumNormAttack` looks for the
 smallest perturbation that flips each prediction (`attack(model, x, y)`), a `BudgetAttack` for
-any perturbation within a budget eps (`attack(model, x, y, eps)`). Both check their arguments
-once at that entry (the compiled loops trust their inputs), run in lanes (`lanes.py`), verify
+any perturbation within a budget eps (`attack(model, x, y, eps=eps)`). Both are called through
+one final `Attack.__call__` with keyword-only options (the budget and box as eps, clip_min,
+clip_max or one `ThreatModel`), check their arguments once at that entry (the compiled loops
+trust their inputs), run in lanes (`lanes.py`), verify
 every reported success by a fresh forward pass on x + perturbation, keep the perturbation inside
 the input box, and save and load as JSON (`to_dict` / `from_dict`). A function of the same name
 (`attacks.fmn(model, x, y, ...)`) builds and calls each.
@@ -13,6 +15,8 @@ the input box, and save and load as JSON (`to_dict` / `from_dict`). A function o
 from __future__ import annotations
 
 import dataclasses
+import typing
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -35,9 +39,11 @@ from keras_margin._validation import (
 from keras_margin.attacks.lanes import Kernel, LaneRunner
 from keras_margin.gradient_steps import project_box  # noqa: F401 - the attacks' box
 from keras_margin.jacobian import call_logits
+from keras_margin.threat import ThreatModel
 
 THREAT_NORMS = ("l2", "linf", "l1")
 DEFAULT_LANES = 256
+EXECUTION = ("batch_size", "jit_compile", "verbose")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,13 +358,89 @@ def attack_class(name: str) -> type[Attack]:
 
 class Attack:
     """An attack's settings (a frozen dataclass in each subclass): its `name`, its threat
-    model's `norm`, `get_config` / `from_config` and `to_dict` / `from_dict` (JSON)."""
+    model's `norm`, `get_config` / `from_config` and `to_dict` / `from_dict` (JSON).
+
+    Every attack is called alike, through this class's `__call__` (final: a subclass that
+    defines its own is refused), with keyword-only options; a subclass implements `attack`.
+    """
 
     kind: ClassVar[str] = "attack"
+    # The options before keyword-only ones (deprecated), in their old positional order.
+    positional: ClassVar[tuple[str, ...]] = ("clip_min", "clip_max") + EXECUTION
+    # Call options of this attack beyond the threat model and the execution ones: defaults.
+    options: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" in vars(cls):
+            raise TypeError(f"{cls.__name__} defines __call__; an attack implements `attack` and "
+                            "is called through Attack.__call__ (one interface for all).")
 
     @property
     def name(self) -> str:
         """A short identifier, e.g. "fmn_linf" (the key of its numbers in reports)."""
+        raise NotImplementedError
+
+    @typing.final
+    def __call__(self, model: Callable, x: Any, y: Any = None, *args: Any,
+                 eps: float | None = None, threat: ThreatModel | None = None,
+                 clip_min: float | None = None, clip_max: float | None = None,
+                 batch_size: int | None = None, jit_compile: bool | str = "auto",
+                 verbose: int = 0, **options: Any) -> AttackResult:
+        """The attack on `x` with labels `y`.
+
+        Args:
+            model: a Keras model or callable returning logits (batch, k).
+            x, y: the inputs and their integer labels (DeepFool with target="prediction"
+                needs no y).
+            eps: the budget in the attack's norm (a budget attack needs one; FAB reads it as
+                "success only within eps"; the other minimum-norm attacks take none).
+            threat: a `ThreatModel` instead of eps, clip_min and clip_max (its norm must be
+                the attack's).
+            clip_min, clip_max: the input box; x must lie in it.
+            batch_size: samples attacked side by side (default 256); jit_compile, verbose:
+                compilation ("auto", True, False) and a progress bar (0, 1, 2).
+            **options: this attack's own (`type(attack).options`, e.g. DeepFool's target);
+                any other keyword is refused.
+        """
+        given = dict(eps=eps, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
+                     jit_compile=jit_compile, verbose=verbose)
+        defaults = dict(eps=None, clip_min=None, clip_max=None, batch_size=None,
+                        jit_compile="auto", verbose=0)
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}(...)(model, x, y, ...) got unexpected "
+                            f"keyword arguments {unknown}; it takes eps, threat, clip_min, "
+                            f"clip_max, {', '.join(EXECUTION)}"
+                            + "".join(f", {o}" for o in self.options) + ".")
+        explicit = set(options)
+        options = {**self.options, **options}
+        if args:
+            names = self.positional
+            if len(args) > len(names):
+                raise TypeError(f"{type(self).__name__}(...)(model, x, y, ...) takes at most "
+                                f"{len(names)} options by position (deprecated); got "
+                                f"{len(args)}.")
+            for name, value in zip(names, args):
+                store = options if name in self.options else given
+                if name in explicit or (name in given and given[name] != defaults[name]):
+                    raise TypeError(f"{type(self).__name__}(...)(model, x, y, ...) got "
+                                    f"multiple values for argument {name!r}.")
+                store[name] = value
+            warnings.warn(f"Passing {', '.join(names[:len(args)])} by position to an attack is "
+                          f"deprecated; pass {names[0]}=... and the rest by keyword.",
+                          DeprecationWarning, stacklevel=2)
+        check_execution(given["jit_compile"], given["verbose"])
+        resolved = resolve_threat(self, threat, given["eps"], given["clip_min"],
+                                  given["clip_max"])
+        return self.attack(model, x, y, resolved, given["batch_size"], given["jit_compile"],
+                           given["verbose"], **options)
+
+    def attack(self, model: Callable, x: Any, y: Any, threat: ThreatModel,
+               batch_size: int | None, jit_compile: bool | str, verbose: int,
+               **options: Any) -> AttackResult:
+        """The attack under `threat` (checked against the attack's norm); what `__call__`
+        runs once it has resolved its arguments."""
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
@@ -376,6 +458,30 @@ class Attack:
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Attack:
         return attack_class(data["class_name"]).from_config(data["config"])
+
+
+def resolve_threat(attack: Attack, threat: Any, eps: float | None, clip_min: float | None,
+                   clip_max: float | None) -> ThreatModel:
+    """The call's threat model: `threat` itself (its norm the attack's; then eps and the box
+    must not be given again) or one built from eps, clip_min and clip_max."""
+    if threat is None:
+        check_box(clip_min, clip_max)  # named errors before ThreatModel's
+        if eps is not None:
+            eps = check_positive("eps", eps, resolved=True)
+        return ThreatModel(attack.norm, eps, clip_min, clip_max)
+    if not isinstance(threat, ThreatModel):
+        raise ValueError(f"Invalid value for argument threat: {threat!r}. Expected a "
+                         "keras_margin.ThreatModel(norm, eps, clip_min, clip_max) or None.")
+    if threat.norm != attack.norm:
+        raise ValueError(f"Invalid value for argument threat: its norm is {threat.norm!r}, but "
+                         f"{attack.name} attacks in {attack.norm!r}. Build the attack with "
+                         f"norm={threat.norm!r}.")
+    if eps is not None or clip_min is not None or clip_max is not None:
+        raise ValueError("Pass the budget and the box either in threat= or as eps=, clip_min=, "
+                         "clip_max=, not both.")
+    if threat.eps is not None:
+        check_positive("threat.eps", threat.eps, resolved=True)
+    return threat
 
 
 def _serialize(value: Any) -> Any:
@@ -396,14 +502,20 @@ class MinimumNormAttack(Attack):
 
     kind: ClassVar[str] = "minimum_norm"
 
-    def __call__(self, model: Callable, x: Any, y: Any, clip_min: float | None = None,
-                 clip_max: float | None = None, batch_size: int | None = None,
-                 jit_compile: bool | str = "auto", verbose: int = 0) -> AttackResult:
-        """The attack on `x` with labels `y`; the arguments as in `run`'s public functions."""
-        check_execution(jit_compile, verbose)
-        inputs = check_inputs(model, x, y, clip_min, clip_max, self.name)
+    def attack(self, model: Callable, x: Any, y: Any, threat: ThreatModel,
+               batch_size: int | None, jit_compile: bool | str, verbose: int,
+               **options: Any) -> AttackResult:
+        self.refuse_budget(threat)
+        inputs = check_inputs(model, x, y, threat.clip_min, threat.clip_max, self.name)
         return self.run(model, inputs, check_lanes(batch_size, len(inputs.x)), jit_compile,
                         verbose)
+
+    def refuse_budget(self, threat: ThreatModel) -> None:
+        """A minimum-norm attack answers no budget (FAB's `eps` mode aside)."""
+        if threat.eps is not None:
+            raise ValueError(f"Invalid value for argument eps: {threat.eps!r}. {self.name} is a "
+                             "minimum-norm attack and takes no budget: call it without eps and "
+                             "compare result.distances(norm) with your budget.")
 
     def run(self, model: Callable, inputs: Inputs, lanes: int,
             jit_compile: bool | str = "auto", verbose: int = 0,
@@ -433,17 +545,18 @@ class BudgetAttack(Attack):
 
     kind: ClassVar[str] = "budget"
 
-    def __call__(self, model: Callable, x: Any, y: Any, eps: float,
-                 clip_min: float | None = None, clip_max: float | None = None,
-                 batch_size: int | None = None, jit_compile: bool | str = "auto",
-                 verbose: int = 0) -> AttackResult:
-        """The attack on `x` with labels `y` within the budget `eps`."""
-        check_execution(jit_compile, verbose)
-        inputs = check_inputs(model, x, y, clip_min, clip_max, self.name,
+    positional: ClassVar[tuple[str, ...]] = ("eps", "clip_min", "clip_max") + EXECUTION
+
+    def attack(self, model: Callable, x: Any, y: Any, threat: ThreatModel,
+               batch_size: int | None, jit_compile: bool | str, verbose: int,
+               **options: Any) -> AttackResult:
+        if threat.eps is None:
+            raise ValueError(f"{self.name} is a budget attack: pass eps=... (or threat="
+                             f"ThreatModel({self.norm!r}, eps)).")
+        inputs = check_inputs(model, x, y, threat.clip_min, threat.clip_max, self.name,
                               min_classes=self.min_classes)
-        eps = check_positive("eps", eps, resolved=True)
-        return self.run(model, inputs, [eps], check_lanes(batch_size, len(inputs.x)),
-                        jit_compile, verbose)[eps]
+        return self.run(model, inputs, [threat.eps], check_lanes(batch_size, len(inputs.x)),
+                        jit_compile, verbose)[threat.eps]
 
     min_classes: ClassVar[int] = 2
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from keras import ops
@@ -31,6 +31,7 @@ from keras_margin.jacobian import (
     per_sample,
     rival_classes,
 )
+from keras_margin.threat import ThreatModel
 
 NORMS = ("l2", "linf")
 TARGETS = ("label", "prediction")
@@ -65,17 +66,20 @@ class DeepFool(base.MinimumNormAttack):
     def name(self) -> str:
         return "deepfool"
 
-    def __call__(self, model: Callable, x: Any, y: Any = None, target: str = "label",
-                 clip_min: float | None = None, clip_max: float | None = None,
-                 batch_size: int | None = None, jit_compile: bool | str = "auto",
-                 verbose: int = 0) -> base.AttackResult:
+    positional: ClassVar[tuple[str, ...]] = ("target", "clip_min", "clip_max") + base.EXECUTION
+    options: ClassVar[dict[str, Any]] = {"target": "label"}
+
+    def attack(self, model: Callable, x: Any, y: Any, threat: ThreatModel,
+               batch_size: int | None, jit_compile: bool | str, verbose: int,
+               target: str = "label") -> base.AttackResult:
+        """`target`: "label" (the paper's: away from y) or "prediction" (away from the
+        model's own prediction; y is not needed)."""
         check_choice("target", target, TARGETS)
         if target == "label":
-            return super().__call__(model, x, y, clip_min, clip_max, batch_size, jit_compile,
-                                    verbose)
-        base.check_execution(jit_compile, verbose)
-        inputs = base.check_inputs(model, x, np.zeros(len(x), np.int32), clip_min, clip_max,
-                                   self.name)
+            return super().attack(model, x, y, threat, batch_size, jit_compile, verbose)
+        self.refuse_budget(threat)
+        inputs = base.check_inputs(model, x, np.zeros(len(x), np.int32), threat.clip_min,
+                                   threat.clip_max, self.name)
         lanes = base.check_lanes(batch_size, len(inputs.x))
         inputs = dataclasses.replace(inputs, labels=base.predictions(model, inputs.x, lanes))
         return self.run(model, inputs, lanes, jit_compile, verbose)

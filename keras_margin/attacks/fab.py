@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from keras import ops
@@ -29,6 +29,7 @@ from keras_margin import backend
 from keras_margin._validation import check_choice, check_integer, check_positive
 from keras_margin.attacks import base
 from keras_margin.jacobian import call_logits, logits_and_pullback, margin_gradients, rival_classes
+from keras_margin.threat import ThreatModel
 
 NORMS = ("linf", "l2")
 # The reference's radius of random restarts where no budget is given (FAB's defaults).
@@ -79,19 +80,18 @@ class FAB(base.MinimumNormAttack):
     def name(self) -> str:
         return f"fab{'_t' if self.targeted else ''}_{self.norm}"
 
-    def __call__(self, model: Callable, x: Any, y: Any, eps: float | None = None,
-                 clip_min: float | None = None, clip_max: float | None = None,
-                 batch_size: int | None = None, jit_compile: bool | str = "auto",
-                 verbose: int = 0) -> base.AttackResult:
-        """The smallest adversarial found per point; with `eps`, success only within eps
-        (points found within eps stop early, as in AutoAttack)."""
-        base.check_execution(jit_compile, verbose)
-        inputs = base.check_inputs(model, x, y, clip_min, clip_max, self.name)
+    positional: ClassVar[tuple[str, ...]] = ("eps", "clip_min", "clip_max") + base.EXECUTION
+
+    def attack(self, model: Callable, x: Any, y: Any, threat: ThreatModel,
+               batch_size: int | None, jit_compile: bool | str, verbose: int,
+               **options: Any) -> base.AttackResult:
+        """The smallest adversarial found per point; with a budget eps, success only within
+        eps (points found within eps stop early, as in AutoAttack)."""
+        inputs = base.check_inputs(model, x, y, threat.clip_min, threat.clip_max, self.name)
         lanes = base.check_lanes(batch_size, len(inputs.x))
-        if eps is None:
+        if threat.eps is None:
             return self.run(model, inputs, lanes, jit_compile, verbose)
-        eps = check_positive("eps", eps, resolved=True)
-        return self.run_within(model, inputs, eps, lanes, jit_compile, verbose)
+        return self.run_within(model, inputs, threat.eps, lanes, jit_compile, verbose)
 
     def run(self, model: Callable, inputs: base.Inputs, lanes: int,
             jit_compile: bool | str = "auto", verbose: int = 0,

@@ -33,7 +33,7 @@ _PROGRAMS: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 class FGSM(base.BudgetAttack):
     """One signed (l_inf) or normalised (l2) gradient step of the cross-entropy, of length eps.
 
-    Call it as `FGSM()(model, x, y, eps)`; `success` is "misclassified after the step", for
+    Call it as `FGSM()(model, x, y, eps=eps)`; `success` is "misclassified after the step", for
     every point (the paper's FGSM error counts the points misclassified before it too).
     """
 
@@ -106,7 +106,7 @@ def fgsm(model: Callable, x: Any, y: Any, eps: float = 0.2,
 
     Returns:
         x + eps * sign(grad_x loss), clipped to the box when given (a backend tensor). For
-        verified successes per sample, call `attacks.FGSM()(model, x, y, eps)`.
+        verified successes per sample, call `attacks.FGSM()(model, x, y, eps=eps)`.
 
     Example:
         >>> x_adv = fgsm(model, x_test, y_test, eps=0.2, clip_min=0.0, clip_max=1.0)

@@ -301,5 +301,5 @@ def square(model: Callable, x: Any, y: Any, eps: float, norm: str = "linf",
     """
     return Square(norm=norm, n_queries=n_queries, p_init=p_init, restarts=restarts,
                   seed=seed, shared_windows=shared_windows, rescale_schedule=rescale_schedule)(
-        model, x, y, eps, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
+        model, x, y, eps=eps, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
         jit_compile=jit_compile, verbose=verbose)

@@ -33,6 +33,7 @@ from keras_margin._validation import check_choice, check_integer, check_non_nega
 from keras_margin.attacks import base
 from keras_margin.certify.bounds import METHODS, NORMS, margin_bounds
 from keras_margin.certify.network import SUPPORTED, chain, check_chain
+from keras_margin.threat import ThreatModel
 
 __all__ = ["METHODS", "NORMS", "SUPPORTED", "certified_radius", "certify", "margin_bounds",
            "lower_margins"]
@@ -131,45 +132,76 @@ def _budgets(eps: Any, n: int) -> np.ndarray:
     return values
 
 
-def lower_margins(model: Callable, x: Any, y: Any, eps: Any, norm: str = "linf",
+def _threat(threat: Any, eps: Any, norm: str | None, clip_min: float | None,
+            clip_max: float | None, budget: bool) -> tuple[Any, str, float | None, float | None]:
+    """(eps, norm, clip_min, clip_max) from a `ThreatModel` or from the separate arguments
+    (not both); norm None is "linf". `budget`: whether the call needs eps."""
+    if threat is None:
+        if budget and eps is None:
+            raise ValueError("Invalid value for argument eps: None. Expected the budget (or "
+                             "threat=ThreatModel(norm, eps)).")
+        return eps, "linf" if norm is None else norm, clip_min, clip_max
+    if not isinstance(threat, ThreatModel):
+        raise ValueError(f"Invalid value for argument threat: {threat!r}. Expected a "
+                         "keras_margin.ThreatModel or None.")
+    if eps is not None or norm is not None or clip_min is not None or clip_max is not None:
+        raise ValueError("Pass the norm, budget and box either in threat= or as norm=, eps=, "
+                         "clip_min=, clip_max=, not both.")
+    if budget and threat.eps is None:
+        raise ValueError(f"Invalid value for argument threat: {threat} has no budget eps.")
+    if not budget and threat.eps is not None:
+        raise ValueError(f"Invalid value for argument threat: {threat} has a budget; a "
+                         "certified radius is budget-free (ThreatModel(norm, clip_min=..., "
+                         "clip_max=...)).")
+    return threat.eps, threat.norm, threat.clip_min, threat.clip_max
+
+
+def lower_margins(model: Callable, x: Any, y: Any, eps: Any = None, norm: str | None = None,
                   method: str = "crown", clip_min: float | None = None,
-                  clip_max: float | None = None, batch_size: int = 100) -> np.ndarray:
+                  clip_max: float | None = None, batch_size: int = 100,
+                  threat: ThreatModel | None = None) -> np.ndarray:
     """Proven lower bounds of f_y(x') - f_j(x') over ||x' - x||_p <= eps, per point and class j
     ((n, k); +inf at j = y). All > 0: the prediction cannot change within eps."""
+    eps, norm, clip_min, clip_max = _threat(threat, eps, norm, clip_min, clip_max, True)
     certifier = _Certifier(model, x, y, norm, method, clip_min, clip_max, batch_size,
                            "lower_margins")
     return certifier.lower_margins(_budgets(eps, len(certifier.inputs.x)))
 
 
-def certify(model: Callable, x: Any, y: Any, eps: Any, norm: str = "linf",
+def certify(model: Callable, x: Any, y: Any, eps: Any = None, norm: str | None = None,
             method: str = "crown", clip_min: float | None = None,
-            clip_max: float | None = None, batch_size: int = 100) -> np.ndarray:
+            clip_max: float | None = None, batch_size: int = 100,
+            threat: ThreatModel | None = None) -> np.ndarray:
     """Per point, whether its prediction provably cannot change within the budget.
 
     Args:
         model: a Keras model of the supported layers (`SUPPORTED`) returning logits.
         x, y: inputs and their labels; a misclassified point is never certified.
         eps: the budget, one for all points or one per point, in the norm `norm`.
-        norm: "linf" or "l2" (the threat model's norm; for l2 the input box is not used, which
-            keeps the bound sound and at most looser).
+        norm: "linf" (default) or "l2" (the threat model's norm; for l2 the input box is not
+            used, which keeps the bound sound and at most looser).
         method: "crown" (default), "crown-ibp", "ibp" or "lipschitz"; see the module doc.
         clip_min, clip_max: the input box (l_inf): perturbations stay inside it.
         batch_size: points bounded side by side.
+        threat: a `ThreatModel(norm, eps, clip_min, clip_max)` instead of those four.
 
     Returns:
         bool (n,).
 
     Example:
         >>> certify(model, x_test[:100], y_test[:100], eps=0.01, norm="linf").mean()
+        >>> certify(model, x_test, y_test, threat=ThreatModel("linf", 0.01, 0.0, 1.0))
     """
+    eps, norm, clip_min, clip_max = _threat(threat, eps, norm, clip_min, clip_max, True)
     certifier = _Certifier(model, x, y, norm, method, clip_min, clip_max, batch_size, "certify")
     return certifier.certified(_budgets(eps, len(certifier.inputs.x)))
 
 
-def certified_radius(model: Callable, x: Any, y: Any, norm: str = "linf",
+def certified_radius(model: Callable, x: Any, y: Any, norm: str | None = None,
                      method: str = "crown", clip_min: float | None = None,
                      clip_max: float | None = None, batch_size: int = 100,
-                     steps: int = 24, upper: Any = None, verbose: int = 0) -> np.ndarray:
+                     steps: int = 24, upper: Any = None, verbose: int = 0,
+                     threat: ThreatModel | None = None) -> np.ndarray:
     """Per point, the largest budget at which `certify` holds: a proven lower bound on the
     smallest perturbation (in `norm`) that changes the prediction; 0 where misclassified.
 
@@ -182,10 +214,13 @@ def certified_radius(model: Callable, x: Any, y: Any, norm: str = "linf",
     the whole box, and its radius is that distance. Without one, a point certified at every
     budget up to 2^64 times the start (a model constant in x) gets `inf`. `verbose` 1 shows a
     progress bar over the bound's batches (named, with the time left), 2 one line at the end.
+    `norm` is "linf" by default; `threat=ThreatModel(norm, clip_min=..., clip_max=...)`
+    (budget-free) may give the norm and the box instead.
 
     Returns:
         float (n,).
     """
+    _, norm, clip_min, clip_max = _threat(threat, None, norm, clip_min, clip_max, False)
     steps = check_integer("steps", steps)
     check_choice("verbose", verbose, (0, 1, 2))
     certifier = _Certifier(model, x, y, norm, method, clip_min, clip_max, batch_size,

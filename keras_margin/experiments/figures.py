@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from keras_margin.experiments.report import collect, in_progress, paper_order, summarize
+from keras_margin.threat import metric_key
 
 
 class MissingExtraError(ImportError):
@@ -238,7 +239,7 @@ def robust_accuracy_curves(runs: list[dict[str, Any]], out: str) -> list[str]:
                       and r["strong"]["settings"]["linf_eps"]]
             if len(strong) == len(members):
                 budgets = strong[0]["settings"]["linf_eps"]
-                accuracy = [[1 - s["error"]] + [s[f"robust_accuracy_linf_{e:g}"]
+                accuracy = [[1 - s["error"]] + [s[metric_key("robust_accuracy", "linf", e)]
                                                  for e in budgets] for s in strong]
                 curves[label] = ([0.0] + list(budgets), np.mean(accuracy, axis=0))
         if not curves:

@@ -17,6 +17,7 @@ import numpy as np
 from keras_margin.experiments import verdict
 from keras_margin.experiments.files import check_unique_runs, read_json, run_identity, write_text
 from keras_margin.experiments.rows import TABLES
+from keras_margin.threat import metric_key
 
 PROTOCOL_NOTES = {
     "reference": "as aam-at/margin_maximization: pixels / 256, no input box for DeepFool, "
@@ -462,8 +463,9 @@ def _strong_table(members: list[dict[str, Any]]) -> list[str]:
            "|---|---|---|---|---|" + "---|" * len(budgets) + "---|"]
     for m in rows:
         ratio = "—" if math.isnan(m["rho_min_ratio"]) else f"x{m['rho_min_ratio']:.2f}"
-        accuracy = " | ".join(f"{100 * m.get(f'strong_robust_accuracy_linf_{e:g}', math.nan):.1f} %"
-                              for e in budgets)
+        accuracy = " | ".join(
+            f"{100 * m.get('strong_' + metric_key('robust_accuracy', 'linf', e), math.nan):.1f} %"
+            for e in budgets)
         flags = ", ".join(m["strong_flags"]) or "none"
         over = m.get("strong_deepfool_to_minimum_ratio", math.nan)
         out.append(f"| {evaluated_label(m, 'strong')} | {m['strong_rho_adv']:.3f} | "
@@ -510,7 +512,8 @@ def _certified_table(members: list[dict[str, Any]]) -> list[str]:
            "|---|---|---|---|---|---|" + "---|" * len(CERTIFIED_BUDGETS)]
     for m in rows:
         accuracy = " | ".join(
-            f"{100 * m.get(f'certified_certified_accuracy_{n}_{e:g}', math.nan):.1f} %"
+            f"{100 * m.get('certified_' + metric_key('certified_accuracy', n, e), math.nan):.1f}"
+            " %"
             for n, e in CERTIFIED_BUDGETS)
         out.append(f"| {evaluated_label(m, 'certified')} | {m['certified_rho_adv']:.3f} | "
                    f"{m.get('certified_rho_min', math.nan):.3f} | "
@@ -542,12 +545,14 @@ def _autoattack_table(members: list[dict[str, Any]]) -> list[str]:
     for m in rows:
         correct = 1 - m["autoattack_error"]
         for eps in m["autoattack_budgets"]:
-            key = f"autoattack_autoattack_linf_{eps:g}"
+            key = "autoattack_" + metric_key("autoattack", "linf", eps)
+            aa_key = metric_key("autoattack_accuracy", "linf", eps)
+            robust_key = metric_key("robust_accuracy", "linf", eps)
             apgd = correct - m.get(f"{key}_apgd", math.nan) / m["autoattack_n"]
             out.append(
                 f"| {evaluated_label(m, 'autoattack')} | {eps:g} | {100 * apgd:.1f} % | "
-                f"{100 * m.get(f'autoattack_autoattack_accuracy_linf_{eps:g}', math.nan):.1f} % | "
-                f"{100 * m.get(f'autoattack_robust_accuracy_linf_{eps:g}', math.nan):.1f} % | "
+                f"{100 * m.get('autoattack_' + aa_key, math.nan):.1f} % | "
+                f"{100 * m.get('autoattack_' + robust_key, math.nan):.1f} % | "
                 f"{m.get(f'{key}_fab-t', math.nan):.1f} | {m.get(f'{key}_square', math.nan):.1f} | "
                 f"{m.get(f'{key}_square_only', math.nan):.1f} | "
                 f"{', '.join(m['autoattack_flags']) or 'none'} |")
