@@ -176,8 +176,8 @@ class EvaluationPlan:
     @classmethod
     def resolve(cls, plan: EvaluationPlan | None, settings: dict[str, Any]) -> EvaluationPlan:
         """`plan` (default: the paper's) with `settings` by keyword: any field, or DeepFool's
-        own settings (max_iter, overshoot, step_clip, candidates, norm); a misspelt keyword is
-        an error."""
+        own settings (max_iter, overshoot, step_clip, candidates); a misspelt keyword is an
+        error, and so is `norm` (a threat norm or DeepFool's? deepfool=DeepFool(norm=...))."""
         if plan is not None and not isinstance(plan, EvaluationPlan):
             raise ValueError(f"Invalid value for argument plan: {plan!r}. Expected an "
                              "EvaluationPlan (give the other settings by keyword).")
@@ -189,6 +189,11 @@ class EvaluationPlan:
             raise ValueError(f"Unknown keyword argument(s) {unknown}. Expected the fields of "
                              f"EvaluationPlan {sorted(fields)} or DeepFool's settings "
                              f"{sorted(deepfool_fields)}.")
+        if "norm" in settings:
+            raise ValueError(
+                f"Ambiguous keyword argument norm={settings['norm']!r}: the evaluation's budgets "
+                "have their norms in linf_eps= and l2_eps=, and DeepFool's norm is set as "
+                f"deepfool=attacks.DeepFool(norm={settings['norm']!r}).")
         own = {k: v for k, v in settings.items() if k in fields}
         extra = {k: v for k, v in settings.items() if k not in fields}
         if extra:

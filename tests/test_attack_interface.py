@@ -77,3 +77,16 @@ def test_no_attack_imports_another_attacks_module():
                     if isinstance(node, ast.ImportFrom) and node.module
                     and node.module.startswith("keras_margin.attacks.")}
         assert not imported & (own - {name}), (name, imported)
+
+
+@pytest.mark.parametrize("attack", MINIMUM_NORM + BUDGET + [attacks.Square(n_queries=10),
+                                                           attacks.AutoAttack(), attacks.FAB()],
+                         ids=lambda a: a.name)
+def test_keras_serialization_finds_every_attack_by_its_registered_name(attack):
+    import keras
+
+    data = keras.saving.serialize_keras_object(attack)
+    assert data["registered_name"] == f"keras_margin>{type(attack).__name__}"
+    assert keras.saving.deserialize_keras_object(json.loads(json.dumps(data))) == attack
+    with pytest.raises(ValueError, match=r"Unknown attack class 'PGD'. Expected one of \['APGD'"):
+        Attack.from_dict({"class_name": "PGD", "config": {}})

@@ -194,3 +194,16 @@ def test_certify_takes_a_threat_model_too():
         certify.certify(model, x, y, threat=ThreatModel("linf"))
     with pytest.raises(ValueError, match="argument eps: None"):
         certify.certify(model, x, y)
+
+
+def test_a_bare_norm_is_refused_by_the_evaluation_as_ambiguous():
+    from keras_margin.callbacks import RobustnessCallback
+
+    model, x, y = _problem()
+    with pytest.raises(ValueError, match=r"Ambiguous keyword argument norm='linf'.*"
+                                         r"deepfool=attacks.DeepFool\(norm='linf'\)"):
+        EvaluationPlan.resolve(None, {"norm": "linf"})
+    with pytest.raises(ValueError, match="Ambiguous keyword argument norm"):
+        RobustnessCallback(x, y, norm="linf")
+    plan = EvaluationPlan.resolve(None, {"max_iter": 7})  # DeepFool's other settings still go
+    assert plan.deepfool == attacks.DeepFool(max_iter=7)

@@ -340,20 +340,26 @@ def progress_bar(total: int, verbose: int, title: str) -> Callable[[int], None] 
     return lambda done: bar.update(min(done, total))
 
 
-_CLASSES: dict[str, type[Attack]] = {}
+PACKAGE = "keras_margin"  # the attacks' names in Keras's serialization registry
 
 
 def register(cls: type[Attack]) -> type[Attack]:
-    """Class decorator: `Attack.from_dict` finds the class by its name."""
-    _CLASSES[cls.__name__] = cls
-    return cls
+    """Class decorator: registers the attack with Keras (`register_keras_serializable`, as
+    "keras_margin>DeepFool"), so `Attack.from_dict` and `keras.saving.deserialize_keras_object`
+    find it by name."""
+    return keras.saving.register_keras_serializable(package=PACKAGE)(cls)
 
 
 def attack_class(name: str) -> type[Attack]:
     """The registered attack class called `name` ("DeepFool", ...)."""
-    if name not in _CLASSES:
-        raise ValueError(f"Unknown attack class {name!r}. Expected one of {sorted(_CLASSES)}.")
-    return _CLASSES[name]
+    cls = keras.saving.get_registered_object(f"{PACKAGE}>{name}")
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        known = sorted(key.split(">", 1)[1] for key, value
+                       in keras.saving.get_custom_objects().items()
+                       if key.startswith(PACKAGE + ">") and isinstance(value, type)
+                       and issubclass(value, Attack))
+        raise ValueError(f"Unknown attack class {name!r}. Expected one of {known}.")
+    return cls
 
 
 class Attack:
