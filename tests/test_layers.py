@@ -2,9 +2,10 @@
 
 Read from the source (every import, those inside functions too), not by running it. The floors,
 bottom up: the helpers with no keras-margin imports; the backend seam; the Jacobian rows; the
-argument checks; the method's core (norms, the gradient step, the margin sensitivity), the
-architectures and the data; the trainers; the attacks; the certified bounds; the evaluation;
-the callbacks; the public package; the experiments. Trainers stand below every measurement.
+argument checks; the checked inputs of attacks and certificates; the method's core (norms, the
+gradient step, the margin sensitivity), the architectures and the data; the trainers; the
+attacks; the certified bounds; the evaluation; the callbacks; the public package; the
+experiments. Trainers stand below every measurement.
 """
 
 import ast
@@ -20,6 +21,7 @@ FLOORS = [
     ("keras_margin.backend",),
     ("keras_margin.jacobian",),
     ("keras_margin._validation",),
+    ("keras_margin.inputs",),  # the checked inputs: below the attacks and certify alike
     ("keras_margin.norms", "keras_margin.gradient_steps", "keras_margin.sensitivity",
      "keras_margin.architectures", "keras_margin.datasets"),
     ("keras_margin.training",),
@@ -78,6 +80,13 @@ def test_no_module_imports_one_on_a_floor_above_it():
                 upward.append(f"{module} (floor {floor(module)}) imports {target} "
                               f"(floor {floor(target)})")
     assert upward == []
+
+
+def test_proofs_do_not_lean_on_attack_internals():
+    leaning = [f"{module} imports {target}" for module, path in modules()
+               if module.startswith("keras_margin.certify")
+               for target in imports(path, module) if target.startswith("keras_margin.attacks")]
+    assert leaning == []
 
 
 def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):

@@ -29,8 +29,8 @@ import numpy as np
 from keras import ops
 
 from keras_margin import backend
+from keras_margin import inputs as entry
 from keras_margin._validation import check_choice, check_integer, check_non_negative
-from keras_margin.attacks import base
 from keras_margin.certify.bounds import METHODS, NORMS, margin_bounds
 from keras_margin.certify.network import SUPPORTED, chain, check_chain
 from keras_margin.threat import ThreatModel
@@ -66,11 +66,11 @@ class _Certifier:
         check_choice("method", method, METHODS)
         self.batch_size = check_integer("batch_size", batch_size)
         model = base_model(model)
-        self.inputs = base.check_inputs(model, x, y, clip_min, clip_max, where)
+        self.inputs = entry.check_inputs(model, x, y, clip_min, clip_max, where)
         self.operations = check_supported(model, self.inputs.x)
         self.norm, self.method = norm, method
         self.box = (self.inputs.clip_min, self.inputs.clip_max)
-        self.correct = base.predictions(model, self.inputs.x, batch_size) == self.inputs.labels
+        self.correct = entry.predictions(model, self.inputs.x, batch_size) == self.inputs.labels
         # The bounds are computed in float64 (the model's float32 weights are exact in it),
         # so the rounding allowance (`bounds.ROUNDING_SAFETY`) costs ~1e-11 of a margin.
         self.x64 = self.inputs.x.astype(np.float64)
