@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import keras
@@ -335,23 +335,3 @@ def warn_if_unscaled(x: Any, where: str) -> bool:
         "divide x by 255.", UserWarning, stacklevel=3)
     return True
 
-
-def probe_model(model: Callable, x: Any, y: Any | None = None) -> int:
-    """Eager checks shared by the attacks and evaluation; returns the number of logits k.
-
-    Lengths of x and y, probabilities instead of logits (on the first 32 samples), labels in
-    range. Runs once per public call, never inside the compiled attack loops.
-    """
-    from keras_margin.jacobian import call_logits
-
-    check_logits_model(model)
-    check_single_input(model)
-    if y is not None:
-        y = label_array(y)
-    check_batch(np.asarray(x) if not hasattr(x, "shape") else x, y)
-    probe = ops.convert_to_numpy(ops.stop_gradient(call_logits(model,
-                                                                ops.convert_to_tensor(x[:32]))))
-    check_probability_outputs(probe)
-    if y is not None:
-        check_label_array(y, probe.shape[1])
-    return probe.shape[1]

@@ -19,9 +19,9 @@ from keras_margin._validation import (
     check_integer,
     check_label_array,
     label_array,
-    probe_model,
 )
 from keras_margin.evaluation import EvaluationPlan, evaluate_robustness
+from keras_margin.inputs import probe_model
 from keras_margin.training.helpers import SkippedBatchesLogger, with_helpers
 
 

@@ -2,6 +2,7 @@
 
 `check_inputs` runs the entry checks once (finite x inside the box, labels in range, logits not
 probabilities, unscaled images warned about) and returns numpy arrays in the working float type;
+`probe_model` runs the model once on a few of them (the checks that need its outputs);
 `predictions` and `logits_of` read the model on them in batches. Below both the attacks and
 certify, so that proofs do not lean on attack internals.
 """
@@ -18,10 +19,14 @@ from keras import ops
 
 from keras_margin import backend
 from keras_margin._validation import (
+    check_batch,
     check_box,
     check_finite_array,
+    check_label_array,
+    check_logits_model,
+    check_probability_outputs,
+    check_single_input,
     label_array,
-    probe_model,
     warn_if_unscaled,
 )
 from keras_margin.jacobian import call_logits
@@ -103,3 +108,22 @@ def predictions(model: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
 def logits_of(model: Callable, x: np.ndarray) -> np.ndarray:
     """The logits of one batch as a numpy array."""
     return ops.convert_to_numpy(ops.stop_gradient(call_logits(model, ops.convert_to_tensor(x))))
+
+
+def probe_model(model: Callable, x: Any, y: Any | None = None) -> int:
+    """Eager checks shared by the attacks and evaluation; returns the number of logits k.
+
+    Lengths of x and y, probabilities instead of logits (on the first 32 samples), labels in
+    range. Runs once per public call, never inside the compiled attack loops.
+    """
+    check_logits_model(model)
+    check_single_input(model)
+    if y is not None:
+        y = label_array(y)
+    check_batch(np.asarray(x) if not hasattr(x, "shape") else x, y)
+    probe = ops.convert_to_numpy(ops.stop_gradient(call_logits(model,
+                                                                ops.convert_to_tensor(x[:32]))))
+    check_probability_outputs(probe)
+    if y is not None:
+        check_label_array(y, probe.shape[1])
+    return probe.shape[1]

@@ -89,6 +89,15 @@ def test_proofs_do_not_lean_on_attack_internals():
     assert leaning == []
 
 
+def test_the_argument_checks_run_no_model():
+    """Checks of values and layers live in _validation; what calls the model (probe_model,
+    predictions) lives in inputs.py."""
+    path = os.path.join(ROOT, "_validation.py")
+    assert "keras_margin.jacobian" not in list(imports(path, "keras_margin._validation"))
+    with open(path) as f:
+        assert "call_logits" not in f.read()
+
+
 def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     # The test itself can fail: a trainer importing the callbacks (as training/base.py did).
     fake = tmp_path / "keras_margin" / "training"
