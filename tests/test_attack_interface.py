@@ -90,3 +90,48 @@ def test_keras_serialization_finds_every_attack_by_its_registered_name(attack):
     assert keras.saving.deserialize_keras_object(json.loads(json.dumps(data))) == attack
     with pytest.raises(ValueError, match=r"Unknown attack class 'PGD'. Expected one of \['APGD'"):
         Attack.from_dict({"class_name": "PGD", "config": {}})
+
+
+def _every_attack():
+    """One small instance of every registered attack class, by the Keras registry (a new
+    attack class joins the contract test without editing it)."""
+    import keras
+
+    small = {"DeepFool": dict(max_iter=10), "FMN": dict(steps=20), "DDN": dict(steps=20),
+             "FAB": dict(steps=10, n_target_classes=2), "FGSM": {},
+             "APGD": dict(steps=10), "Square": dict(n_queries=30),
+             "AutoAttack": dict(version="custom", attacks=("apgd-ce", "fab-t", "square"))}
+    classes = {key.split(">", 1)[1]: cls for key, cls in keras.saving.get_custom_objects().items()
+               if key.startswith("keras_margin>") and isinstance(cls, type)
+               and issubclass(cls, Attack)}
+    assert set(classes) == set(small), "a new attack class: give it small settings here"
+    return [classes[name](**settings) for name, settings in sorted(small.items())]
+
+
+@pytest.mark.parametrize("attack", _every_attack(), ids=lambda a: type(a).__name__)
+def test_every_attack_keeps_the_contract_through_one_call(attack):
+    """The default suite's contract test: every attack, called through Attack.__call__ with a
+    ThreatModel, returns verified per-point results inside the box (and the budget)."""
+    import keras
+
+    from keras_margin import ThreatModel
+
+    rng = np.random.default_rng(5)
+    w, b = rng.normal(size=(3, 16)), rng.normal(size=3)
+    x = rng.uniform(0.2, 0.8, size=(8, 4, 4, 1)).astype("float32")
+    y = (x.reshape(8, -1) @ w.T + b).argmax(axis=1)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(3)])
+    model.layers[-1].set_weights([w.T.astype("float32"), b.astype("float32")])
+    budget = isinstance(attack, BudgetAttack)
+    threat = ThreatModel(attack.norm, 0.3 if budget else None, 0.0, 1.0)
+    result = attack(model, x, y, threat=threat, batch_size=4)
+    assert result.perturbation.shape == x.shape and result.success.shape == (8,)
+    assert result.success.dtype == bool and result.iterations.shape == (8,)
+    x_adv = x + result.perturbation
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    flipped = (x_adv.reshape(8, -1).astype(np.float64) @ w.T + b).argmax(axis=1) != y
+    assert np.all(flipped[result.success])  # every success is a flip, checked in float64
+    if budget:
+        assert np.all(result.distances(attack.norm)[result.success] <= 0.3 * (1 + 1e-5))
+    assert result.success.any(), "too weak to test: no point fooled"
