@@ -508,3 +508,25 @@ def test_the_rounding_allowance_covers_float32s_error(norm):
             finite = np.isfinite(lows[1])
             assert (lows[0][finite] <= lows[1][finite]).all(), (seed, method)
             assert (lows[0][finite] > lows[1][finite] - 0.05).all()  # and says something
+
+
+def test_the_bounds_arithmetic_stays_float64_on_every_backend():
+    # Keras's PyTorch backend (3.15) rounds float64 matmul, minimum and maximum to float32:
+    # certify's radii came out up to 3e-5 (relative) above the exact distance there. The
+    # seam's versions keep float64, so the rounding allowance (derived for float64) holds.
+    from keras import ops
+
+    from keras_margin import backend
+
+    a = np.random.default_rng(0).normal(size=(3, 4))
+    b = np.random.default_rng(1).normal(size=(4, 2))
+    with backend.float64():
+        ta, tb = ops.convert_to_tensor(a), ops.convert_to_tensor(b)
+        results = {"matmul": backend.matmul(ta, tb), "minimum": backend.minimum(ta, 0.1),
+                   "maximum": backend.maximum(ta, ops.convert_to_tensor(a[::-1].copy()))}
+        for name, value in results.items():
+            assert keras.backend.standardize_dtype(value.dtype) == "float64", name
+        # float64's rounding (summation order), far below float32's 1e-7
+        np.testing.assert_allclose(ops.convert_to_numpy(results["matmul"]), a @ b, rtol=1e-13)
+        np.testing.assert_array_equal(ops.convert_to_numpy(results["minimum"]),
+                                      np.minimum(a, 0.1))

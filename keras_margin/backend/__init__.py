@@ -11,6 +11,8 @@ express live here, once per backend (tensorflow.py, jax.py, torch.py):
 * `value_and_weight_grad(fn, variables)`: a scalar function of the weights and its gradient.
 * `is_traced(x)`: True while a compiled program is being built (values unknown), so checks on
   values run only where they can.
+* `matmul`, `minimum`, `maximum`: `keras.ops`'s, keeping float64 on every backend (certify's
+  bounds).
 * `Steps`: a mixin with `RobustModel`'s `train_step` / `test_step` in the signature Keras's
   trainer of the backend calls (`trainer.train_step` / `trainer.test_step` hold the bodies).
 """
@@ -48,6 +50,47 @@ def value_and_grad(fn, x, has_aux: bool = False, create_graph: bool = False):
     return (values, result[2], grad) if has_aux else (values, grad)
 
 
+def matmul(a, b):
+    """`keras.ops.matmul(a, b)`, in float64 where both are float64. Keras's PyTorch backend
+    (3.15) computes a float64 matmul in float32 (its result type of two torch.float64 tensors
+    is the float32 default), which would leave certify's float64 bounds with float32 rounding
+    that its rounding allowance does not cover; torch.matmul keeps the type."""
+    if NAME == "torch":
+        import torch
+
+        return torch.matmul(a, b)
+    return keras.ops.matmul(a, b)
+
+
+def _torch_pair(a, b):
+    import torch
+
+    like = a if torch.is_tensor(a) else b  # a Python number takes the tensor's type
+    a, b = (v if torch.is_tensor(v) else torch.as_tensor(v, dtype=like.dtype) for v in (a, b))
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    device = a.device if a.dim() >= b.dim() else b.device
+    return a.to(dtype=dtype, device=device), b.to(dtype=dtype, device=device)
+
+
+def minimum(a, b):
+    """`keras.ops.minimum(a, b)`, in float64 where the tensors are (see `matmul`: Keras's
+    PyTorch backend rounds a float64 minimum to float32)."""
+    if NAME == "torch":
+        import torch
+
+        return torch.minimum(*_torch_pair(a, b))
+    return keras.ops.minimum(a, b)
+
+
+def maximum(a, b):
+    """`keras.ops.maximum(a, b)`, in float64 where the tensors are (see `minimum`)."""
+    if NAME == "torch":
+        import torch
+
+        return torch.maximum(*_torch_pair(a, b))
+    return keras.ops.maximum(a, b)
+
+
 def float64() -> contextlib.AbstractContextManager:
     """A context in which float64 tensors stay float64: JAX turns them into float32 unless its
     x64 mode is on (switched on here for the context only); the other backends always keep
@@ -59,5 +102,5 @@ def float64() -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-__all__ = ["NAME", "Steps", "compile_fn", "float64", "is_traced", "trainer", "value_and_grad",
-           "value_and_weight_grad", "vjp"]
+__all__ = ["NAME", "Steps", "compile_fn", "float64", "is_traced", "matmul", "maximum",
+           "minimum", "trainer", "value_and_grad", "value_and_weight_grad", "vjp"]

@@ -54,9 +54,9 @@ class Region:
             radius = _per_sample(self.eps, x0)
             lo, hi = x0 - radius, x0 + radius
             if box[0] is not None:
-                lo = ops.maximum(lo, box[0])
+                lo = backend.maximum(lo, box[0])
             if box[1] is not None:
-                hi = ops.minimum(hi, box[1])
+                hi = backend.minimum(hi, box[1])
             self.lower, self.upper = lo, hi
         else:  # the l2 ball; its bounding box for intervals (the input box is not used)
             radius = _per_sample(self.eps, x0)
@@ -67,7 +67,7 @@ class Region:
         sums, for the rounding allowance."""
         axes = tuple(range(2, len(lam.shape)))
         if self.norm == "linf":
-            reach = ops.maximum(ops.abs(self.lower), ops.abs(self.upper))[:, None]
+            reach = backend.maximum(ops.abs(self.lower), ops.abs(self.upper))[:, None]
             return ops.sum(ops.abs(lam) * reach, axis=axes)
         return ops.sum(ops.abs(lam * self.x0[:, None]), axis=axes) + \
             self.eps[:, None] * ops.sqrt(ops.sum(ops.square(lam), axis=axes))
@@ -77,7 +77,7 @@ class Region:
         axes = tuple(range(2, len(lam.shape)))
         if self.norm == "linf":
             lower, upper = self.lower[:, None], self.upper[:, None]
-            return ops.sum(ops.relu(lam) * lower + ops.minimum(lam, 0.0) * upper, axis=axes)
+            return ops.sum(ops.relu(lam) * lower + backend.minimum(lam, 0.0) * upper, axis=axes)
         centre = ops.sum(lam * self.x0[:, None], axis=axes)
         return centre - self.eps[:, None] * ops.sqrt(ops.sum(ops.square(lam), axis=axes))
 
@@ -146,10 +146,10 @@ def _relu_step(lam_lo: Any, lam_up: Any, lower: Any, upper: Any) -> tuple:
     low_slope = ops.where(lower >= 0, 1.0, ops.where(upper <= 0, 0.0,
                                                      ops.cast(upper > -lower, lower.dtype)))
     axes = tuple(range(2, len(lam_lo.shape)))
-    bias_lo = ops.sum(ops.minimum(lam_lo, 0.0) * up_bias, axis=axes)
+    bias_lo = ops.sum(backend.minimum(lam_lo, 0.0) * up_bias, axis=axes)
     bias_up = ops.sum(ops.relu(lam_up) * up_bias, axis=axes)
-    new_lo = ops.relu(lam_lo) * low_slope + ops.minimum(lam_lo, 0.0) * up_slope
-    new_up = ops.relu(lam_up) * up_slope + ops.minimum(lam_up, 0.0) * low_slope
+    new_lo = ops.relu(lam_lo) * low_slope + backend.minimum(lam_lo, 0.0) * up_slope
+    new_up = ops.relu(lam_up) * up_slope + backend.minimum(lam_up, 0.0) * low_slope
     return new_lo, new_up, bias_lo, bias_up
 
 
@@ -204,11 +204,11 @@ def _maxpool_step(op: MaxPool, lam_lo: Any, lam_up: Any, relaxation: tuple) -> t
     chosen, decided, pooled_up = relaxation
     decided, pooled_up = _expand(decided), _expand(pooled_up)
     axes = tuple(range(2, len(lam_lo.shape)))
-    neg_lo, pos_up = ops.minimum(lam_lo, 0.0), ops.relu(lam_up)
+    neg_lo, pos_up = backend.minimum(lam_lo, 0.0), ops.relu(lam_up)
     bias_lo = ops.sum(ops.where(decided, 0.0, neg_lo) * pooled_up, axis=axes)
     bias_up = ops.sum(ops.where(decided, 0.0, pos_up) * pooled_up, axis=axes)
     through_lo = ops.relu(lam_lo) + ops.where(decided, neg_lo, 0.0)
-    through_up = ops.minimum(lam_up, 0.0) + ops.where(decided, pos_up, 0.0)
+    through_up = backend.minimum(lam_up, 0.0) + ops.where(decided, pos_up, 0.0)
     mask = _expand(chosen)
     return _upsample(through_lo, op) * mask, _upsample(through_up, op) * mask, bias_lo, bias_up
 
@@ -296,7 +296,7 @@ def layer_bounds(operations: list, region: Region, method: str) -> tuple[list, d
                     math.prod(op.out_shape) <= CROWN_NEURONS:
                 crown_low, crown_up = crown_layer_bounds(operations, index, bounds,
                                                          relaxations, region)
-                lower, upper = ops.maximum(lower, crown_low), ops.minimum(upper, crown_up)
+                lower, upper = backend.maximum(lower, crown_low), backend.minimum(upper, crown_up)
         if isinstance(op, MaxPool) and method != "ibp":
             previous = bounds[index - 1] if index else (region.lower, region.upper)
             relaxations[index] = _maxpool_relaxation(op, *previous)
@@ -328,7 +328,7 @@ def margin_bounds(operations: list, x0: Any, labels: Any, eps: Any, norm: str, m
             # CROWN's radius is never below the interval bound's on the same layer bounds
             crown, size = back_substitute(operations, bounds, relaxations, rows, region,
                                           upper=False)
-            low = ops.maximum(low, crown - allowance * size)
+            low = backend.maximum(low, crown - allowance * size)
     else:
         low, size = lipschitz_margins(operations, x0, rows, region)
         low = low - allowance * size

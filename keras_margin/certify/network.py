@@ -112,10 +112,10 @@ def _dense(layer: Any, in_shape: tuple) -> list:
     out = (layer.units,)
     bias = (lambda: ops.reshape(layer.bias, (1,) + out)) if layer.use_bias else None
     kernel = layer.kernel
-    linear = Linear(layer.name, lambda z: ops.matmul(z, like(kernel, z)), in_shape, out, bias,
-                    apply_abs=lambda z: ops.matmul(z, ops.abs(like(kernel, z))),
-                    apply_square=lambda z: ops.matmul(z, ops.square(like(kernel, z))),
-                    transpose=lambda lam: ops.matmul(lam, ops.transpose(like(kernel, lam))),
+    linear = Linear(layer.name, lambda z: backend.matmul(z, like(kernel, z)), in_shape, out, bias,
+                    apply_abs=lambda z: backend.matmul(z, ops.abs(like(kernel, z))),
+                    apply_square=lambda z: backend.matmul(z, ops.square(like(kernel, z))),
+                    transpose=lambda lam: backend.matmul(lam, ops.transpose(like(kernel, lam))),
                     l2_norm=lambda: spectral_norm(_float64(layer.kernel)))
     return [linear] + _activation(layer, out)
 
