@@ -292,22 +292,28 @@ def run_plan(model: Callable, inputs: base.Inputs, plan: EvaluationPlan, lanes: 
         fgsm_blind = fgsm[plan.fgsm_eps].stuck & correct & ~fgsm_wrong
     subset = dataclasses.replace(inputs, x=inputs.x[correct], labels=inputs.labels[correct])
     found = minimum_norm_results(model, subset, plan, lanes, verbose)
-    report = paper_measures(inputs, correct, fgsm_wrong, plan.fgsm_eps, found.get("deepfool"))
-    minimum_norm_measures(report, subset, found, plan.norms)
+    fields = paper_measures(inputs, correct, fgsm_wrong, plan.fgsm_eps, found.get("deepfool"))
+    fields.update(minimum_norm_measures(subset, found, plan.norms))
+    fields.update(robust_accuracy={}, autoattack={})
     for norm, budgets in plan.budgets.items():
         if budgets:
-            report.robust_accuracy[norm] = robust_accuracy(
-                model, subset, correct, norm, budgets, plan, found, fgsm_wrong, lanes, verbose,
-                report)
-    report.deepfool_to_minimum_ratio = deepfool_to_minimum_ratio(found, plan.norms)
-    flags = check_fgsm_blind(fgsm_blind, correct) + sanity_checks(report, inputs, plan, found)
+            accuracy, autoattack = robust_accuracy(model, subset, correct, norm, budgets, plan,
+                                                   found, fgsm_wrong, lanes, verbose)
+            fields["robust_accuracy"][norm] = accuracy
+            if autoattack:
+                fields["autoattack"][norm] = autoattack
+    fields["deepfool_to_minimum_ratio"] = deepfool_to_minimum_ratio(found, plan.norms)
+    flags = []
     if plan.certify is not None:
-        flags += certified_measures(report, model, inputs, correct, subset, found, plan,
-                                    verbose)
+        certified, flags = certified_measures(model, inputs, correct, subset, found, plan,
+                                              verbose)
+        fields.update(certified)
+    draft = RobustnessReport(**fields)  # what the sanity checks read
+    flags = check_fgsm_blind(fgsm_blind, correct) + sanity_checks(draft, inputs, plan, found) \
+        + flags
     for flag, message in flags:
-        report.flags.append(flag)
         warnings.warn(f"evaluate_robustness [{flag}]: {message}", UserWarning, stacklevel=3)
-    return report
+    return dataclasses.replace(draft, flags=[flag for flag, _ in flags])
 
 
 def minimum_norm_results(model: Callable, subset: base.Inputs, plan: EvaluationPlan,
@@ -326,7 +332,7 @@ def minimum_norm_results(model: Callable, subset: base.Inputs, plan: EvaluationP
 
 def paper_measures(inputs: base.Inputs, correct: np.ndarray, fgsm_wrong: np.ndarray | None,
                    fgsm_eps: float | None, deepfool: base.AttackResult | None
-                   ) -> RobustnessReport:
+                   ) -> dict[str, Any]:
     """error, FGSM error (over all points), rho_adv (eq. 20) and DeepFool's success rate."""
     distances = np.zeros(len(inputs.x))
     rho, success_rate = math.nan, math.nan
@@ -337,19 +343,21 @@ def paper_measures(inputs: base.Inputs, correct: np.ndarray, fgsm_wrong: np.ndar
         if deepfool.success.any():
             rho = rho_adv(inputs.x, perturbation, correct)
         success_rate = float(deepfool.success.mean())
-    return RobustnessReport(
+    return dict(
         n=len(inputs.x), error=float((~correct).mean()), fgsm_eps=fgsm_eps,
         fgsm_error=float(fgsm_wrong.mean()) if fgsm_wrong is not None else math.nan,
         rho_adv=rho, deepfool_success_rate=success_rate, distances=distances,
         fgsm_wrong=None if fgsm_wrong is None else np.asarray(fgsm_wrong, bool))
 
 
-def minimum_norm_measures(report: RobustnessReport, subset: base.Inputs,
-                          found: dict[str, base.AttackResult], norms: dict[str, str]) -> None:
-    """rho and median distance per attack; the per-sample minimum (l2) over all of them."""
+def minimum_norm_measures(subset: base.Inputs, found: dict[str, base.AttackResult],
+                          norms: dict[str, str]) -> dict[str, Any]:
+    """The report's fields of the minimum-norm attacks: rho and median distance per attack;
+    the per-sample minimum (l2) over all of them."""
     if not found:
-        return
+        return {}
     smallest = np.full(len(subset.x), np.inf)
+    summaries = {}
     for name, result in found.items():
         relative_l2 = relative_norms(subset.x, result.perturbation, "l2")
         smallest = np.where(result.success, np.minimum(smallest, relative_l2), smallest)
@@ -357,30 +365,31 @@ def minimum_norm_measures(report: RobustnessReport, subset: base.Inputs,
             continue
         norm = norms[name]
         relative = relative_norms(subset.x, result.perturbation, norm)
-        report.attacks[name] = AttackSummary(
+        summaries[name] = AttackSummary(
             norm=norm,
             rho=float(relative[result.success].mean()) if result.success.any() else math.nan,
             success_rate=float(result.success.mean()),
             median=float(np.median(result.distances(norm))))
     fooled = np.isfinite(smallest)
-    report.rho_min = float(smallest[fooled].mean()) if fooled.any() else math.nan
-    report.rho_min_median = float(np.median(smallest))
-    report.unfooled = float((~fooled).mean())
-    report.distances_min = smallest
+    return dict(attacks=summaries,
+                rho_min=float(smallest[fooled].mean()) if fooled.any() else math.nan,
+                rho_min_median=float(np.median(smallest)), unfooled=float((~fooled).mean()),
+                distances_min=smallest)
 
 
 def robust_accuracy(model: Callable, subset: base.Inputs, correct: np.ndarray, norm: str,
                     budgets: Sequence[float], plan: EvaluationPlan,
                     found: dict[str, base.AttackResult], fgsm_wrong: np.ndarray | None,
-                    lanes: int, verbose: int,
-                    report: RobustnessReport | None = None) -> dict[float, float]:
+                    lanes: int, verbose: int
+                    ) -> tuple[dict[float, float], dict[float, dict[str, int]]]:
     """Robust accuracy per budget: correct, and no attack run found an adversarial within it
     (the APGD ensemble, the minimum-norm attacks of the same norm, FGSM for l_inf, and with
-    `plan.autoattack` FAB-T and Square, whose record goes into `report.autoattack`)."""
+    `plan.autoattack` FAB-T and Square); and AutoAttack's record per budget (empty without
+    it)."""
     results = run_schedule(model, subset, ensemble(plan.apgd, norm, subset.num_classes),
                            budgets, lanes, verbose=verbose) if len(subset.x) else {}
     norms = plan.norms
-    accuracy = {}
+    accuracy, autoattack = {}, {}
     for eps in budgets:
         by_apgd = results[eps].success.copy() if results else np.zeros(0, bool)
         others = np.zeros(len(subset.x), bool)
@@ -392,20 +401,20 @@ def robust_accuracy(model: Callable, subset: base.Inputs, correct: np.ndarray, n
             others |= fgsm_wrong[correct]
         fooled = by_apgd | others
         if plan.autoattack:
-            fooled |= complete_autoattack(model, subset, norm, eps, by_apgd, others, plan,
-                                          lanes, verbose, report)
+            by_tail, autoattack[eps] = complete_autoattack(model, subset, norm, eps, by_apgd,
+                                                           others, plan, lanes, verbose)
+            fooled |= by_tail
         accuracy[eps] = float((~fooled).sum() / len(correct))
-    return accuracy
+    return accuracy, autoattack
 
 
 def complete_autoattack(model: Callable, subset: base.Inputs, norm: str, eps: float,
                         by_apgd: np.ndarray, others: np.ndarray, plan: EvaluationPlan,
-                        lanes: int, verbose: int, report: RobustnessReport | None
-                        ) -> np.ndarray:
+                        lanes: int, verbose: int) -> tuple[np.ndarray, dict[str, int]]:
     """AutoAttack's standard ensemble from the APGD pair's result (its first two attacks):
-    FAB-T, then Square, on the correct points APGD left robust; the points they fooled.
-    Records per attack how many points it fooled first, and how many of Square's no other
-    gradient attack of the evaluation (minimum-norm, FGSM) fooled within eps either."""
+    FAB-T, then Square, on the correct points APGD left robust; the points they fooled, and
+    per attack how many points it fooled first, and how many of Square's no other gradient
+    attack of the evaluation (minimum-norm, FGSM) fooled within eps either."""
     rest = np.flatnonzero(~by_apgd)
     fooled = np.zeros(len(subset.x), bool)
     counts = {"apgd": int(by_apgd.sum()), "fab-t": 0, "square": 0, "square_only": 0}
@@ -418,9 +427,7 @@ def complete_autoattack(model: Callable, subset: base.Inputs, norm: str, eps: fl
         counts.update(result.counts())
         counts["square_only"] = int((result.fooled_by == "square")[~others[rest]].sum())
     counts["robust"] = int((~(by_apgd | fooled)).sum())
-    if report is not None:
-        report.autoattack.setdefault(norm, {})[eps] = counts
-    return fooled
+    return fooled, counts
 
 
 def deepfool_to_minimum_ratio(found: dict[str, base.AttackResult],
@@ -447,21 +454,20 @@ def _smallest_found(found: dict[str, base.AttackResult], norm: str, n: int) -> n
     return smallest
 
 
-def certified_measures(report: RobustnessReport, model: Callable, inputs: base.Inputs,
-                       correct: np.ndarray, subset: base.Inputs,
-                       found: dict[str, base.AttackResult],
-                       plan: EvaluationPlan, verbose: int = 0) -> list[tuple[str, str]]:
-    """Certified radii (l2 always, l_inf where l_inf budgets are asked), rho_certified,
-    certified accuracy at the plan's budgets, and how close the bound comes to the attacks.
-    The bisection starts from the smallest attack distance, an upper bound of the radius, and
-    halves 16 times (a relative precision of 1.5e-5 of it);
-    a radius above a verified adversarial (an unsound bound) is flagged."""
+def certified_measures(model: Callable, inputs: base.Inputs, correct: np.ndarray,
+                       subset: base.Inputs, found: dict[str, base.AttackResult],
+                       plan: EvaluationPlan, verbose: int = 0
+                       ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The report's certified fields (radii: l2 always, l_inf where l_inf budgets are asked;
+    rho_certified, certified accuracy at the plan's budgets, and how close the bound comes to
+    the attacks) and flags. The bisection starts from the smallest attack distance, an upper
+    bound of the radius, and halves 16 times (a relative precision of 1.5e-5 of it); a radius
+    above a verified adversarial (an unsound bound) is flagged."""
     from keras_margin.certify import certified_radius
 
-    report.certify_method = plan.certify
     norms = ["l2"] + (["linf"] if plan.linf_eps else [])
     smallest = {norm: _smallest_found(found, norm, len(subset.x)) for norm in norms}
-    flags = []
+    flags, radii, accuracy = [], {}, {}
     for norm in norms:
         radius = np.zeros(len(inputs.x))
         if len(subset.x):
@@ -478,22 +484,20 @@ def certified_measures(report: RobustnessReport, model: Callable, inputs: base.I
                               f"{above.sum()} certified {norm} radii exceed an adversarial "
                               "an attack verified: the bound is unsound here; please "
                               "report it."))
-        report.certified_radius[norm] = radius
+        radii[norm] = radius
         budgets = plan.budgets.get(norm, ())
         if budgets:
-            report.certified_accuracy[norm] = {eps: float((radius >= eps).mean())
-                                               for eps in budgets}
+            accuracy[norm] = {eps: float((radius >= eps).mean()) for eps in budgets}
     scale = base.lp_norms(inputs.x, "l2")
-    relative = np.divide(report.certified_radius["l2"], scale,
-                         out=np.zeros(len(scale)), where=scale > 0)
-    report.certified_distances = relative
-    report.rho_certified = float(relative[correct].mean()) if correct.any() else math.nan
+    relative = np.divide(radii["l2"], scale, out=np.zeros(len(scale)), where=scale > 0)
     attacked = smallest["l2"]
     both = np.isfinite(attacked) & (attacked > 0)
-    if both.any():
-        report.certified_to_minimum_ratio = float(np.median(
-            report.certified_radius["l2"][correct][both] / attacked[both]))
-    return flags
+    ratio = float(np.median(radii["l2"][correct][both] / attacked[both])) if both.any() \
+        else None
+    return dict(certify_method=plan.certify, certified_radius=radii,
+                certified_accuracy=accuracy, certified_distances=relative,
+                rho_certified=float(relative[correct].mean()) if correct.any() else math.nan,
+                certified_to_minimum_ratio=ratio), flags
 
 
 # -- the sanity checks: each returns (flag, message) pairs -------------------------------------

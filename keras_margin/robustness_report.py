@@ -18,7 +18,7 @@ import numpy as np
 from keras_margin.threat import metric_key, parse_metric_key
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class AttackSummary:
     """One minimum-norm attack's numbers over the correctly classified points.
 
@@ -35,7 +35,7 @@ class AttackSummary:
     median: float
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RobustnessReport:
     """The paper's measures (eq. 20), the stronger ones where asked, and the flags.
 

@@ -81,6 +81,8 @@ def test_the_report_keys_its_budgets_by_value_and_reads_them_back():
     back = RobustnessReport.from_dict(flat)
     assert back.robust_accuracy == {"linf": {0.1: 0.5, 0.0313725: 0.75}, "l2": {0.5: 0.25}}
     assert back.autoattack == report.autoattack
+    with pytest.raises(dataclasses.FrozenInstanceError):  # built once, by evaluate_robustness
+        report.rho_adv = 0.5
 
 
 def test_the_plan_lists_its_budgets_as_threat_models():
