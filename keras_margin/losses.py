@@ -27,7 +27,7 @@ def multiclass_hinge(y_true: Any, logits: Any):
         Per-sample losses, shape (batch,).
 
     Example:
-        >>> float(multiclass_hinge([0], [[2.0, 0.5, -1.0]]))
+        >>> float(multiclass_hinge([0], [[2.0, 0.5, -1.0]])[0])
         0.0
     """
     logits = ops.convert_to_tensor(logits)
@@ -46,7 +46,7 @@ def binary_hinge(y_true: Any, logits: Any):
         Per-sample losses, shape (batch,).
 
     Example:
-        >>> float(binary_hinge([1], [[3.0]]))
+        >>> float(binary_hinge([1], [[3.0]])[0])
         0.0
     """
     logits = ops.reshape(ops.convert_to_tensor(logits), (-1,))

@@ -138,7 +138,7 @@ def margin_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",
 
     Example:
         >>> base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-        >>> margin_sensitivity(base, np.ones((2, 4)), [0, 2]).shape
+        >>> tuple(margin_sensitivity(base, np.ones((2, 4)), [0, 2]).shape)
         (2,)
     """
     check_choice("norm", norm, NORMS)

@@ -39,7 +39,8 @@ class MarginModel(RobustModel):
     of eps), on every Keras backend.
 
     Example:
-        >>> base = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10)])
+        >>> base = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+        ...                          keras.layers.Dense(10)])
         >>> model = MarginModel(base, C=0.1)
         >>> model.compile(optimizer="adam", metrics=["accuracy"])
         >>> model.fit(x, y, batch_size=100, epochs=1)
