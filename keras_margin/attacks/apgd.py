@@ -131,7 +131,8 @@ def run_schedule(model: Callable, inputs: base.Inputs, attacks: Sequence[APGD],
 
 class _Schedule:
     """The jobs of `run_schedule`: one per (sample, budget) at first; a job that ends without
-    success queues the sample's next run of the plan (next restart, target or attack)."""
+    success queues the sample's next run of the plan (next restart, target or attack). A job
+    names its budget by `budget_index` into `budgets`; the kernel gets the value as `eps`."""
 
     def __init__(self, inputs: base.Inputs, attacks: Sequence[APGD], budgets: list[float],
                  ranked: np.ndarray) -> None:
@@ -141,7 +142,7 @@ class _Schedule:
         self.seeds = [a.seed for a in attacks for _ in a.job_kinds(inputs.num_classes)]
         n, shape = len(inputs.x), (len(budgets), len(inputs.x))
         self.jobs = {"index": np.tile(np.arange(n), len(budgets)),
-                     "budget": np.repeat(np.arange(len(budgets)), n),
+                     "budget_index": np.repeat(np.arange(len(budgets)), n),
                      "position": np.zeros(n * len(budgets), np.int32)}
         self.table = {key: list(value) for key, value in self.jobs.items()}
         self.perturbation = np.zeros((len(budgets),) + inputs.x.shape, inputs.x.dtype)
@@ -157,23 +158,23 @@ class _Schedule:
         noise = np.stack([_noise(self.norm, x.shape[1:], self.seeds[p], i, p)
                           for i, p in zip(index, position)]).astype(x.dtype)
         return {"x": x[index], "label": self.inputs.labels[index], "noise": noise,
-                "eps": np.array(self.budgets, x.dtype)[params["budget"]],
+                "eps": np.array(self.budgets, x.dtype)[params["budget_index"]],
                 "kind": kinds[:, 0].astype(np.int32),
                 "target": self.ranked[index, kinds[:, 1]].astype(np.int32)}
 
     def follow_up(self, ids: np.ndarray, out: dict[str, np.ndarray]) -> dict | None:
         """Records the ended jobs; returns the next runs of the samples not fooled yet."""
-        more: dict[str, list] = {"index": [], "budget": [], "position": []}
+        more: dict[str, list] = {"index": [], "budget_index": [], "position": []}
         for job, success, delta, steps, flat in zip(ids, out["fooled"], out["delta"],
                                                     out["t"], out["stuck"]):
-            index, budget = self.table["index"][job], self.table["budget"][job]
+            index, which = self.table["index"][job], self.table["budget_index"][job]
             position = self.table["position"][job]
-            self.iterations[budget, index] += steps
-            self.stuck[budget, index] |= flat
+            self.iterations[which, index] += steps
+            self.stuck[which, index] |= flat
             if success:
-                self.perturbation[budget, index] = delta
+                self.perturbation[which, index] = delta
             elif position + 1 < len(self.plan):
-                for key, value in (("index", index), ("budget", budget),
+                for key, value in (("index", index), ("budget_index", which),
                                    ("position", position + 1)):
                     more[key].append(value)
                 continue
