@@ -530,3 +530,25 @@ def test_the_bounds_arithmetic_stays_float64_on_every_backend():
         np.testing.assert_allclose(ops.convert_to_numpy(results["matmul"]), a @ b, rtol=1e-13)
         np.testing.assert_array_equal(ops.convert_to_numpy(results["minimum"]),
                                       np.minimum(a, 0.1))
+
+
+def test_the_bound_program_is_built_once_per_model_and_bounds_its_current_weights():
+    # Issue 24: certify rebuilt and recompiled its chain on every call (the evaluation's two
+    # norms, every epoch of the callback). It is now cached per model; training in between
+    # must still be seen, since the chain reads the weights at each call.
+    w, b, x, y = _linear_problem(k=4, d=6, n=20, seed=4)
+    model = linear_model(w, b)
+    before = certify.certified_radius(model, x, y, norm="l2", steps=30)
+    program = certify.bound_program(model, "l2", "crown", (None, None), 20)
+    assert certify.bound_program(model, "l2", "crown", (None, None), 20) is program
+    np.testing.assert_allclose(before, _exact_distance(w, b, x.astype(np.float64), y, 2),
+                               rtol=1e-5)
+    w2 = w + np.random.default_rng(5).normal(size=w.shape)
+    model.layers[-1].set_weights([w2.T.astype("float32"), b.astype("float32")])
+    y2 = (x @ w2.T + b).argmax(axis=1)
+    after = certify.certified_radius(model, x, y2, norm="l2", steps=30)
+    assert certify.bound_program(model, "l2", "crown", (None, None), 20) is program  # reused
+    exact = _exact_distance(np.asarray(w2, np.float32).astype(np.float64), b, x.astype(
+        np.float64), y2, 2)
+    np.testing.assert_allclose(after, exact, rtol=1e-5)  # the new weights' distance
+    assert not np.allclose(after, before, rtol=1e-3)

@@ -21,6 +21,7 @@ arithmetic with the model's weights; see README, "What proven means under roundi
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,33 @@ def check_supported(model: Callable, x: np.ndarray) -> list:
     return operations
 
 
+_PROGRAMS: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
+
+
+def bound_program(model: keras.Model, norm: str, method: str,
+                  box: tuple[float | None, float | None], batch: int = 100
+                  ) -> tuple[list, Callable]:
+    """The model's chain of operations and its compiled bound program for one norm, method,
+    box and batch size, built once per model and reused by every later call (the robustness
+    callback's epochs, repeated certify calls): the chain reads the weights at each call, so a
+    model trained between calls is bounded with its new weights. One program per batch size:
+    the bounds are traced with static shapes."""
+    key = (norm, method, box, batch)
+    try:
+        cache = _PROGRAMS.setdefault(model, {})
+    except TypeError:  # not weak-referenceable: build without caching
+        cache = {}
+    if key not in cache:
+        operations = chain(model)
+
+        def fn(x0, labels, eps):
+            return margin_bounds(operations, x0, labels, eps, norm, method, box)
+
+        program = backend.compile_fn(fn, model, "auto") if method != "lipschitz" else fn
+        cache[key] = (operations, program)
+    return cache[key]
+
+
 class _Certifier:
     """The checked inputs, the model's chain of operations and the compiled bound program."""
 
@@ -67,18 +95,15 @@ class _Certifier:
         self.batch_size = check_integer("batch_size", batch_size)
         model = base_model(model)
         self.inputs = entry.check_inputs(model, x, y, clip_min, clip_max, where)
-        self.operations = check_supported(model, self.inputs.x)
         self.norm, self.method = norm, method
         self.box = (self.inputs.clip_min, self.inputs.clip_max)
+        self.operations, self.program = bound_program(
+            model, norm, method, self.box, min(self.batch_size, len(self.inputs.x)))
+        check_chain(model, self.operations, self.inputs.x)
         self.correct = entry.predictions(model, self.inputs.x, batch_size) == self.inputs.labels
         # The bounds are computed in float64 (the model's float32 weights are exact in it),
         # so the rounding allowance (`bounds.ROUNDING_SAFETY`) costs ~1e-11 of a margin.
         self.x64 = self.inputs.x.astype(np.float64)
-
-        def fn(x0, labels, eps):
-            return margin_bounds(self.operations, x0, labels, eps, norm, method, self.box)
-
-        self.program = backend.compile_fn(fn, model, "auto") if method != "lipschitz" else fn
         self._bar, self._done = None, 0
 
     def start_progress(self, title: str, passes: int, verbose: int) -> None:
