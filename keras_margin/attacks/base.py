@@ -41,9 +41,9 @@ from keras_margin.inputs import (  # noqa: F401 - the attacks' entry, shared wit
     predictions,
     working_dtype,
 )
-from keras_margin.threat import ThreatModel
+from keras_margin.threat import NORMS, ThreatModel
 
-THREAT_NORMS = ("l2", "linf", "l1")
+THREAT_NORMS = NORMS  # the norms a threat model (and FMN) knows: one list, threat.py's
 DEFAULT_LANES = 256
 EXECUTION = ("batch_size", "jit_compile", "verbose")
 
