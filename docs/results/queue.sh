@@ -2,6 +2,8 @@
 # Issue 22's standing Table I queue: train, then evaluate (stronger, boxed, certified) each run,
 # one at a time, at low priority, into a folder outside the work tree so a later session on the
 # same machine resumes it (runs checkpoint every epoch; finished evaluations are skipped).
+# Run it from the repository root: what docs/results/runs already publishes is never redone,
+# so a fresh machine (no run folders) goes straight to what is left.
 #   nohup setsid bash docs/results/queue.sh DATA_DIR [OUT] > OUT/queue.log 2>&1 &
 # Pause for a benchmark: kill -STOP -- -PGID; resume: kill -CONT -- -PGID.
 # Publish what finished: keras-margin publish OUT docs/results/runs
@@ -9,46 +11,86 @@
 set -uo pipefail
 data=${1:?usage: queue.sh DATA_DIR [OUT]}
 out=${2:-$HOME/keras-margin-runs}
+published=docs/results/runs
 km="nice -n 10 keras-margin"
 step() { echo "== $(date -u +%FT%TZ) $*"; "$@" || echo "== failed ($?): $*"; }
-evaluate() {  # the published rows' three evaluations of one finished run folder
-  local f=$1
-  step $km evaluate "$f" --data-dir "$data"
-  step $km evaluate "$f" --data-dir "$data" --box 0,1 --tag boxed --attacks "" --linf-eps ""
-  step $km evaluate "$f" --data-dir "$data" --n 100 --attacks fmn,ddn,fmn_linf \
-    --linf-eps 0.01,0.03 --l2-eps 0.1,0.3 --certify crown --tag certified
+folder() { echo "table1/$1/mnist-e$2-reference-float32/seed-$3"; }  # row epochs seed
+is_published() { [ -f "$published/$1/$2" ]; }  # run (as folder prints it), file
+evaluate() {  # the published rows' three evaluations of one finished run, unless published
+  local run=$1 f=$out/$1
+  if [ ! -f "$f/model.keras" ]; then echo "== no model in $f: evaluations skipped"; return; fi
+  is_published "$run" robustness.json || step $km evaluate "$f" --data-dir "$data"
+  is_published "$run" robustness-boxed.json || step $km evaluate "$f" --data-dir "$data" \
+    --box 0,1 --tag boxed --attacks "" --linf-eps ""
+  is_published "$run" robustness-certified.json || step $km evaluate "$f" --data-dir "$data" \
+    --n 100 --attacks fmn,ddn,fmn_linf --linf-eps 0.01,0.03 --l2-eps 0.1,0.3 --certify crown \
+    --tag certified
 }
-# Item 1, shortest first (a run that cannot resume on another machine loses least):
-# LeNet-5 l2 and l1 (10 epochs), MLP l1 (20 epochs).
-for row in lenet5-l2 lenet5-l1 mlp-l1; do
-  arch=${row%%-*}; epochs=$([ "$arch" = mlp ] && echo 20 || echo 10)
-  step $km reproduce table1 --rows "$row" --epochs "$epochs" --data-dir "$data" --out "$out"
-  evaluate "$out/table1/$row/mnist-e$epochs-reference-float32/seed-0"
-done
-# Item 2: seeds 1 and 2 (--seeds 3 skips a finished seed 0; on a machine without it, copy the
-# published seed-0 folder into OUT first). Cheapest rows first, so a session's stop loses least.
-for row in lenet5-baseline lenet5-l2 mlp-baseline lenet5-l1 mlp-l2 mlp-l1; do
-  arch=${row%%-*}; epochs=$([ "$arch" = mlp ] && echo 20 || echo 10)
-  step $km reproduce table1 --rows "$row" --seeds 3 --epochs "$epochs" --data-dir "$data" \
-    --out "$out"
-done
-# Item 2's evaluations: the stronger table shows a row only when every seed has them.
-for row in lenet5-l2 lenet5-l1 mlp-l1 lenet5-baseline mlp-baseline mlp-l2; do
-  arch=${row%%-*}; epochs=$([ "$arch" = mlp ] && echo 20 || echo 10)
-  for seed in 1 2 0; do  # seed 0 for an evaluation it lacks (LeNet-5 baseline's certified)
-    evaluate "$out/table1/$row/mnist-e$epochs-reference-float32/seed-$seed"
+train() {  # row epochs seeds [extra reproduce options]: seeds 0..seeds-1, published ones skipped
+  local row=$1 epochs=$2 seeds=$3 seed todo=0; shift 3
+  for ((seed = 0; seed < seeds; seed++)); do
+    local run; run=$(folder "$row" "$epochs" "$seed")
+    if is_published "$run" metrics.json; then  # reproduce skips a folder with these two
+      [ -f "$out/$run/metrics.json" ] || { mkdir -p "$out/$run" &&
+        cp "$published/$run/config.json" "$published/$run/metrics.json" "$out/$run/"; }
+    else todo=1; fi
   done
+  [ "$todo" = 1 ] || { echo "== $row ($epochs epochs, $seeds seeds): published"; return; }
+  step $km reproduce table1 --rows "$row" --seeds "$seeds" --epochs "$epochs" \
+    --data-dir "$data" --out "$out" "$@"
+}
+epochs_of() { [ "${1%%-*}" = mlp ] && echo 20 || echo 10; }
+# Item 1 (one seed), then item 2 (seeds 1 and 2), cheapest rows first: a session's stop loses
+# least where the next session is on another machine.
+for row in lenet5-l2 lenet5-l1 mlp-l1; do train "$row" "$(epochs_of "$row")" 1; done
+for row in lenet5-baseline lenet5-l2 mlp-baseline lenet5-l1 mlp-l2 mlp-l1; do
+  train "$row" "$(epochs_of "$row")" 3
 done
+# Their evaluations: the stronger table shows a row only when every seed has them.
+for row in lenet5-l2 lenet5-l1 mlp-l1 lenet5-baseline mlp-baseline mlp-l2; do
+  for seed in 0 1 2; do evaluate "$(folder "$row" "$(epochs_of "$row")" "$seed")"; done
+done
+same_training() {  # published metrics.json, new metrics.json: the same numbers, to the bit
+  python -c 'import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+keys = ("error", "rho_adv", "fgsm_error", "rho_min", "unfooled")
+sys.exit(any(a.get(k) != b.get(k) for k in keys))' "$1" "$2"
+}
+again() {  # row seed: a published run that lacks an evaluation and whose model is not here
+  local row=$1 seed=$2 s epochs run o=$out/again
+  epochs=$(epochs_of "$row"); run=$(folder "$row" "$epochs" "$seed")
+  [ -f "$out/$run/model.keras" ] && return  # evaluated above
+  for ((s = 0; s < seed; s++)); do  # reproduce skips the seeds before it
+    local r; r=$(folder "$row" "$epochs" "$s")
+    [ -f "$o/$r/metrics.json" ] || { mkdir -p "$o/$r" &&
+      cp "$published/$r/config.json" "$published/$r/metrics.json" "$o/$r/"; }
+  done
+  step $km reproduce table1 --rows "$row" --seeds $((seed + 1)) --epochs "$epochs" \
+    --data-dir "$data" --out "$o"
+  [ -f "$o/$run/metrics.json" ] || return
+  if same_training "$published/$run/metrics.json" "$o/$run/metrics.json"; then
+    echo "== $run trained again: the published numbers to the bit"
+    out=$o evaluate "$run"  # only the evaluation it lacks
+  else  # another training: all three evaluations, to republish the run whole
+    echo "== $run trained again: other numbers than the published run's"
+    out=$o published=/nonexistent evaluate "$run"
+  fi
+}
+# Item 2's gaps: certified evaluations of two runs whose models were on an earlier machine.
+again lenet5-baseline 0
+again mlp-l2 2
 # Item 3: the paper's 100 epochs, one seed, the robustness callback every 5 epochs (and the
 # first and last; recorded in config.json as monitor_every); MLP first, then LeNet-5.
 for row in mlp-baseline mlp-l2 lenet5-baseline lenet5-l2; do
-  step $km reproduce table1 --rows "$row" --epochs 100 --monitor-every 5 --data-dir "$data" \
-    --out "$out"
-  evaluate "$out/table1/$row/mnist-e100-reference-float32/seed-0"
+  train "$row" 100 1 --monitor-every 5
+  evaluate "$(folder "$row" 100 0)"
 done
 # Issue 25: AutoAttack's standard ensemble on every published Table I run (l_inf 0.1; AT rows
 # also 0.3), then the comparison with the reference AutoAttack (seed 0 of every cell first).
-for folder in "$out"/table1/*/mnist-e*-reference-float32/seed-*; do
+for folder in "$out"/table1/*/mnist-e*-reference-float32/seed-* \
+              "$out"/again/table1/*/mnist-e*-reference-float32/seed-*; do
+  [ -f "$folder/model.keras" ] || continue
+  is_published "table1/${folder#*/table1/}" robustness-autoattack.json && continue
   case "$folder" in */mlp-at/*|*/lenet5-at/*) eps=0.1,0.3 ;; *) eps=0.1 ;; esac
   step $km evaluate "$folder" --data-dir "$data" --autoattack --tag autoattack --attacks "" \
     --linf-eps "$eps" --box 0,1
