@@ -68,6 +68,12 @@ def exact_linf_radius(net, x0, label, bound):
 
 def _milp_to(weights, x0, label, rival, bound, Bounds, LinearConstraint, milp):
     """min t s.t. |x - x0| <= t <= bound, ReLU network, f_rival(x) >= f_label(x)."""
+    result = _milp(weights, x0, label, rival, bound, Bounds, LinearConstraint, milp)
+    return result.fun if result.status == 0 else np.inf
+
+
+def _milp(weights, x0, label, rival, bound, Bounds, LinearConstraint, milp):
+    """scipy's result for `_milp_to`'s program (HiGHS, no MIP gap)."""
     d = len(x0)
     names = {"t": 0}
     sizes = [w.shape[1] for w, _ in weights[:-1]]
@@ -115,9 +121,9 @@ def _milp_to(weights, x0, label, rival, bound, Bounds, LinearConstraint, milp):
         b[label] - b[rival], np.inf)
     cost = np.zeros(count_total)
     cost[0] = 1.0
-    result = milp(cost, constraints=LinearConstraint(np.array(rows), lo, hi),
-                  integrality=np.array(integrality), bounds=Bounds(lows, highs))
-    return result.fun if result.status == 0 else np.inf
+    return milp(cost, constraints=LinearConstraint(np.array(rows), lo, hi),
+                integrality=np.array(integrality), bounds=Bounds(lows, highs),
+                options={"mip_rel_gap": 0.0})
 
 
 @pytest.mark.slow
@@ -136,6 +142,84 @@ def test_on_a_tiny_relu_network_certified_is_below_the_exact_radius_below_attack
         assert radii["crown"][i] >= radii["ibp"][i] * (1 - 1e-4)
         assert radii["crown"][i] >= radii["crown-ibp"][i] * (1 - 1e-4)
         assert radii["ibp"][i] >= radii["lipschitz"][i] * (1 - 1e-4) or radii["ibp"][i] == 0
+
+
+def _forward64(weights, x):
+    """The ReLU chain of `_tiny_relu` in float64, on its float32 weights."""
+    for w, b in weights[:-1]:
+        x = np.maximum(x @ w + b, 0.0)
+    w, b = weights[-1]
+    return x @ w + b
+
+
+def _verified_distance(weights, x0, label, x_star):
+    """An l_inf distance at which a float64 evaluation finds an adversarial: bisection on the
+    ray from x0 through the MILP's optimum x_star (to 1.05 x_star: the solver's answer may
+    sit within its feasibility tolerance of the boundary) for the nearest strict flip. The
+    exact distance is at most this, with no solver tolerance in it."""
+    def flips(s):
+        logits = _forward64(weights, x0 + s * (x_star - x0))
+        return np.delete(logits, label).max() > logits[label]
+
+    low, high = 0.0, 1.05
+    if not flips(high):
+        return np.inf
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (low, middle) if flips(middle) else (middle, high)
+    return high * np.abs(x_star - x0).max()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND == "torch", reason="float64 reference: the other backends suffice")
+def test_the_mip_sweep_finds_no_adversarial_inside_any_certified_radius():
+    """Issue 30's truth test. Four float32 4-16-16-3 ReLU networks, 12 points each, certified
+    as one batch, point by point, and in batches of 5 (a partial last one) with the points
+    in reverse order, 40 bisection steps: every radius, of every method, is at most the l_inf
+    distance of an adversarial that a float64 evaluation confirms, found from the exact
+    MILP's optimum. No tolerance: the guarantee is that no adversarial lies inside the
+    radius. The largest radii come within 1e-9 of that distance (the float32 bounds of the
+    bug were 4e-6 past it), so the test would see the bug."""
+    pytest.importorskip("scipy")
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    checked, closest = 0, 0.0
+    for seed in range(4):
+        net, x, y = _tiny_relu(seed)
+        weights = [(np.asarray(layer.kernel, np.float64), np.asarray(layer.bias, np.float64))
+                   for layer in net.layers]
+        radii = []
+        for method in METHODS:
+            radii.append(certify.certified_radius(net, x, y, norm="linf", method=method,
+                                                  steps=40))
+            radii.append(np.concatenate([certify.certified_radius(
+                net, x[i:i + 1], y[i:i + 1], norm="linf", method=method, steps=40)
+                for i in range(len(x))]))
+            radii.append(certify.certified_radius(net, x[::-1], y[::-1], norm="linf",
+                                                  method=method, batch_size=5,
+                                                  steps=40)[::-1])
+        radii = np.stack(radii)
+        deep = attacks.deepfool(net, x, y, norm="linf", step_clip=None).distances("linf")
+        for i in range(len(x)):
+            bound = 1.01 * deep[i] if np.isfinite(deep[i]) else 4.0
+            x0 = x[i].astype(np.float64)
+            verified, exact = np.inf, np.inf
+            for rival in range(3):
+                if rival == y[i]:
+                    continue
+                result = _milp(weights, x0, y[i], rival, bound, Bounds, LinearConstraint,
+                               milp)
+                if result.status == 0:
+                    exact = min(exact, result.fun)
+                    verified = min(verified, _verified_distance(weights, x0, y[i],
+                                                                result.x[1:1 + len(x0)]))
+            if np.isfinite(verified):
+                checked += 1
+                np.testing.assert_allclose(verified, exact, rtol=1e-9)  # the MILP is exact
+                assert (radii[:, i] <= verified).all(), (seed, i, radii[:, i], verified)
+                closest = max(closest, radii[:, i].max() / verified)
+    assert checked >= 40, checked
+    assert closest > 1 - 1e-9, closest  # radii pressed against the truth: the test has teeth
 
 
 @pytest.mark.slow
