@@ -33,7 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_margin import architectures, attacks, datasets  # noqa: E402
-from keras_margin.experiments import runner  # noqa: E402
+from keras_margin.experiments import environment  # noqa: E402
 from keras_margin.training import AdversarialTrainingModel, MarginModel  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> None:
                                                             data_dir=args.data_dir)
     x, y = x_test[:args.n], y_test[:args.n]
     cache = os.path.join(os.path.dirname(os.path.abspath(args.out)), "autoattack-models")
-    machine = {"cpu": runner.machine()["cpu"], "threads": os.cpu_count(),
+    machine = {"cpu": environment.machine()["cpu"], "threads": os.cpu_count(),
                "keras": keras.__version__, "torch": torch.__version__}
     for arch in args.models.split(","):
         for kind in args.kinds.split(","):

@@ -142,6 +142,32 @@ def test_write_text_keeps_the_files_mode_and_never_leaves_a_partial_file(tmp_pat
     assert Path(path).read_text() == "two" and sorted(os.listdir(tmp_path)) == ["a.md"]
 
 
+def test_arrays_and_models_go_through_the_same_atomic_writer(tmp_path, monkeypatch):
+    """points.npz, adversarial.npz, checkpoints and model.keras are written as the JSON
+    files are: a failed write keeps the old file whole and leaves no temporary file."""
+    import keras
+    import numpy as np
+
+    path = str(tmp_path / "points.npz")
+    files.write_npz(path, {"a": np.arange(3)})
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    files.save_model(model, str(tmp_path / "model.keras"))
+    assert keras.models.load_model(str(tmp_path / "model.keras")).count_params() == 3
+    _fail_on_fsync(monkeypatch)
+    with pytest.raises(OSError, match="left as it was"):
+        files.write_npz(path, {"a": np.arange(5)})
+    np.testing.assert_array_equal(np.load(path)["a"], np.arange(3))
+
+    def broken(tmp):
+        open(tmp, "w").close()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(model, "save", broken)
+    with pytest.raises(OSError, match="model.keras .No space left on device.; the file is left"):
+        files.save_model(model, str(tmp_path / "model.keras"))
+    assert sorted(os.listdir(tmp_path)) == ["model.keras", "points.npz"]
+
+
 def test_evaluate_never_replaces_another_settings_evaluation_unless_forced(tmp_path, capsys):
     runs = _runs(tmp_path, L2)
     folder = os.path.join(runs, L2)

@@ -8,7 +8,15 @@ import os
 import numpy as np
 import pytest
 
-from keras_margin.experiments import TABLES, build_model, cli, get_row, runner
+from keras_margin.experiments import (
+    TABLES,
+    artifacts,
+    build_model,
+    cli,
+    environment,
+    get_row,
+    runner,
+)
 from keras_margin.experiments.rows import Row
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
@@ -59,7 +67,7 @@ def test_finished_runs_are_skipped_and_configs_never_mix(tiny_mnist, tmp_path):
     stamp = os.path.getmtime(model_path)
     assert runner.run(row, 0, out, data_dir=tiny_mnist, verbose=0) == first
     assert os.path.getmtime(model_path) == stamp
-    with pytest.raises(runner.ConfigMismatchError, match="row.trainer_kwargs.C"):
+    with pytest.raises(artifacts.ConfigMismatchError, match="row.trainer_kwargs.C"):
         runner.run(_tiny_row(epochs=1, trainer_kwargs={"C": 0.5, "norm": "l2",
                                                        "loss": "hinge"}),
                    0, out, data_dir=tiny_mnist, verbose=0)
@@ -265,14 +273,14 @@ def test_configs_of_older_runs_are_the_same_runs():
 def test_runs_say_when_the_backend_or_precision_is_the_slow_choice_on_a_cpu():
     """Measured in docs/results/benchmarks/step_cost.md: JAX's CPU convolutions, and
     bfloat16 on a CPU without bfloat16 arithmetic."""
-    advice = runner.speed_advice
+    advice = environment.speed_advice
     assert advice("mlp", "float32", "jax", False, False) == []
     assert "KERAS_BACKEND=tensorflow" in advice("lenet5", "float32", "jax", False, False)[0]
     assert advice("lenet5", "float32", "tensorflow", False, False) == []
     assert "no bfloat16" in advice("mlp", "mixed_bfloat16", "tensorflow", False, False)[0]
     assert advice("mlp", "mixed_bfloat16", "tensorflow", False, True) == []
     assert advice("lenet5", "mixed_bfloat16", "jax", True, False) == []  # on a GPU
-    assert isinstance(runner.has_accelerator(), bool)
+    assert isinstance(environment.has_accelerator(), bool)
 
 
 def test_the_report_says_what_each_row_cost_and_where_it_ran(tmp_path):

@@ -1,4 +1,5 @@
-"""Files of a run folder: atomic JSON, JSON errors that name the file, one process per folder.
+"""Files of a run folder: one atomic writer (JSON, text, arrays, models), JSON errors that
+name the file, one process per folder.
 
 No TensorFlow here: `keras-margin report` and `--help` import this, not the trainers.
 """
@@ -11,7 +12,7 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -21,15 +22,41 @@ def write_json(path: str, payload: Any) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-    """Writes `text` to `path` whole or not at all: a temporary file beside it, flushed to disk,
-    then renamed over it. A failed write (a full disk, a read-only folder) leaves the old file
-    as it was and raises an `OSError` that says so in one line."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
+    """Writes `text` to `path` whole or not at all (`write_atomically`)."""
+    def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+
+    write_atomically(path, write)
+
+
+def write_npz(path: str, arrays: dict[str, Any]) -> None:
+    """Saves `arrays` compressed to `path` (an .npz) whole or not at all."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+
+    write_atomically(path, write)
+
+
+def save_model(model: Any, path: str) -> None:
+    """`model.save(path)` (a .keras file) whole or not at all."""
+    write_atomically(path, model.save, suffix=".keras")
+
+
+def write_atomically(path: str, write: Callable[[str], None], suffix: str = "") -> None:
+    """The one writer of a run's files: `write(tmp)` makes a temporary file beside `path`,
+    which is then renamed over it. A failed write (a full disk, a read-only folder) leaves
+    the old file as it was and raises an `OSError` that says so in one line."""
+    tmp = f"{path}.{os.getpid()}.tmp{suffix}"
+    try:
+        write(tmp)
         if os.path.exists(path):
             shutil.copymode(path, tmp)
         os.replace(tmp, path)

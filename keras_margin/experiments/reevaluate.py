@@ -28,15 +28,15 @@ from keras_margin.evaluation import (
     evaluate_robustness,
     resolve_attack,
 )
-from keras_margin.experiments.files import read_json, run_lock, write_json
-from keras_margin.experiments.rows import Row
-from keras_margin.experiments.runner import (
+from keras_margin.experiments.artifacts import (
     label_adversarials,
     load_checkpoint,
-    load_data,
     record_fgsm_points,
     save_arrays,
 )
+from keras_margin.experiments.data import load_data
+from keras_margin.experiments.files import read_json, run_lock, write_json
+from keras_margin.experiments.rows import Row
 from keras_margin.robustness_report import RobustnessReport
 
 log = logging.getLogger("keras_margin.experiments")

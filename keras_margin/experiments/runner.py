@@ -1,4 +1,6 @@
-"""Runs one table row for one seed into its own folder; resumable, never mixing configurations.
+"""Trains one table row for one seed into its own folder; resumable, never mixing
+configurations. Its data comes from `data`, the folder's place and files from `artifacts`, the
+record of where it ran from `environment`, every write from `files`' atomic writer.
 
 A run folder, `OUT/<table>/<row>/<configuration>/seed-<n>/` (`config_name`), holds
 `config.json` (what ran), `environment.json` (where and on what it ran: backend, versions,
@@ -31,119 +33,24 @@ import keras_margin
 from keras_margin import datasets, training  # noqa: F401 - registers the trainers (resume)
 from keras_margin.callbacks import RobustnessCallback
 from keras_margin.evaluation import evaluate_robustness
-from keras_margin.experiments.files import read_json, run_identity, run_lock, write_json
+from keras_margin.experiments.artifacts import (
+    base_predictions,
+    check_same_config,
+    load_checkpoint,
+    run_dir,
+    save_arrays,
+)
+from keras_margin.experiments.data import QUICK, Data, load_data
+from keras_margin.experiments.environment import (
+    code_version,
+    has_accelerator,
+    record_environment,
+    speed_advice,
+)
+from keras_margin.experiments.files import read_json, run_lock, save_model, write_json, write_npz
 from keras_margin.experiments.rows import Row, build_model, compile_row
-from keras_margin.robustness_report import RobustnessReport
 
 log = logging.getLogger("keras_margin.experiments")
-
-QUICK = {"epochs": 10, "train": 7000, "validation": 1000, "test": 2000, "monitor": 200}
-
-
-class ConfigMismatchError(ValueError):
-    """An output folder holds a run of a different configuration."""
-
-
-@dataclasses.dataclass
-class Data:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    protocol: str
-
-
-_DATA_CACHE: dict[tuple, Data] = {}
-
-
-def load_data(dataset: str, data_dir: str | None, quick: bool, validation: int = 10000,
-              pixel_scale: float = 255.0) -> Data:
-    """The paper's splits, or with `quick` a subset (MNIST's test set alone when that is all).
-
-    The MNISTs are split as the reference code does (`datasets.split_validation`, "reference");
-    `pixel_scale` divides their bytes (256 under the "reference" protocol, 255 under "boxed").
-    """
-    key = (dataset, data_dir, quick, validation, pixel_scale)
-    if key in _DATA_CACHE:
-        return _DATA_CACHE[key]
-    split = "random" if dataset == "cifar10" else "reference"
-    try:
-        train, val, test = datasets.load(dataset, validation=validation, data_dir=data_dir,
-                                         split=split, pixel_scale=pixel_scale,
-                                         allow_sample=False)
-        protocol = f"{dataset} train {len(train[0])} / validation {len(val[0])} / test " \
-                   f"{len(test[0])}, {split} split, pixels / {pixel_scale:g}"
-        if quick:
-            train, val, test = ((a[:n], b[:n]) for (a, b), n in (
-                (train, QUICK["train"]), (val, QUICK["validation"]), (test, QUICK["test"])))
-            protocol = f"QUICK: {dataset} subsets, train {len(train[0])} / validation " \
-                       f"{len(val[0])} / test {len(test[0])}"
-    except datasets.DatasetNotFoundError:
-        if not quick or dataset == "cifar10":
-            raise
-        n_fit = QUICK["train"] + QUICK["validation"]
-        try:
-            (x, y), test = datasets.split_test_set(dataset, data_dir, train=n_fit, seed=0,
-                                                   pixel_scale=pixel_scale)
-        except datasets.DatasetNotFoundError:
-            if dataset != "mnist" or data_dir is not None:
-                raise
-            return _embedded_quick(pixel_scale)
-        train, val = (x[:QUICK["train"]], y[:QUICK["train"]]), (x[QUICK["train"]:],
-                                                                y[QUICK["train"]:])
-        protocol = f"QUICK: {dataset}'s test set only (no training files here), cut into " \
-                   f"train {len(train[0])} / validation {len(val[0])} / test {len(test[0])}, " \
-                   f"pixels / {pixel_scale:g}"
-    if dataset == "cifar10":
-        gcn = datasets.GlobalContrastNormalization()
-        zca = datasets.ZCAWhitening().fit(gcn(train[0]))
-        train, val, test = ((zca(gcn(a)), b) for a, b in (train, val, test))
-        protocol += ", GCN + ZCA fitted on train"
-    data = Data(*train, *val, *test, protocol=protocol)
-    _DATA_CACHE[key] = data
-    return data
-
-
-def _embedded_quick(pixel_scale: float) -> Data:
-    """QUICK on the MNIST sample embedded in the package (no files, no network)."""
-    (x, y), (x_val, y_val), test = datasets.load(
-        "mnist", validation=QUICK["validation"], split="reference", pixel_scale=pixel_scale)
-    return Data(x, y, x_val, y_val, *test,
-                protocol=f"QUICK: the MNIST sample embedded in keras-margin, train {len(x)} / "
-                         f"validation {len(x_val)} / test {len(test[0])}, pixels / "
-                         f"{pixel_scale:g}")
-
-
-def config_name(row: Row, quick: bool = False, dtype_policy: str = "float32") -> str:
-    """The folder name of a row's configuration: data set, epochs, protocol, precision.
-
-    For example `mnist-e20-reference-float32`; QUICK runs end in `-quick`.
-    """
-    name = f"{row.dataset}-e{row.epochs}-{row.protocol}-{dtype_policy}"
-    return name + ("-quick" if quick else "")
-
-
-def run_dir(out: str, row: Row, seed: int, quick: bool = False,
-            dtype_policy: str = "float32") -> str:
-    """`out/<table>/<row>/<configuration>/seed-<seed>`."""
-    return os.path.join(out, row.table, row.name, config_name(row, quick, dtype_policy),
-                        f"seed-{seed}")
-
-
-def check_same_config(path: str, config: dict[str, Any]) -> None:
-    """Raises `ConfigMismatchError` naming the keys where the stored config differs."""
-    stored = run_identity(read_json(path))
-    ours = run_identity(config)
-    differ = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))
-    if differ:
-        detail = ", ".join(f"{k}: {stored.get(k)!r} there vs {ours.get(k)!r} now"
-                           for k in differ[:5])
-        raise ConfigMismatchError(
-            f"{os.path.dirname(path)} holds a run of a different configuration ({detail}). "
-            "Use another --out folder; nothing was overwritten.")
-
 
 class ProgressLine(keras.callbacks.Callback):
     """One log line per epoch (run, seed, epoch k/n, time per epoch and ETA), and the epoch's
@@ -184,17 +91,6 @@ def check_epochs(epochs: int | None) -> int | None:
         raise ValueError(f"Invalid value for argument epochs: {epochs!r}. Expected an integer "
                          ">= 1 (or none for the row's own).")
     return epochs
-
-
-def load_checkpoint(path: str) -> keras.Model:
-    try:
-        return keras.models.load_model(path)
-    except Exception as err:  # Keras says "File not found" for a truncated zip
-        raise ValueError(
-            f"{path} exists but cannot be loaded ({type(err).__name__}: {err}); it is "
-            "truncated or corrupt. A checkpoint: delete it and state.json beside it to "
-            "restart the run from epoch 0; a finished run's model.keras: delete the run's "
-            "metrics.json too, and the runner trains it again.") from None
 
 
 def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = False,
@@ -247,7 +143,7 @@ def run(row: Row, seed: int, out: str, epochs: int | None = None, quick: bool = 
             log.info("[%s seed %d] finished already: skipped", row.name, seed)
             return read_json(metrics_path)
         model, start = _model_at_start(row, folder, seed, len(data.x_train), build)
-        info = _record_environment(folder, start)["machine"]
+        info = record_environment(folder, start)["machine"]
         for note in speed_advice(row.architecture, dtype_policy, keras.backend.backend(),
                                  has_accelerator(), info.get("avx512_bf16") or
                                  info.get("amx_bf16")):
@@ -277,89 +173,6 @@ def _policy(name: str) -> Iterator[None]:
         yield
     finally:
         keras.config.set_dtype_policy(before)
-
-
-def machine() -> dict[str, Any]:
-    """The processor (model, cores, bfloat16 support) and the backend's devices."""
-    import platform
-
-    info: dict[str, Any] = {"platform": platform.platform(), "cores": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                      if line.startswith("model name")), None)
-        flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                      if line.startswith("flags")), [])
-        info.update(cpu=model, avx512_bf16="avx512_bf16" in flags, amx_bf16="amx_bf16" in flags)
-    except OSError:
-        info["cpu"] = platform.processor() or None
-    if keras.backend.backend() == "jax":
-        import jax
-
-        info["devices"] = sorted({d.device_kind for d in jax.devices()})
-    return info
-
-
-def has_accelerator() -> bool:
-    """Whether the backend computes on a GPU (or another accelerator) rather than the CPU."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() != "cpu"
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU"))
-    if backend == "torch":
-        import torch
-
-        return bool(torch.cuda.is_available())
-    return False
-
-
-def speed_advice(architecture: str, dtype_policy: str, backend: str, accelerator: bool,
-                 cpu_bfloat16: bool) -> list[str]:
-    """Why a run is about to be slower than it needs to be on this machine, as measured in
-    docs/results/benchmarks/step_cost.md (empty when nothing is known)."""
-    if accelerator:
-        return []
-    notes = []
-    if backend == "jax" and architecture in ("lenet5", "nin"):
-        notes.append("JAX runs convolutions on a CPU about 3x slower than TensorFlow (a LeNet-5 "
-                     "margin step: 665 ms against 221 ms on 2 cores): for convolutional "
-                     "networks on a CPU, set KERAS_BACKEND=tensorflow")
-    if dtype_policy != "float32" and not cpu_bfloat16:
-        notes.append("this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX), so "
-                     f"{dtype_policy} is no faster than float32 here (LeNet-5 on TensorFlow: "
-                     "several times slower); it pays on chips that have it")
-    return notes
-
-
-def environment() -> dict[str, Any]:
-    """What a run ran on: backend and its version, Keras, keras-margin, Python, the machine."""
-    import importlib
-    import platform
-
-    backend = keras.backend.backend()
-    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
-    version = getattr(importlib.import_module(module), "__version__", None) if module else None
-    return {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "backend": backend, "backend_version": version, "keras": keras.__version__,
-            "keras_margin": _code_version(), "python": platform.python_version(),
-            "numpy": np.__version__, "dtype_policy": keras.config.dtype_policy().name,
-            "machine": machine()}
-
-
-def _record_environment(folder: str, start: int) -> dict[str, Any]:
-    """Appends this start (or resume, from epoch `start`) to the folder's environment.json;
-    returns it."""
-    path = os.path.join(folder, "environment.json")
-    sessions = read_json(path).get("sessions", []) if os.path.exists(path) else []
-    sessions.append({**environment(), "from_epoch": start})
-    write_json(path, {"sessions": sessions})
-    return sessions[-1]
 
 
 def _claim_folder(folder: str, config: dict[str, Any]) -> bool:
@@ -426,8 +239,7 @@ def _train(row: Row, model: keras.Model, data: Data, folder: str, seed: int, sta
             model.fit(x, y, batch_size=row.batch_size, epochs=epoch + 1, initial_epoch=epoch,
                       shuffle=False, validation_data=validation, callbacks=callbacks,
                       verbose=verbose)
-        model.save(checkpoint + ".tmp.keras")
-        os.replace(checkpoint + ".tmp.keras", checkpoint)
+        save_model(model, checkpoint)
         write_json(os.path.join(folder, "state.json"), {"epoch": epoch + 1})
     return True
 
@@ -451,85 +263,6 @@ class NotMonitored(keras.callbacks.Callback):
             logs.update({key: float("nan") for key in self.keys})
 
 
-def save_arrays(folder: str, report: RobustnessReport, suffix: str = "") -> dict[str, Any]:
-    """Saves the report's per-point arrays into `points<suffix>.npz` (compressed) in
-    `folder`; returns its scalars and flags (what metrics.json holds)."""
-    arrays = report.arrays()
-    if arrays:
-        path = os.path.join(folder, f"points{suffix}.npz")
-        with open(path + ".tmp", "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(path + ".tmp", path)
-    return report.scalars()
-
-
-def base_predictions(model: Any, x: np.ndarray) -> np.ndarray:
-    """The classes `model` gives `x`, int32."""
-    logits = keras.ops.convert_to_numpy(model(keras.ops.convert_to_tensor(x), training=False))
-    return logits.argmax(axis=1).astype(np.int32)
-
-
-def label_adversarials(folder: str, model: Any) -> bool:
-    """Adds the class the model gives each adversarial example to a run's adversarial.npz
-    (runs made before the runner recorded it); True if it did."""
-    path = os.path.join(folder, "adversarial.npz")
-    if not os.path.exists(path):
-        return False
-    data = dict(np.load(path))
-    if "adversarial_class" in data:
-        return False
-    data["adversarial_class"] = base_predictions(model, data["x_adv"])
-    with open(path + ".tmp", "wb") as f:
-        np.savez_compressed(f, **data)
-    os.replace(path + ".tmp", path)
-    return True
-
-
-def record_fgsm_points(folder: str, model: Any, x: np.ndarray, y: np.ndarray,
-                       row: Row) -> bool:
-    """Adds each test point's FGSM outcome ("fgsm_wrong") to points.npz of a run finished
-    before the runner recorded it, so that its FGSM error recomputes from points; only when
-    the recomputed error equals metrics.json's (else warns, and writes nothing). True if it
-    wrote."""
-    from keras_margin.attacks import base as attack_base
-    from keras_margin.attacks.fgsm import FGSM
-
-    path = os.path.join(folder, "points.npz")
-    arrays = dict(np.load(path)) if os.path.exists(path) else {}
-    if "fgsm_wrong" in arrays:
-        return False
-    stored = read_json(os.path.join(folder, "metrics.json"))["fgsm_error"]
-    lo, hi = row.input_box
-    inputs = attack_base.check_inputs(model, x, y, lo, hi, "FGSM")
-    lanes = attack_base.check_lanes(500, len(inputs.x))  # as evaluate_robustness's default
-    wrong = FGSM().run(model, inputs, [row.fgsm_eps], lanes)[row.fgsm_eps].success
-    if float(wrong.mean()) != stored:
-        log.warning("[%s] FGSM again gives an error of %.6f where metrics.json holds %.6f; "
-                    "its per-point outcomes are not recorded.", folder, wrong.mean(), stored)
-        return False
-    arrays["fgsm_wrong"] = np.asarray(wrong, bool)
-    with open(path + ".tmp", "wb") as f:
-        np.savez_compressed(f, **arrays)
-    os.replace(path + ".tmp", path)
-    return True
-
-
-def _code_version() -> str:
-    """keras_margin's version, in a git checkout the commit, and the Keras backend (for the
-    results' provenance)."""
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(keras_margin.__file__))
-    version = f"{keras_margin.__version__}"
-    try:
-        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10, check=True)
-        version += f" ({commit.stdout.strip()})"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"{version}, Keras {keras.__version__} on {keras.backend.backend()}"
-
-
 def _finish(row: Row, model: keras.Model, data: Data, folder: str,
             config: dict[str, Any]) -> dict[str, Any]:
     base = getattr(model, "base", model)
@@ -539,13 +272,14 @@ def _finish(row: Row, model: keras.Model, data: Data, folder: str,
     shown = data.x_test[:10]
     adversarial = row.deepfool(base, shown, data.y_test[:10], clip_min=lo, clip_max=hi)
     x_adv = shown + adversarial.perturbation
-    np.savez_compressed(os.path.join(folder, "adversarial.npz"), x=shown, y=data.y_test[:10],
-                        x_adv=x_adv, success=adversarial.success,
-                        adversarial_class=base_predictions(base, x_adv))
-    model.save(os.path.join(folder, "model.keras"))
+    write_npz(os.path.join(folder, "adversarial.npz"),
+              {"x": shown, "y": data.y_test[:10], "x_adv": x_adv,
+               "success": adversarial.success,
+               "adversarial_class": base_predictions(base, x_adv)})
+    save_model(model, os.path.join(folder, "model.keras"))
     metrics = {**report, "row": row.name, "table": row.table, "label": row.label,
                "seed": config["seed"], "quick": config["quick"], "protocol": row.protocol,
-               "data": config["data"], "code": _code_version(),
+               "data": config["data"], "code": code_version(),
                "dataset": row.dataset, "epochs": row.epochs, "paper": row.paper,
                "architecture": row.architecture, "trainer": row.trainer,
                "dropout": row.dropout, "augmentation": row.augmentation,
