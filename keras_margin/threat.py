@@ -102,6 +102,46 @@ class ThreatModel:
         return text
 
 
+def resolve(threat: Any, eps: Any = None, norm: str | None = None,
+            clip_min: float | None = None, clip_max: float | None = None, *,
+            budget: bool | None = None,
+            owner: tuple[str, str] | None = None) -> tuple[Any, str, Any, Any]:
+    """A call's (eps, norm, clip_min, clip_max): from `threat=` or from the separate
+    arguments, never both. The one place that decides it, for the attacks and certify.
+
+    The separate form comes back as given (the caller checks its values; certify's eps may
+    be one per point), its norm "linf" when None. `budget`: True where the call needs eps,
+    False where it is budget-free (a certified radius), None either. `owner`: (name, norm)
+    of an attack, whose norm is fixed when it is built: the separate form takes it, and a
+    threat must have it.
+    """
+    if threat is None:
+        if budget and eps is None:
+            raise ValueError("Invalid value for argument eps: None. Expected the budget (or "
+                             "threat=ThreatModel(norm, eps)).")
+        return eps, owner[1] if owner else ("linf" if norm is None else norm), clip_min, \
+            clip_max
+    if not isinstance(threat, ThreatModel):
+        raise ValueError(f"Invalid value for argument threat: {threat!r}. Expected a "
+                         "keras_margin.ThreatModel(norm, eps, clip_min, clip_max) or None.")
+    if owner and threat.norm != owner[1]:
+        raise ValueError(f"Invalid value for argument threat: its norm is {threat.norm!r}, but "
+                         f"{owner[0]} attacks in {owner[1]!r}. Build the attack with "
+                         f"norm={threat.norm!r}.")
+    given = [name for name, value in (("norm", norm), ("eps", eps), ("clip_min", clip_min),
+                                      ("clip_max", clip_max)) if value is not None]
+    if given:
+        raise ValueError("Pass the norm, budget and box either in threat= or as "
+                         f"{', '.join(name + '=' for name in given)}, not both.")
+    if budget and threat.eps is None:
+        raise ValueError(f"Invalid value for argument threat: {threat} has no budget eps.")
+    if budget is False and threat.eps is not None:
+        raise ValueError(f"Invalid value for argument threat: {threat} has a budget; a "
+                         "certified radius is budget-free (ThreatModel(norm, clip_min=..., "
+                         "clip_max=...)).")
+    return threat.eps, threat.norm, threat.clip_min, threat.clip_max
+
+
 def metric_key(metric: str, norm: str, eps: float) -> str:
     """The flat report key of `metric` at one budget: f"{metric}_{norm}_{eps:g}"
     ("robust_accuracy_linf_0.3"); `parse_metric_key` inverts it."""

@@ -13,7 +13,7 @@ from keras_margin import ThreatModel, attacks, certify
 from keras_margin.attacks.base import Attack, MinimumNormAttack
 from keras_margin.evaluation import EvaluationPlan
 from keras_margin.robustness_report import RobustnessReport
-from keras_margin.threat import metric_key, parse_metric_key
+from keras_margin.threat import metric_key, parse_metric_key, resolve
 
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -209,3 +209,26 @@ def test_a_bare_norm_is_refused_by_the_evaluation_as_ambiguous():
         RobustnessCallback(x, y, norm="linf")
     plan = EvaluationPlan.resolve(None, {"max_iter": 7})  # DeepFool's other settings still go
     assert plan.deepfool == attacks.DeepFool(max_iter=7)
+
+
+def test_one_resolver_decides_the_threat_of_attacks_and_certify_alike():
+    """`threat.resolve` is the one place that picks threat= or the separate arguments."""
+    threat = ThreatModel("l2", 0.5, 0.0, 1.0)
+    assert resolve(threat) == (0.5, "l2", 0.0, 1.0)
+    assert resolve(None, 0.1, None, 0.0, None) == (0.1, "linf", 0.0, None)
+    assert resolve(None, 0.1, "l1", owner=("FGSM", "linf"))[1] == "linf"  # the attack's
+    with pytest.raises(ValueError, match=r"as eps=, clip_max=, not both"):
+        resolve(threat, 0.1, None, None, 1.0)
+    with pytest.raises(ValueError, match="its norm is 'l2', but FGSM attacks in 'linf'"):
+        resolve(threat, owner=("FGSM", "linf"))
+    with pytest.raises(ValueError, match="argument eps: None"):
+        resolve(None, budget=True)
+    with pytest.raises(ValueError, match="has a budget"):
+        resolve(threat, budget=False)
+    with pytest.raises(ValueError, match="argument threat: 'linf'"):
+        resolve("linf")
+    model, x, y = _problem()  # the attacks and certify answer alike through it
+    for call in (lambda: attacks.FGSM()(model, x, y, eps=0.1, threat=ThreatModel("linf", 0.1)),
+                 lambda: certify.certify(model, x, y, eps=0.1, threat=ThreatModel("linf", 0.1))):
+        with pytest.raises(ValueError, match=r"either in threat= or as eps=, not both"):
+            call()

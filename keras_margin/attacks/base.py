@@ -41,7 +41,7 @@ from keras_margin.inputs import (  # noqa: F401 - the attacks' entry, shared wit
     predictions,
     working_dtype,
 )
-from keras_margin.threat import NORMS, ThreatModel
+from keras_margin.threat import NORMS, ThreatModel, resolve
 
 THREAT_NORMS = NORMS  # the norms a threat model (and FMN) knows: one list, threat.py's
 DEFAULT_LANES = 256
@@ -392,26 +392,17 @@ class Attack:
 
 def resolve_threat(attack: Attack, threat: Any, eps: float | None, clip_min: float | None,
                    clip_max: float | None) -> ThreatModel:
-    """The call's threat model: `threat` itself (its norm the attack's; then eps and the box
-    must not be given again) or one built from eps, clip_min and clip_max."""
+    """The call's threat model (`threat.resolve`, the attack's norm fixed), its budget and box
+    checked as every attack argument is."""
     if threat is None:
         check_box(clip_min, clip_max)  # named errors before ThreatModel's
         if eps is not None:
             eps = check_positive("eps", eps, resolved=True)
-        return ThreatModel(attack.norm, eps, clip_min, clip_max)
-    if not isinstance(threat, ThreatModel):
-        raise ValueError(f"Invalid value for argument threat: {threat!r}. Expected a "
-                         "keras_margin.ThreatModel(norm, eps, clip_min, clip_max) or None.")
-    if threat.norm != attack.norm:
-        raise ValueError(f"Invalid value for argument threat: its norm is {threat.norm!r}, but "
-                         f"{attack.name} attacks in {attack.norm!r}. Build the attack with "
-                         f"norm={threat.norm!r}.")
-    if eps is not None or clip_min is not None or clip_max is not None:
-        raise ValueError("Pass the budget and the box either in threat= or as eps=, clip_min=, "
-                         "clip_max=, not both.")
-    if threat.eps is not None:
-        check_positive("threat.eps", threat.eps, resolved=True)
-    return threat
+    eps, norm, clip_min, clip_max = resolve(threat, eps, None, clip_min, clip_max,
+                                            owner=(attack.name, attack.norm))
+    if threat is not None and eps is not None:
+        check_positive("threat.eps", eps, resolved=True)
+    return ThreatModel(norm, eps, clip_min, clip_max)
 
 
 def _serialize(value: Any) -> Any:

@@ -34,7 +34,7 @@ from keras_margin import inputs as entry
 from keras_margin._validation import check_choice, check_integer, check_non_negative
 from keras_margin.certify.bounds import METHODS, NORMS, margin_bounds
 from keras_margin.certify.network import SUPPORTED, chain, check_chain
-from keras_margin.threat import ThreatModel
+from keras_margin.threat import ThreatModel, resolve
 
 __all__ = ["METHODS", "NORMS", "SUPPORTED", "certified_radius", "certify", "margin_bounds",
            "lower_margins"]
@@ -157,37 +157,13 @@ def _budgets(eps: Any, n: int) -> np.ndarray:
     return values
 
 
-def _threat(threat: Any, eps: Any, norm: str | None, clip_min: float | None,
-            clip_max: float | None, budget: bool) -> tuple[Any, str, float | None, float | None]:
-    """(eps, norm, clip_min, clip_max) from a `ThreatModel` or from the separate arguments
-    (not both); norm None is "linf". `budget`: whether the call needs eps."""
-    if threat is None:
-        if budget and eps is None:
-            raise ValueError("Invalid value for argument eps: None. Expected the budget (or "
-                             "threat=ThreatModel(norm, eps)).")
-        return eps, "linf" if norm is None else norm, clip_min, clip_max
-    if not isinstance(threat, ThreatModel):
-        raise ValueError(f"Invalid value for argument threat: {threat!r}. Expected a "
-                         "keras_margin.ThreatModel or None.")
-    if eps is not None or norm is not None or clip_min is not None or clip_max is not None:
-        raise ValueError("Pass the norm, budget and box either in threat= or as norm=, eps=, "
-                         "clip_min=, clip_max=, not both.")
-    if budget and threat.eps is None:
-        raise ValueError(f"Invalid value for argument threat: {threat} has no budget eps.")
-    if not budget and threat.eps is not None:
-        raise ValueError(f"Invalid value for argument threat: {threat} has a budget; a "
-                         "certified radius is budget-free (ThreatModel(norm, clip_min=..., "
-                         "clip_max=...)).")
-    return threat.eps, threat.norm, threat.clip_min, threat.clip_max
-
-
 def lower_margins(model: Callable, x: Any, y: Any, eps: Any = None, norm: str | None = None,
                   method: str = "crown", clip_min: float | None = None,
                   clip_max: float | None = None, batch_size: int = 100,
                   threat: ThreatModel | None = None) -> np.ndarray:
     """Proven lower bounds of f_y(x') - f_j(x') over ||x' - x||_p <= eps, per point and class j
     ((n, k); +inf at j = y). All > 0: the prediction cannot change within eps."""
-    eps, norm, clip_min, clip_max = _threat(threat, eps, norm, clip_min, clip_max, True)
+    eps, norm, clip_min, clip_max = resolve(threat, eps, norm, clip_min, clip_max, budget=True)
     certifier = _Certifier(model, x, y, norm, method, clip_min, clip_max, batch_size,
                            "lower_margins")
     return certifier.lower_margins(_budgets(eps, len(certifier.inputs.x)))
@@ -217,7 +193,7 @@ def certify(model: Callable, x: Any, y: Any, eps: Any = None, norm: str | None =
         >>> certify(model, x_test[:100], y_test[:100], eps=0.01, norm="linf").mean()
         >>> certify(model, x_test, y_test, threat=ThreatModel("linf", 0.01, 0.0, 1.0))
     """
-    eps, norm, clip_min, clip_max = _threat(threat, eps, norm, clip_min, clip_max, True)
+    eps, norm, clip_min, clip_max = resolve(threat, eps, norm, clip_min, clip_max, budget=True)
     certifier = _Certifier(model, x, y, norm, method, clip_min, clip_max, batch_size, "certify")
     return certifier.certified(_budgets(eps, len(certifier.inputs.x)))
 
@@ -245,7 +221,7 @@ def certified_radius(model: Callable, x: Any, y: Any, norm: str | None = None,
     Returns:
         float (n,).
     """
-    _, norm, clip_min, clip_max = _threat(threat, None, norm, clip_min, clip_max, False)
+    _, norm, clip_min, clip_max = resolve(threat, None, norm, clip_min, clip_max, budget=False)
     steps = check_integer("steps", steps)
     check_choice("verbose", verbose, (0, 1, 2))
     certifier = _Certifier(model, x, y, norm, method, clip_min, clip_max, batch_size,
