@@ -232,3 +232,30 @@ def test_one_resolver_decides_the_threat_of_attacks_and_certify_alike():
                  lambda: certify.certify(model, x, y, eps=0.1, threat=ThreatModel("linf", 0.1))):
         with pytest.raises(ValueError, match=r"either in threat= or as eps=, not both"):
             call()
+
+
+def test_adversarial_training_and_vat_take_and_give_their_threat_model():
+    import keras
+
+    from keras_margin.training import AdversarialTrainingModel, VATModel
+
+    model, x, y = _problem()
+    threat = ThreatModel("l2", 0.3, 0.0, 1.0)
+    by_threat = AdversarialTrainingModel(model, threat=threat)
+    by_arguments = AdversarialTrainingModel(model, eps=0.3, norm="l2", clip=(0.0, 1.0))
+    assert by_threat.threat == by_arguments.threat == threat
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(by_threat.adversarial_examples(x, y)),
+        keras.ops.convert_to_numpy(by_arguments.adversarial_examples(x, y)))
+    assert AdversarialTrainingModel(model).threat == ThreatModel("linf", 0.2)  # the paper's
+    with pytest.raises(ValueError, match="either in threat= or as eps=, not both"):
+        AdversarialTrainingModel(model, eps=0.1, threat=threat)
+    with pytest.raises(ValueError, match="no budget eps"):
+        AdversarialTrainingModel(model, threat=ThreatModel("linf"))
+    with pytest.raises(ValueError, match="whole box"):
+        AdversarialTrainingModel(model, threat=ThreatModel("linf", 0.1, clip_min=0.0))
+    assert VATModel(model, threat=ThreatModel("l2", 1.5)).eps == 1.5
+    assert VATModel(model).threat == ThreatModel("l2", 2.0)
+    for bad in (ThreatModel("linf", 1.0), ThreatModel("l2", 1.0, 0.0, 1.0)):
+        with pytest.raises(ValueError, match="argument threat.*l2 ball with no input box"):
+            VATModel(model, threat=bad)

@@ -20,6 +20,7 @@ from keras_margin._validation import (
 )
 from keras_margin.gradient_steps import fgsm_examples
 from keras_margin.jacobian import call_logits
+from keras_margin.threat import ThreatModel, resolve
 from keras_margin.training.base import RobustModel
 
 
@@ -33,24 +34,27 @@ class AdversarialTrainingModel(RobustModel):
 
     Args:
         base: a Keras model that outputs logits.
-        eps: the perturbation budget (the paper: 0.2 on MNIST in [0, 1]); > 0.
+        eps: the perturbation budget, > 0 (default 0.2, the paper's on MNIST in [0, 1]).
         clean_weight: weight of the clean loss, in [0, 1] (Goodfellow et al.'s alpha; the
             paper: 0.5, equal weights). `alpha=` is its deprecated older name (VATModel's
             `alpha` weighs the other term, the KL).
-        norm: the threat model's norm, "linf" (the sign of the gradient, FGSM) or "l2" (the
-            normalised gradient).
+        norm: the threat model's norm, "linf" (the default: the sign of the gradient, FGSM) or
+            "l2" (the normalised gradient).
         loss: the data loss, also the loss the adversary ascends.
         clip: optional (min, max) box for the adversarial examples, min < max; the training
             inputs must lie in it (checked at `fit`).
+        threat: the budget, norm and box as one `ThreatModel(norm, eps, clip_min, clip_max)`
+            instead of eps=, norm= and clip= (not both); `.threat` gives it back.
 
     `fit` reports `loss`, `data_loss` (clean) and `adversarial_loss`.
     """
 
     extra_name = "adversarial_loss"
 
-    def __init__(self, base: keras.Model, eps: float = 0.2, clean_weight: float | None = None,
-                 norm: str = "linf", loss: Any = "crossentropy",
-                 clip: tuple[float, float] | None = None, alpha: float | None = None,
+    def __init__(self, base: keras.Model, eps: float | None = None,
+                 clean_weight: float | None = None, norm: str | None = None,
+                 loss: Any = "crossentropy", clip: tuple[float, float] | None = None,
+                 alpha: float | None = None, threat: ThreatModel | None = None,
                  **kwargs: Any) -> None:
         if alpha is not None:
             if clean_weight is not None:
@@ -60,12 +64,26 @@ class AdversarialTrainingModel(RobustModel):
                           "term).", DeprecationWarning, stacklevel=2)
             clean_weight = alpha
         clean_weight = 0.5 if clean_weight is None else clean_weight
-        eps = check_positive("eps", eps, resolved=True)
+        if threat is not None:
+            low, high = clip if clip is not None else (None, None)
+            eps, norm, low, high = resolve(threat, eps, norm, low, high, budget=True)
+            clip = None if low is None and high is None else (low, high)
+            if clip is not None and None in clip:
+                raise ValueError(f"Invalid value for argument threat: {threat} is bounded on "
+                                 "one side; adversarial training clips to a whole box "
+                                 "(clip_min and clip_max) or none.")
+        eps = check_positive("eps", 0.2 if eps is None else eps, resolved=True)
         clean_weight = check_non_negative("clean_weight", clean_weight, maximum=1)
+        norm = "linf" if norm is None else norm
         check_choice("norm", norm, ("linf", "l2"))
         self.clip = None if clip is None else check_box_pair("clip", clip)
         super().__init__(base, loss=loss, **kwargs)
         self.eps, self.clean_weight, self.norm = eps, clean_weight, norm
+
+    @property
+    def threat(self) -> ThreatModel:
+        """The threat model it trains against: `ThreatModel(norm, eps, *clip)`."""
+        return ThreatModel(self.norm, self.eps, *(self.clip or (None, None)))
 
     @property
     def alpha(self) -> float:

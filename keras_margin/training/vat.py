@@ -16,6 +16,7 @@ from keras_margin._validation import (
 )
 from keras_margin.jacobian import call_logits
 from keras_margin.norms import normalize
+from keras_margin.threat import ThreatModel, resolve
 from keras_margin.training.base import RobustModel
 
 
@@ -45,7 +46,8 @@ class VATModel(RobustModel):
 
     Args:
         base: a Keras model that outputs logits.
-        eps: norm of the virtual adversarial perturbation (the paper: 2.0 on MNIST); > 0.
+        eps: l2 norm of the virtual adversarial perturbation, > 0 (default 2.0, the paper's on
+            MNIST); or `threat=ThreatModel("l2", eps)` (not both), which `.threat` gives back.
         xi: finite-difference step of the power iteration (the paper: 1e-6); > 0 (at 0 the
             finite difference is exactly 0 for most samples).
         power_iterations: power iterations (the paper: 1).
@@ -63,11 +65,17 @@ class VATModel(RobustModel):
 
     extra_name = "vat_loss"
 
-    def __init__(self, base: keras.Model, eps: float = 2.0, xi: float = 1e-6,
+    def __init__(self, base: keras.Model, eps: float | None = None, xi: float = 1e-6,
                  power_iterations: int = 1, alpha: float = 1.0, loss: Any = "crossentropy",
                  seed: int | None = None, hvp: str = "finite_difference",
-                 **kwargs: Any) -> None:
-        eps, xi = check_positive("eps", eps, True), check_positive("xi", xi, True)
+                 threat: ThreatModel | None = None, **kwargs: Any) -> None:
+        if threat is not None:
+            if threat.norm != "l2" or threat.bounded:
+                raise ValueError(f"Invalid value for argument threat: {threat}. VAT perturbs "
+                                 "in an l2 ball with no input box: ThreatModel('l2', eps).")
+            eps = resolve(threat, eps, budget=True)[0]
+        eps = check_positive("eps", 2.0 if eps is None else eps, True)
+        xi = check_positive("xi", xi, True)
         alpha = check_non_negative("alpha", alpha)
         power_iterations = check_integer("power_iterations", power_iterations, minimum=0)
         check_choice("hvp", hvp, HVP_METHODS)
@@ -81,6 +89,11 @@ class VATModel(RobustModel):
     @property
     def extra_weight(self) -> float:  # type: ignore[override]
         return self.alpha
+
+    @property
+    def threat(self) -> ThreatModel:
+        """Its virtual adversary's threat model: `ThreatModel("l2", eps)`."""
+        return ThreatModel("l2", self.eps)
 
     def _kl_gradient(self, x: Any, log_p: Any, r: Any, training: bool,
                      create_graph: bool = False):
