@@ -254,10 +254,10 @@ def evaluate_robustness(model: Callable, x: Any, y: Any, plan: EvaluationPlan | 
             (max_iter, overshoot, step_clip, candidates); they override `plan`'s.
 
     Returns:
-        A `RobustnessReport`: "error", "fgsm_error" (over all points, as the paper), "rho_adv"
-        (DeepFool, over the correctly classified points), per-point "distances", the stronger
-        attacks' numbers where asked, and "flags"; `report["rho_adv"]` and the other flat keys
-        work as before.
+        A `RobustnessReport`: `error`, `fgsm_error` (over all points, as the paper), `rho_adv`
+        (DeepFool, over the correctly classified points), per-point `distances`, the stronger
+        attacks' numbers where asked, and `flags`; `to_dict()` is its flat form (metrics.json's
+        keys; `report["rho_adv"]`, the form of earlier versions, is deprecated).
 
     Example:
         >>> report = evaluate_robustness(model, x_test, y_test, fgsm_eps=0.2, clip_min=0.0,

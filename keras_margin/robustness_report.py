@@ -1,8 +1,9 @@
 """RobustnessReport: what `evaluate_robustness` measured, as typed fields (numpy only).
 
-Scalars, per-point arrays and the sanity flags of one evaluation. `report["rho_adv"]` and the
-other flat keys of earlier versions keep working (`to_dict`, the JSON form that run folders
-store); `str(report)` is a short table for people. No Keras here, so that reports of finished
+Scalars, per-point arrays and the sanity flags of one evaluation. `to_dict()` is the flat form
+that run folders store (metrics.json's keys); reading the report itself as that dict
+(`report["rho_adv"]`, the form of earlier versions) still works, with a DeprecationWarning.
+`str(report)` is a short table for people. No Keras here, so that reports of finished
 runs are read without starting a backend.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -197,23 +199,24 @@ class RobustnessReport:
                    fgsm_wrong=None if "fgsm_wrong" not in data
                    else np.asarray(data["fgsm_wrong"], bool))
 
+    # Deprecated: the report read as the flat dict of earlier versions (report["rho_adv"]).
     def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
+        return _flat(self, "report[key]")[key]
 
     def __contains__(self, key: object) -> bool:
-        return key in self.to_dict()
+        return key in _flat(self, "key in report")
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
+        return iter(_flat(self, "iterating over a report"))
 
     def keys(self):
-        return self.to_dict().keys()
+        return _flat(self, "report.keys()").keys()
 
     def items(self):
-        return self.to_dict().items()
+        return _flat(self, "report.items()").items()
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
+        return _flat(self, "report.get(key)").get(key, default)
 
     # -- for people ---------------------------------------------------------------------------
     def __str__(self) -> str:
@@ -265,3 +268,11 @@ def _percent(value: float | None) -> str:
 
 def _number(value: float | None) -> str:
     return "—" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def _flat(report: RobustnessReport, use: str) -> dict[str, Any]:
+    warnings.warn(f"{use} on a RobustnessReport is deprecated: read its fields "
+                  "(report.rho_adv, report.robust_accuracy['linf'][0.3]) or its flat form "
+                  "report.to_dict()['robust_accuracy_linf_0.3'].", DeprecationWarning,
+                  stacklevel=3)
+    return report.to_dict()

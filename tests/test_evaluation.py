@@ -23,11 +23,11 @@ def test_rho_adv_is_eq_20_on_a_linear_model():
     distance = np.array([min(abs(f[i, y[i]] - f[i, j]) / np.linalg.norm(w[y[i]] - w[j])
                              for j in range(k) if j != y[i]) for i in range(n)]) * 1.02
     expected = np.mean(distance[5:] / np.linalg.norm(x[5:], axis=1))
-    assert report["rho_adv"] == pytest.approx(expected, rel=1e-4)
-    assert report["error"] == pytest.approx(5 / 30)
-    assert report["deepfool_success_rate"] == 1.0
-    np.testing.assert_array_equal(report["distances"][:5], 0.0)
-    assert report["distances"].shape == (n,) and report["n"] == n
+    assert report.to_dict()["rho_adv"] == pytest.approx(expected, rel=1e-4)
+    assert report.to_dict()["error"] == pytest.approx(5 / 30)
+    assert report.to_dict()["deepfool_success_rate"] == 1.0
+    np.testing.assert_array_equal(report.to_dict()["distances"][:5], 0.0)
+    assert report.to_dict()["distances"].shape == (n,) and report.to_dict()["n"] == n
 
 
 def test_rho_adv_without_correct_points_is_nan():
@@ -39,8 +39,8 @@ def test_fgsm_error_counts_all_points():
     x = np.array([[1.0, 0.0], [0.2, 0.0], [0.0, 1.0]], "float32")
     # FGSM with eps 0.15 flips only the second point (margin 0.2 < 2 * 0.15).
     report = evaluate_robustness(linear_model(w, b), x, [0, 0, 0], fgsm_eps=0.15)
-    assert report["error"] == pytest.approx(1 / 3)
-    assert report["fgsm_error"] == pytest.approx(2 / 3)
+    assert report.to_dict()["error"] == pytest.approx(1 / 3)
+    assert report.to_dict()["fgsm_error"] == pytest.approx(2 / 3)
 
 
 @pytest.mark.slow
@@ -59,7 +59,7 @@ def test_callback_numbers_land_in_history_csv_and_progress_bar(tmp_path, capsys)
     assert callback.history["epoch"] == [0, 1, 3] and len(rho) == 3
     assert all(r > 0 for r in rho) and callback.history["val_rho_adv"] == rho
     assert len(callback.x_val) == 40
-    assert callback.last_report["rho_adv"] == pytest.approx(rho[-1])
+    assert callback.last_report.rho_adv == pytest.approx(rho[-1])
     with open(log) as f:
         rows = list(csv.DictReader(f))
     assert float(rows[3]["val_rho_adv"]) == pytest.approx(rho[-1])
@@ -161,23 +161,23 @@ def test_stronger_measures_against_closed_forms_on_a_linear_model():
     report = evaluate_robustness(linear_model(w, b), x, y, attacks=["fmn", "fmn_linf", "ddn"],
                                  linf_eps=budgets, step_clip=None)
     relative = l2 / np.linalg.norm(x, axis=1)
-    assert report["rho_adv"] == pytest.approx(1.02 * relative.mean(), rel=1e-4)
+    assert report.to_dict()["rho_adv"] == pytest.approx(1.02 * relative.mean(), rel=1e-4)
     # Per sample: never below the minimum; at it (FMN) where the runner-up logit's boundary is
     # the nearest, else at most DeepFool's 1.02 x the minimum.
-    found = report["distances_min"]
+    found = report.to_dict()["distances_min"]
     assert np.all(found >= relative * (1 - 1e-5)) and np.all(found <= 1.02 * relative * 1.0001)
     nearest = np.array([np.argmin([abs(fi[yi] - fi[j]) / np.linalg.norm(w[yi] - w[j])
                                    if j != yi else np.inf for j in range(len(w))])
                         for fi, yi in zip(f, y)]) == np.argsort(-f, axis=1)[:, 1]
     np.testing.assert_allclose(found[nearest], relative[nearest], rtol=0.01)
-    assert report["rho_min"] == pytest.approx(found.mean()) and report["rho_min"] < \
-        report["rho_adv"]
-    assert report["unfooled"] == 0.0 and report["fmn_l2_success_rate"] == 1.0
-    assert report["fmn_linf_success_rate"] == 1.0
-    assert report["fmn_linf_median"] >= np.median(linf) * (1 - 1e-5)  # never below the minimum
+    flat = report.to_dict()
+    assert flat["rho_min"] == pytest.approx(found.mean()) and flat["rho_min"] < flat["rho_adv"]
+    assert flat["unfooled"] == 0.0 and flat["fmn_l2_success_rate"] == 1.0
+    assert flat["fmn_linf_success_rate"] == 1.0
+    assert flat["fmn_linf_median"] >= np.median(linf) * (1 - 1e-5)  # never below the minimum
     for eps in budgets:
-        assert report[f"robust_accuracy_linf_{eps:g}"] == pytest.approx((linf > eps).mean())
-    assert report["flags"] == []
+        assert flat[f"robust_accuracy_linf_{eps:g}"] == pytest.approx((linf > eps).mean())
+    assert flat["flags"] == []
 
 
 def test_a_model_gradients_cannot_attack_is_flagged_not_called_robust():
@@ -190,9 +190,9 @@ def test_a_model_gradients_cannot_attack_is_flagged_not_called_robust():
         report = evaluate_robustness(flat, x, np.zeros(20, int), clip_min=0.0, clip_max=1.0,
                                      linf_eps=[0.5], apgd=attacks.APGD(steps=5))
     expected = {"zero_gradients", "deepfool_failures", "robust_at_large_linf_budget"}
-    assert expected <= set(report["flags"])
+    assert expected <= set(report.to_dict()["flags"])
     assert all(any(f"[{flag}]" in str(w.message) for w in warned) for flag in expected)
-    assert np.isnan(report["rho_adv"])
+    assert np.isnan(report.to_dict()["rho_adv"])
 
 
 def _report(**fields):
@@ -263,3 +263,18 @@ def test_fgsm_far_weaker_than_apgd_is_flagged():
         report = _report(robust_accuracy={"linf": {0.1: robust}}, fgsm_error=0.076)
         flags = check_fgsm_unreliable(report, EvaluationPlan(fgsm_eps=0.2, linf_eps=[0.1]))
         assert [flag for flag, _ in flags] == (["fgsm_unreliable"] if flagged else [])
+
+
+def test_reading_the_report_as_a_dict_is_deprecated_but_works():
+    from keras_margin.robustness_report import RobustnessReport
+
+    report = RobustnessReport(n=2, error=0.5, fgsm_eps=None, fgsm_error=float("nan"),
+                              rho_adv=0.1, deepfool_success_rate=1.0,
+                              distances=np.array([0.1, 0.0]))
+    for use in (lambda: report["rho_adv"], lambda: report.get("error"),
+                lambda: "n" in report, lambda: dict(report.items()), lambda: list(report),
+                lambda: list(report.keys())):
+        with pytest.warns(DeprecationWarning, match="report.to_dict"):
+            use()
+    with pytest.warns(DeprecationWarning):
+        assert report["rho_adv"] == report.rho_adv == report.to_dict()["rho_adv"]
