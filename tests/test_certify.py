@@ -177,8 +177,9 @@ def test_the_mip_sweep_finds_no_adversarial_inside_any_certified_radius():
     as one batch, point by point, and in batches of 5 (a partial last one) with the points
     in reverse order, 40 bisection steps: every radius, of every method, is at most the l_inf
     distance of an adversarial that a float64 evaluation confirms, found from the exact
-    MILP's optimum. No tolerance: the guarantee is that no adversarial lies inside the
-    radius. The largest radii come within 1e-9 of that distance (the float32 bounds of the
+    MILP's optimum (within the solver's feasibility tolerance of it). No tolerance on the
+    radii: the guarantee is that no adversarial lies inside the radius. The largest radii
+    come within 1e-9 of that distance (the float32 bounds of the
     bug were 4e-6 past it), so the test would see the bug."""
     pytest.importorskip("scipy")
     from scipy.optimize import Bounds, LinearConstraint, milp
@@ -215,7 +216,9 @@ def test_the_mip_sweep_finds_no_adversarial_inside_any_certified_radius():
                                                                 result.x[1:1 + len(x0)]))
             if np.isfinite(verified):
                 checked += 1
-                np.testing.assert_allclose(verified, exact, rtol=1e-9)  # the MILP is exact
+                # An upper bound of the exact distance whatever the solver's tolerances; at
+                # most the MILP's optimum walked on (HiGHS's answer can be a little infeasible).
+                assert verified >= exact * (1 - 1e-6), (seed, i, verified, exact)
                 assert (radii[:, i] <= verified).all(), (seed, i, radii[:, i], verified)
                 closest = max(closest, radii[:, i].max() / verified)
     assert checked >= 40, checked
