@@ -26,14 +26,15 @@ evaluate() {  # the published rows' three evaluations of one finished run, unles
     --n 100 --attacks fmn,ddn,fmn_linf --linf-eps 0.01,0.03 --l2-eps 0.1,0.3 --certify crown \
     --tag certified
 }
+seed_in() {  # dest run: a published seed as finished there (reproduce skips a folder with these two)
+  [ -f "$1/$2/metrics.json" ] || { mkdir -p "$1/$2" &&
+    cp "$published/$2/config.json" "$published/$2/metrics.json" "$1/$2/"; }
+}
 train() {  # row epochs seeds [extra reproduce options]: seeds 0..seeds-1, published ones skipped
   local row=$1 epochs=$2 seeds=$3 seed todo=0; shift 3
   for ((seed = 0; seed < seeds; seed++)); do
     local run; run=$(folder "$row" "$epochs" "$seed")
-    if is_published "$run" metrics.json; then  # reproduce skips a folder with these two
-      [ -f "$out/$run/metrics.json" ] || { mkdir -p "$out/$run" &&
-        cp "$published/$run/config.json" "$published/$run/metrics.json" "$out/$run/"; }
-    else todo=1; fi
+    if is_published "$run" metrics.json; then seed_in "$out" "$run"; else todo=1; fi
   done
   [ "$todo" = 1 ] || { echo "== $row ($epochs epochs, $seeds seeds): published"; return; }
   step $km reproduce table1 --rows "$row" --seeds "$seeds" --epochs "$epochs" \
@@ -60,11 +61,12 @@ again() {  # row seed: a published run that lacks an evaluation and whose model 
   local row=$1 seed=$2 s epochs run o=$out/again
   epochs=$(epochs_of "$row"); run=$(folder "$row" "$epochs" "$seed")
   [ -f "$out/$run/model.keras" ] && return  # evaluated above
-  for ((s = 0; s < seed; s++)); do  # reproduce skips the seeds before it
-    local r; r=$(folder "$row" "$epochs" "$s")
-    [ -f "$o/$r/metrics.json" ] || { mkdir -p "$o/$r" &&
-      cp "$published/$r/config.json" "$published/$r/metrics.json" "$o/$r/"; }
+  local e missing=0
+  for e in robustness robustness-boxed robustness-certified; do
+    is_published "$run" "$e.json" || missing=1
   done
+  [ "$missing" = 1 ] || { echo "== $run: every evaluation published"; return; }
+  for ((s = 0; s < seed; s++)); do seed_in "$o" "$(folder "$row" "$epochs" "$s")"; done
   step $km reproduce table1 --rows "$row" --seeds $((seed + 1)) --epochs "$epochs" \
     --data-dir "$data" --out "$o"
   [ -f "$o/$run/metrics.json" ] || return
