@@ -463,7 +463,7 @@ def certified_measures(model: Callable, inputs: base.Inputs, correct: np.ndarray
     the attacks) and flags. The bisection starts from the smallest attack distance, an upper
     bound of the radius, and halves 16 times (a relative precision of 1.5e-5 of it); a radius
     above a verified adversarial (an unsound bound) is flagged."""
-    from keras_margin.certify import certified_radius
+    from keras_margin.certify import certified_radius, crown_plan
 
     norms = ["l2"] + (["linf"] if plan.linf_eps else [])
     smallest = {norm: _smallest_found(found, norm, len(subset.x)) for norm in norms}
@@ -494,7 +494,8 @@ def certified_measures(model: Callable, inputs: base.Inputs, correct: np.ndarray
     both = np.isfinite(attacked) & (attacked > 0)
     ratio = float(np.median(radii["l2"][correct][both] / attacked[both])) if both.any() \
         else None
-    return dict(certify_method=plan.certify, certified_radius=radii,
+    routes = dict(crown_plan(model)) if plan.certify == "crown" else {}
+    return dict(certify_method=plan.certify, certify_routes=routes, certified_radius=radii,
                 certified_accuracy=accuracy, certified_distances=relative,
                 rho_certified=float(relative[correct].mean()) if correct.any() else math.nan,
                 certified_to_minimum_ratio=ratio), flags

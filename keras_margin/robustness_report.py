@@ -60,6 +60,9 @@ class RobustnessReport:
         deepfool_to_minimum_ratio: median over points of DeepFool's l2 distance / the other
             l2 attacks' smallest.
         certify_method: the bound that proved `certified_radius` ("crown", ...), or None.
+        certify_routes: for "crown", how each hidden affine layer's bounds were computed
+            ({layer: "exact", "patches", "dense" or "interval"}; `certify.crown_plan`);
+            empty for other methods and for runs evaluated before it was recorded.
         certified_radius: {norm: per point, the largest perturbation (absolute, in that
             norm) proven not to change the prediction; 0 where misclassified}.
         certified_distances: per point the certified l2 radius / ||x||_2 (eq. 20's summand,
@@ -93,6 +96,7 @@ class RobustnessReport:
     robust_accuracy: dict[str, dict[float, float]] = dataclasses.field(default_factory=dict)
     deepfool_to_minimum_ratio: float | None = None
     certify_method: str | None = None
+    certify_routes: dict[str, str] = dataclasses.field(default_factory=dict)
     certified_radius: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     certified_distances: np.ndarray | None = None
     rho_certified: float | None = None
@@ -121,6 +125,8 @@ class RobustnessReport:
             out["deepfool_to_minimum_ratio"] = self.deepfool_to_minimum_ratio
         if self.certify_method is not None:
             out["certify_method"] = self.certify_method
+            out.update({f"certify_route_{layer}": route
+                        for layer, route in self.certify_routes.items()})
             out.update({f"certified_radius_{norm}": radius
                         for norm, radius in self.certified_radius.items()})
             correct = self.distances > 0
@@ -188,6 +194,9 @@ class RobustnessReport:
                    robust_accuracy=robust,
                    deepfool_to_minimum_ratio=data.get("deepfool_to_minimum_ratio"),
                    certify_method=data.get("certify_method"),
+                   certify_routes={key[len("certify_route_"):]: value
+                                   for key, value in data.items()
+                                   if key.startswith("certify_route_")},
                    certified_radius={norm: np.asarray(data[f"certified_radius_{norm}"])
                                      for norm in ("l2", "linf")
                                      if f"certified_radius_{norm}" in data},

@@ -9,10 +9,12 @@ prediction (within the input box, for l_inf). `certify` answers for one budget.
     >>> certify.certified_radius(model, x, y, norm="l2")              # float per point
 
 Methods (`bounds.py`): "crown" (linear bound propagation with CROWN's back-substitution for
-every layer; the default), "crown-ibp" (intervals for the hidden layers, CROWN for the output:
-cheaper on convolutional networks), "ibp" (intervals) and "lipschitz" (a global Lipschitz bound,
-for every supported layer). Supported layers: see `network.SUPPORTED`; others are refused by
-name. A misclassified point has radius 0 and is never certified.
+every layer, convolutional maps as patches (`patches.py`); the default; `crown_plan` shows
+each layer's route and a warning names any layer left to intervals), "crown-ibp" (intervals
+for the hidden layers, CROWN for the output: cheaper on convolutional networks), "ibp"
+(intervals) and "lipschitz" (a global Lipschitz bound, for every supported layer). Supported
+layers: see `network.SUPPORTED`; others are refused by name. A misclassified point has radius
+0 and is never certified.
 
 Rounding (issue 30): the bounds are computed in float64 and each margin gives up a rounding
 allowance (`bounds.rounding_allowance`), so a radius is a bound for the network in exact
@@ -21,6 +23,7 @@ arithmetic with the model's weights; see README, "What proven means under roundi
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -32,12 +35,13 @@ from keras import ops
 from keras_margin import backend
 from keras_margin import inputs as entry
 from keras_margin._validation import check_choice, check_integer, check_non_negative
+from keras_margin.certify import bounds
 from keras_margin.certify.bounds import METHODS, NORMS, margin_bounds
 from keras_margin.certify.network import SUPPORTED, chain, check_chain
 from keras_margin.threat import ThreatModel, resolve
 
-__all__ = ["METHODS", "NORMS", "SUPPORTED", "certified_radius", "certify", "margin_bounds",
-           "lower_margins"]
+__all__ = ["METHODS", "NORMS", "SUPPORTED", "certified_radius", "certify", "crown_plan",
+           "margin_bounds", "lower_margins"]
 
 
 def base_model(model: Callable) -> Callable:
@@ -55,6 +59,30 @@ def check_supported(model: Callable, x: np.ndarray) -> list:
     operations = chain(model)
     check_chain(model, operations, x)
     return operations
+
+
+def crown_plan(model: Callable) -> list[tuple[str, str]]:
+    """How method "crown" bounds each hidden affine layer (those feeding a ReLU or a max
+    pooling), as (layer name, route): "exact" (the first layer: its exact range), "patches"
+    (a convolutional map, its neurons' rows as patches), "dense" (rows over the whole maps,
+    layers of at most `bounds.CROWN_NEURONS` neurons) or "interval" (the fallback: too wide
+    for dense rows, and not a map the patches pass, e.g. after overlapping max pooling).
+
+        >>> certify.crown_plan(lenet5())
+        [('conv2d', 'exact'), ('conv2d_1', 'patches'), ('dense', 'dense')]
+    """
+    return bounds.crown_plan(chain(base_model(model)))
+
+
+def _warn_fallback(operations: list) -> None:
+    fallback = [name for name, route in bounds.crown_plan(operations) if route == "interval"]
+    if fallback:
+        warnings.warn(
+            f"certify: CROWN takes interval bounds for layer(s) {', '.join(fallback)} (more "
+            f"than {bounds.CROWN_NEURONS} neurons, and not a convolutional map that CROWN's "
+            "patches pass: they follow a Dense, Flatten or overlapping pooling layer), so the "
+            "radii are looser there; certify.crown_plan(model) shows every layer's route.",
+            stacklevel=5)  # the caller of certify, certified_radius or lower_margins
 
 
 _PROGRAMS: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
@@ -75,6 +103,8 @@ def bound_program(model: keras.Model, norm: str, method: str,
         cache = {}
     if key not in cache:
         operations = chain(model)
+        if method == "crown":
+            _warn_fallback(operations)
 
         def fn(x0, labels, eps):
             return margin_bounds(operations, x0, labels, eps, norm, method, box)

@@ -11,10 +11,12 @@ bounds of it per sample and rival; a sample is certified at eps when all are > 0
   chord; lower: slope 1 where u > -l, else 0), max pooling by the window's input with the
   largest lower bound (below) and by it, or by the window's largest upper bound, above; the
   result concretised exactly over the ball. "crown" computes every ReLU's and max pool's input
-  bounds by the same back-substitution (as auto_LiRPA's method="CROWN") where the layer has at
-  most `CROWN_NEURONS` neurons (all of an MLP's; a first layer's bounds are exact anyway),
-  intervals for wider ones; "crown-ibp" intervals for all (cheaper, looser). Each
-  intermediate bound is the tighter of CROWN's and the interval's, both sound.
+  bounds by the same back-substitution (as auto_LiRPA's method="CROWN"): a convolutional
+  map's neurons with their rows as patches (`patches.py`), other layers with dense rows where
+  they have at most `CROWN_NEURONS` neurons (a first layer's bounds are exact anyway); only a
+  wider layer that patches cannot pass takes intervals (`crown_plan`; certify warns).
+  "crown-ibp" takes intervals for all (cheaper, looser). Each intermediate bound is the
+  tighter of CROWN's and the interval's, both sound.
 * "lipschitz": a global bound, the margin over the product of the layers' operator norms
   (l2: each layer's exact spectral norm or a proven upper bound of it, never an estimate),
   for every supported layer (overlapping max pooling included).
@@ -34,13 +36,22 @@ from keras import ops
 
 from keras_margin import backend
 from keras_margin.certify.network import Linear, MaxPool, ReLU
+from keras_margin.certify.patches import (
+    back_substitute_patches,
+    dense_cost,
+    largest_patch,
+    patch_cost,
+    patchable,
+    spread,
+)
+from keras_margin.certify.relaxations import relax_maxpool, relax_relu
 
 METHODS = ("crown", "crown-ibp", "ibp", "lipschitz")
 NORMS = ("linf", "l2")
 ROW_BUDGET = 2 ** 24  # floats of one chunk of back-substitution rows
-# "crown" back-substitutes the bounds of layers of at most this many neurons; wider ones
-# (LeNet-5's convolutions: 4,096 and more) take intervals: the cost of back-substitution grows
-# with neurons x the widths below them.
+# "crown" back-substitutes dense rows for layers of at most this many neurons (the cost grows
+# with neurons x the widths below them); wider convolutional maps go by patches, and any other
+# wider layer takes intervals (`crown_route`).
 CROWN_NEURONS = 2048
 
 
@@ -105,8 +116,8 @@ def interval_step(op: Any, lower: Any, upper: Any) -> tuple[Any, Any]:
     if isinstance(op, Linear):
         centre, radius = (lower + upper) / 2, (upper - lower) / 2
         out = op(centre)
-        spread = op.apply_abs(radius)
-        return out - spread, out + spread
+        reach = op.apply_abs(radius)
+        return out - reach, out + reach
     return op(lower), op(upper)  # ReLU and max pooling are monotone
 
 
@@ -138,25 +149,14 @@ def _exact_first(op: Any, region: Region, prefix: list) -> tuple[Any, Any] | Non
 # -- back-substitution (CROWN) ---------------------------------------------------------------
 def _relu_step(lam_lo: Any, lam_up: Any, lower: Any, upper: Any) -> tuple:
     """Rows and bias terms after relaxing one ReLU with input bounds [lower, upper]."""
-    lower, upper = _expand(lower), _expand(upper)
-    unstable = ops.logical_and(lower < 0, upper > 0)
-    width = ops.where(unstable, upper - lower, ops.ones_like(upper))
-    up_slope = ops.where(upper <= 0, 0.0, ops.where(lower >= 0, 1.0, upper / width))
-    up_bias = ops.where(unstable, -lower * up_slope, 0.0)
-    low_slope = ops.where(lower >= 0, 1.0, ops.where(upper <= 0, 0.0,
-                                                     ops.cast(upper > -lower, lower.dtype)))
-    axes = tuple(range(2, len(lam_lo.shape)))
-    bias_lo = ops.sum(backend.minimum(lam_lo, 0.0) * up_bias, axis=axes)
-    bias_up = ops.sum(ops.relu(lam_up) * up_bias, axis=axes)
-    new_lo = ops.relu(lam_lo) * low_slope + backend.minimum(lam_lo, 0.0) * up_slope
-    new_up = ops.relu(lam_up) * up_slope + backend.minimum(lam_up, 0.0) * low_slope
-    return new_lo, new_up, bias_lo, bias_up
+    return relax_relu(lam_lo, lam_up, _expand(lower), _expand(upper),
+                      tuple(range(2, len(lam_lo.shape))))
 
 
 def _upsample(values: Any, op: MaxPool) -> Any:
     """A pooled map (B, m, Ho, Wo, C) spread back over its windows, (B, m, H, W, C)."""
-    (ph, pw), (height, width) = op.pool, op.in_shape[:2]
-    out = ops.repeat(ops.repeat(values, ph, axis=2), pw, axis=3)
+    height, width = op.in_shape[:2]
+    out = spread(values, 1.0, op.pool)
     pad_h, pad_w = height - out.shape[2], width - out.shape[3]
     if pad_h or pad_w:
         out = ops.pad(out, [(0, 0), (0, 0), (0, pad_h), (0, pad_w), (0, 0)])
@@ -202,13 +202,8 @@ def _first_in_window(mask: Any, op: MaxPool) -> Any:
 
 def _maxpool_step(op: MaxPool, lam_lo: Any, lam_up: Any, relaxation: tuple) -> tuple:
     chosen, decided, pooled_up = relaxation
-    decided, pooled_up = _expand(decided), _expand(pooled_up)
-    axes = tuple(range(2, len(lam_lo.shape)))
-    neg_lo, pos_up = backend.minimum(lam_lo, 0.0), ops.relu(lam_up)
-    bias_lo = ops.sum(ops.where(decided, 0.0, neg_lo) * pooled_up, axis=axes)
-    bias_up = ops.sum(ops.where(decided, 0.0, pos_up) * pooled_up, axis=axes)
-    through_lo = ops.relu(lam_lo) + ops.where(decided, neg_lo, 0.0)
-    through_up = backend.minimum(lam_up, 0.0) + ops.where(decided, pos_up, 0.0)
+    through_lo, through_up, bias_lo, bias_up = relax_maxpool(
+        lam_lo, lam_up, _expand(decided), _expand(pooled_up), tuple(range(2, len(lam_lo.shape))))
     mask = _expand(chosen)
     return _upsample(through_lo, op) * mask, _upsample(through_up, op) * mask, bias_lo, bias_up
 
@@ -280,6 +275,45 @@ def crown_layer_bounds(operations: list, index: int, bounds: list, relaxations: 
     return low, up
 
 
+def crown_patch_bounds(operations: list, index: int, bounds: list, relaxations: dict,
+                       region: Region) -> tuple[Any, Any]:
+    """The output bounds of convolutional operation `index` by back-substitution of patches
+    (`patches.py`), its channels in chunks."""
+    prefix = operations[:index + 1]
+    ho, wo, channels = prefix[-1].out_shape
+    per_channel = region.x0.shape[0] * ho * wo * largest_patch(prefix)
+    chunk = max(1, ROW_BUDGET // max(1, per_channel))
+    lows, ups = [], []
+    for start in range(0, channels, chunk):
+        low, up = back_substitute_patches(prefix, bounds, relaxations, region,
+                                          (start, min(channels, start + chunk)))
+        lows.append(low)
+        ups.append(up)
+    return ops.concatenate(lows, axis=-1), ops.concatenate(ups, axis=-1)
+
+
+def crown_route(operations: list, index: int) -> str:
+    """How "crown" bounds operation `index`'s outputs: "exact" (a first affine map),
+    "patches" (a convolutional map: rows as patches, where cheaper than dense rows or the
+    map is too wide for them), "dense" (dense rows, at most `CROWN_NEURONS` neurons) or
+    "interval" (the fallback: a layer too wide for dense rows that patches cannot pass)."""
+    prefix = operations[:index + 1]
+    if all(isinstance(p, Linear) and p.reshape for p in prefix[:-1]):
+        return "exact"
+    dense_ok = math.prod(prefix[-1].out_shape) <= CROWN_NEURONS
+    if patchable(prefix) and (not dense_ok or patch_cost(prefix) < dense_cost(prefix)):
+        return "patches"
+    return "dense" if dense_ok else "interval"
+
+
+def crown_plan(operations: list) -> list[tuple[str, str]]:
+    """(layer name, route) of every affine map whose bounds "crown" computes (those feeding a
+    ReLU or a max pooling): see `crown_route`."""
+    return [(op.name, crown_route(operations, index)) for index, op in enumerate(operations)
+            if isinstance(op, Linear) and index + 1 < len(operations)
+            and not isinstance(operations[index + 1], Linear)]
+
+
 def layer_bounds(operations: list, region: Region, method: str) -> tuple[list, dict]:
     """Every operation's output bounds and the max poolings' relaxations."""
     bounds, relaxations = [], {}
@@ -292,10 +326,11 @@ def layer_bounds(operations: list, region: Region, method: str) -> tuple[list, d
             lower, upper = interval_step(op, lower, upper)
             feeds_nonlinear = index + 1 < len(operations) and \
                 not isinstance(operations[index + 1], Linear)
-            if method == "crown" and isinstance(op, Linear) and feeds_nonlinear and \
-                    math.prod(op.out_shape) <= CROWN_NEURONS:
-                crown_low, crown_up = crown_layer_bounds(operations, index, bounds,
-                                                         relaxations, region)
+            route = crown_route(operations, index) if method == "crown" and \
+                isinstance(op, Linear) and feeds_nonlinear else "interval"
+            if route in ("dense", "patches"):
+                by = crown_layer_bounds if route == "dense" else crown_patch_bounds
+                crown_low, crown_up = by(operations, index, bounds, relaxations, region)
                 lower, upper = backend.maximum(lower, crown_low), backend.minimum(upper, crown_up)
         if isinstance(op, MaxPool) and method != "ibp":
             previous = bounds[index - 1] if index else (region.lower, region.upper)

@@ -27,6 +27,26 @@ SUPPORTED = ("Dense", "Conv2D", "ReLU", "Activation (relu, linear)", "Flatten", 
              "BatchNormalization", "Dropout", "Rescaling", "InputLayer")
 
 
+class Conv:
+    """A 2-D convolution's geometry for patch transposes: `kernel(z)` its (kh, kw, C_in,
+    C_out) kernel in z's float type, strides, the padding (top, left) its 'same' adds."""
+
+    def __init__(self, kernel: Callable, size: tuple, strides: tuple, pad: tuple) -> None:
+        self.kernel, self.size, self.strides, self.pad = kernel, size, strides, pad
+
+
+def same_padding(in_shape: tuple, size: tuple, strides: tuple, padding: str) -> tuple:
+    """The (top, left) zeros a 'same' convolution or pooling adds (TensorFlow's rule, which
+    every Keras backend follows: the odd one goes to the bottom/right); (0, 0) for 'valid'."""
+    if padding == "valid":
+        return (0, 0)
+    pads = []
+    for n, k, s in zip(in_shape[:2], size, strides):
+        out = -(-n // s)
+        pads.append(max((out - 1) * s + k - n, 0) // 2)
+    return tuple(pads)
+
+
 class Linear:
     """z -> W z + b on a batch (shapes without the batch axis: `in_shape`, `out_shape`)."""
 
@@ -34,8 +54,12 @@ class Linear:
                  bias: Callable[[], Any] | None = None, apply_abs: Callable | None = None,
                  apply_square: Callable | None = None,
                  transpose: Callable | None = None, reshape: bool = False,
-                 l2_norm: Callable[[], float] | None = None) -> None:
+                 l2_norm: Callable[[], float] | None = None, conv: Conv | None = None,
+                 pointwise: bool = False) -> None:
         self.name, self.in_shape, self.out_shape = name, tuple(in_shape), tuple(out_shape)
+        # For CROWN's patches (`patches.py`): a convolution's geometry, or True for a map
+        # whose transpose (and bias) acts the same at every position, per channel.
+        self.conv, self.pointwise = conv, pointwise
         self.l2_norm = l2_norm  # an upper bound of ||W||_2 in float64, where one is cheap
         self.reshape = reshape  # a pure reshape (Flatten, Reshape): W is a permutation
         self.apply = apply
@@ -131,11 +155,16 @@ def _conv(layer: Any, in_shape: tuple) -> list:
     out = tuple(layer.compute_output_shape((None,) + in_shape)[1:])
     bias = (lambda: ops.reshape(layer.bias, (1, 1, 1, -1))) if layer.use_bias else None
     dilated = any(d != 1 for d in np.atleast_1d(layer.dilation_rate))
+    size, strides = tuple(layer.kernel_size), tuple(np.broadcast_to(layer.strides, (2,)))
+    geometry = None if dilated else Conv(
+        lambda z: like(layer.kernel, z), size, strides,
+        same_padding(in_shape, size, strides, layer.padding))
     linear = Linear(layer.name, conv(lambda z: like(layer.kernel, z)), in_shape, out, bias,
                     apply_abs=conv(lambda z: ops.abs(like(layer.kernel, z))),
                     apply_square=conv(lambda z: ops.square(like(layer.kernel, z))),
                     l2_norm=None if dilated else
-                    lambda: convolution_norm_bound(_float64(layer.kernel), in_shape[:2]))
+                    lambda: convolution_norm_bound(_float64(layer.kernel), in_shape[:2]),
+                    conv=geometry)
     return [linear] + _activation(layer, out)
 
 
@@ -188,7 +217,8 @@ def _batch_norm(layer: Any, in_shape: tuple) -> list:
                    apply_abs=lambda z: z * ops.abs(like(scale(), z)),
                    apply_square=lambda z: z * ops.square(like(scale(), z)),
                    transpose=lambda lam: lam * like(scale(), lam),
-                   l2_norm=lambda: float(np.abs(_float64(scale())).max()) * (1 + SVD_GUARD))]
+                   l2_norm=lambda: float(np.abs(_float64(scale())).max()) * (1 + SVD_GUARD),
+                   pointwise=axis == len(in_shape))]
 
 
 def _reshape(name: str, in_shape: tuple, out_shape: tuple) -> Linear:
@@ -211,11 +241,17 @@ def _pooling(layer: Any, in_shape: tuple) -> list:
                        apply_square=lambda z: ops.sum(z, axis=(1, 2)) / size ** 2)]
     if layer.padding != "valid":
         raise _refuse(layer, ": padding 'same' averages over fewer pixels at the edges")
-    size = math.prod(layer.pool_size)
+    size, channels = math.prod(layer.pool_size), in_shape[-1]
+
+    def kernel(z):  # the average as a convolution, channel by channel
+        eye = ops.eye(channels, dtype=z.dtype) / size
+        return ops.broadcast_to(eye, tuple(layer.pool_size) + (channels, channels))
+
     return [Linear(layer.name, lambda z: ops.average_pool(z, layer.pool_size, layer.strides,
                                                           "valid"), in_shape, out,
                    apply_square=lambda z: ops.average_pool(z, layer.pool_size, layer.strides,
-                                                           "valid") / size)]
+                                                           "valid") / size,
+                   conv=Conv(kernel, tuple(layer.pool_size), tuple(layer.strides), (0, 0)))]
 
 
 def _rescaling(layer: Any, in_shape: tuple) -> list:
@@ -227,7 +263,7 @@ def _rescaling(layer: Any, in_shape: tuple) -> list:
                    apply_abs=lambda z: z * abs(scale),
                    apply_square=lambda z: z * scale ** 2,
                    transpose=lambda lam: lam * scale,
-                   l2_norm=lambda: abs(scale))]
+                   l2_norm=lambda: abs(scale), pointwise=True)]
 
 
 def _ops_of(layer: Any, in_shape: tuple) -> list:

@@ -1,0 +1,119 @@
+"""CROWN through convolutions by patches (issue 28): the same bounds as dense rows, the route
+each layer takes, and a warning where a layer is left to intervals."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers, ops
+
+from keras_margin import attacks, backend, certify
+from keras_margin.architectures import lenet5
+from keras_margin.certify import bounds
+from keras_margin.certify.network import chain
+from keras_margin.robustness_report import RobustnessReport
+
+
+def _net(kind, seed=0):
+    """Small convolutional nets that take every patch transpose: valid and 'same' padding,
+    strides 2 on odd sizes, max pooling after a ReLU (the fused step) and without one, batch
+    norm, average pooling, rescaling with an offset."""
+    keras.utils.set_random_seed(seed)
+    if kind == "lenet":
+        shape, stack = (14, 14, 2), [
+            layers.Conv2D(4, 3, activation="relu"), layers.MaxPooling2D(2),
+            layers.Conv2D(5, 3, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
+            layers.Dense(6, activation="relu"), layers.Dense(3)]
+    elif kind == "same":
+        shape, stack = (17, 17, 2), [
+            layers.Conv2D(3, 3, padding="same", activation="relu"),
+            layers.Conv2D(4, 3, strides=2, padding="same"), layers.BatchNormalization(),
+            layers.ReLU(), layers.Conv2D(5, 4, strides=2, padding="same", activation="relu"),
+            layers.AveragePooling2D(2), layers.Conv2D(3, 2, activation="relu"),
+            layers.Flatten(), layers.Dense(3)]
+    else:
+        shape, stack = (12, 12, 1), [
+            layers.Rescaling(0.5, offset=0.1), layers.Conv2D(3, 3, strides=2, activation="relu"),
+            layers.Conv2D(4, 2, padding="same"), layers.MaxPooling2D(2), layers.ReLU(),
+            layers.Conv2D(4, 3, padding="same", activation="relu"), layers.Flatten(),
+            layers.Dense(3)]
+    net = keras.Sequential([keras.Input(shape)] + stack)
+    rng = np.random.default_rng(seed)
+    for layer in net.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.normal(size=c), rng.normal(size=c) * 0.1,
+                               rng.uniform(-0.5, 0.5, c), rng.uniform(0.5, 1.5, c)])
+    return net, shape
+
+
+@pytest.mark.parametrize("kind", ["lenet", "same", "rescaling"])
+@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.5)])
+def test_patch_rows_give_the_dense_rows_bounds(kind, norm, eps):
+    """Every convolutional layer's CROWN bounds by patches equal those by dense rows (the
+    same arithmetic, another layout) to float64's rounding."""
+    net, shape = _net(kind)
+    x = np.random.default_rng(1).uniform(size=(5,) + shape)
+    box = (0.0, 1.0) if norm == "linf" else (None, None)
+    compared = 0
+    with backend.float64():
+        operations = chain(net)
+        region = bounds.Region(ops.convert_to_tensor(x), ops.convert_to_tensor(np.full(5, eps)),
+                               norm, box)
+        layer_bounds, relaxations = bounds.layer_bounds(operations, region, "crown")
+        for index, op in enumerate(operations):
+            if not (isinstance(op, bounds.Linear) and bounds.patchable(operations[:index + 1])):
+                continue
+            dense = bounds.crown_layer_bounds(operations, index, layer_bounds, relaxations,
+                                              region)
+            patch = bounds.crown_patch_bounds(operations, index, layer_bounds, relaxations,
+                                              region)
+            for a, b in zip(dense, patch):
+                a, b = ops.convert_to_numpy(a), ops.convert_to_numpy(b)
+                assert b.dtype == np.float64
+                np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * np.abs(a).max())
+            compared += 1
+    assert compared >= 2
+
+
+def test_each_layer_routes_as_its_shape_allows_and_a_fallback_warns():
+    net = lenet5()
+    names = [layer.name for layer in net.layers if layer.weights]
+    assert certify.crown_plan(net) == [(names[0], "exact"), (names[1], "patches"),
+                                       (names[2], "dense")]
+    wide = keras.Sequential([keras.Input((4,)), layers.Dense(5, activation="relu"),
+                             layers.Dense(bounds.CROWN_NEURONS + 1, activation="relu",
+                                          name="wide"), layers.Dense(3)])
+    assert dict(certify.crown_plan(wide))["wide"] == "interval"
+    x = np.random.default_rng(0).uniform(size=(4, 4)).astype("float32")
+    y = np.argmax(ops.convert_to_numpy(wide(x)), axis=1)
+    with pytest.warns(UserWarning, match="interval bounds for layer.s. wide"):
+        certify.certify(wide, x, y, eps=0.01)
+
+
+def test_the_report_records_each_layers_route():
+    routes = {"conv2d": "exact", "conv2d_1": "patches", "dense": "dense"}
+    report = RobustnessReport(n=2, error=0.0, fgsm_eps=None, fgsm_error=np.nan, rho_adv=0.1,
+                              deepfool_success_rate=1.0, distances=np.array([0.1, 0.1]),
+                              certify_method="crown", certify_routes=routes)
+    flat = report.to_dict()
+    assert flat["certify_route_conv2d_1"] == "patches"
+    assert RobustnessReport.from_dict(flat).certify_routes == routes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_no_attack_or_random_point_gets_inside_a_patch_certified_radius(norm):
+    """Soundness where the patches carry the bounds: FMN's distances and random points on
+    each certified sphere (the box kept for l_inf) never change the prediction."""
+    from test_certify import _random_inside
+
+    net, shape = _net("lenet", seed=3)
+    assert "patches" in dict(certify.crown_plan(net)).values()
+    x = np.random.default_rng(4).uniform(size=(24,) + shape).astype("float32")
+    y = np.argmax(ops.convert_to_numpy(net(x)), axis=1)
+    radius = certify.certified_radius(net, x, y, norm=norm, clip_min=0.0, clip_max=1.0)
+    found = attacks.fmn(net, x, y, norm=norm, steps=200, clip_min=0.0,
+                        clip_max=1.0).distances(norm)
+    assert (radius > 0).all()
+    assert (radius <= found * (1 + 1e-5)).all(), (radius / found).max()
+    assert not _random_inside(net, x, y, radius, norm).any()
