@@ -68,8 +68,7 @@ def crown_plan(model: Callable) -> list[tuple[str, str]]:
     layers of at most `bounds.CROWN_NEURONS` neurons) or "interval" (the fallback: too wide
     for dense rows, and not a map the patches pass, e.g. after overlapping max pooling).
 
-        >>> certify.crown_plan(lenet5())
-        [('conv2d', 'exact'), ('conv2d_1', 'patches'), ('dense', 'dense')]
+        >>> crown_plan(model)  # LeNet-5: conv exact, conv patches, dense dense
     """
     return bounds.crown_plan(chain(base_model(model)))
 
