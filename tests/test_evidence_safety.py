@@ -157,6 +157,8 @@ def test_arrays_and_models_go_through_the_same_atomic_writer(tmp_path, monkeypat
     with pytest.raises(OSError, match="left as it was"):
         files.write_npz(path, {"a": np.arange(5)})
     np.testing.assert_array_equal(np.load(path)["a"], np.arange(3))
+    with pytest.raises(OSError, match="model.keras .* the file is left as it was"):
+        files.save_model(model, str(tmp_path / "model.keras"))  # flushed like the others
 
     def broken(tmp):
         open(tmp, "w").close()

@@ -26,8 +26,6 @@ def write_text(path: str, text: str) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
 
     write_atomically(path, write)
 
@@ -39,8 +37,6 @@ def write_npz(path: str, arrays: dict[str, Any]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
 
     write_atomically(path, write)
 
@@ -52,20 +48,41 @@ def save_model(model: Any, path: str) -> None:
 
 def write_atomically(path: str, write: Callable[[str], None], suffix: str = "") -> None:
     """The one writer of a run's files: `write(tmp)` makes a temporary file beside `path`,
-    which is then renamed over it. A failed write (a full disk, a read-only folder) leaves
-    the old file as it was and raises an `OSError` that says so in one line."""
+    which is then flushed to the disk and renamed over it, and the rename flushed too: a
+    crash or power cut leaves the old file or the new one, never a torn or empty one. A failed
+    write (a full disk, a read-only folder) leaves the old file as it was and raises an
+    `OSError` that says so in one line."""
     tmp = f"{path}.{os.getpid()}.tmp{suffix}"
     try:
         write(tmp)
+        _flush(tmp)
         if os.path.exists(path):
             shutil.copymode(path, tmp)
         os.replace(tmp, path)
+        _flush(os.path.dirname(os.path.abspath(path)), folder=True)
     except OSError as err:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         kept = "left as it was" if os.path.exists(path) else "not written"
         raise OSError(err.errno, f"Could not write {path} ({err.strerror or err}); the file "
                       f"is {kept}.") from None
+
+
+def _flush(path: str, folder: bool = False) -> None:
+    """fsync a file (or, best effort, a folder's entries: not every system allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)
 
 
 class RunLockedError(RuntimeError):
