@@ -15,6 +15,8 @@ the input box, and save and load as JSON (`to_dict` / `from_dict`). A function o
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import typing
 import warnings
 import weakref
@@ -335,8 +337,7 @@ class Attack:
         """
         given = dict(eps=eps, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
                      jit_compile=jit_compile, verbose=verbose)
-        defaults = dict(eps=None, clip_min=None, clip_max=None, batch_size=None,
-                        jit_compile="auto", verbose=0)
+        defaults = _call_defaults()
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise TypeError(f"{type(self).__name__}(...)(model, x, y, ...) got unexpected "
@@ -485,3 +486,10 @@ class BudgetAttack(Attack):
             jit_compile: bool | str = "auto", verbose: int = 0) -> dict[float, AttackResult]:
         """One result per budget, on inputs already checked (`check_inputs`)."""
         raise NotImplementedError
+
+
+@functools.cache
+def _call_defaults() -> dict[str, Any]:
+    """`Attack.__call__`'s keyword defaults, read from its signature (one source of truth)."""
+    return {name: p.default for name, p in inspect.signature(Attack.__call__).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
