@@ -56,9 +56,23 @@ def check_supported(model: Callable, x: np.ndarray) -> list:
     to compute the model on a few points of x; a clear error otherwise. Cheap:
     `evaluate_robustness` calls it before any attack runs."""
     model = base_model(model)
-    operations = chain(model)
+    operations = chain_of(model)
     check_chain(model, operations, x)
     return operations
+
+
+_CHAINS: weakref.WeakKeyDictionary[Any, list] = weakref.WeakKeyDictionary()
+
+
+def chain_of(model: keras.Model) -> list:
+    """The model's chain of operations (`network.chain`), read once per model: the operations
+    read the weights at each call, so the one chain serves every later bound."""
+    try:
+        if model not in _CHAINS:
+            _CHAINS[model] = chain(model)
+        return _CHAINS[model]
+    except TypeError:  # not weak-referenceable
+        return chain(model)
 
 
 def crown_plan(model: Callable) -> list[tuple[str, str]]:
@@ -70,7 +84,7 @@ def crown_plan(model: Callable) -> list[tuple[str, str]]:
 
         >>> crown_plan(model)  # LeNet-5: conv exact, conv patches, dense dense
     """
-    return bounds.crown_plan(chain(base_model(model)))
+    return bounds.crown_plan(chain_of(base_model(model)))
 
 
 def _warn_fallback(operations: list) -> None:
@@ -101,7 +115,7 @@ def bound_program(model: keras.Model, norm: str, method: str,
     except TypeError:  # not weak-referenceable: build without caching
         cache = {}
     if key not in cache:
-        operations = chain(model)
+        operations = chain_of(model)
         if method == "crown":
             _warn_fallback(operations)
 
