@@ -83,14 +83,18 @@ class Region:
         return ops.sum(ops.abs(lam * self.x0[:, None]), axis=axes) + \
             self.eps[:, None] * ops.sqrt(ops.sum(ops.square(lam), axis=axes))
 
-    def minimum(self, lam: Any) -> Any:
-        """min over the region of <lam_r, x'> for rows lam (B, m, *in_shape) -> (B, m)."""
-        axes = tuple(range(2, len(lam.shape)))
+    def minimum(self, lam: Any, align: Any = None, axes: tuple | None = None) -> Any:
+        """min over the region of <lam_r, x'> for rows lam (B, m, *in_shape) -> (B, m).
+        Rows of another layout (`patches.py`'s) give `align`, which brings a (B, *in_shape)
+        map under them, and the row axes `axes`."""
+        align = align or (lambda values: values[:, None])
+        axes = axes or tuple(range(2, len(lam.shape)))
         if self.norm == "linf":
-            lower, upper = self.lower[:, None], self.upper[:, None]
+            lower, upper = align(self.lower), align(self.upper)
             return ops.sum(ops.relu(lam) * lower + backend.minimum(lam, 0.0) * upper, axis=axes)
-        centre = ops.sum(lam * self.x0[:, None], axis=axes)
-        return centre - self.eps[:, None] * ops.sqrt(ops.sum(ops.square(lam), axis=axes))
+        centre = ops.sum(lam * align(self.x0), axis=axes)
+        eps = ops.reshape(self.eps, (-1,) + (1,) * (len(lam.shape) - len(axes) - 1))
+        return centre - eps * ops.sqrt(ops.sum(ops.square(lam), axis=axes))
 
 
 def _per_sample(values: Any, like: Any) -> Any:
@@ -310,8 +314,13 @@ def crown_plan(operations: list) -> list[tuple[str, str]]:
     """(layer name, route) of every affine map whose bounds "crown" computes (those feeding a
     ReLU or a max pooling): see `crown_route`."""
     return [(op.name, crown_route(operations, index)) for index, op in enumerate(operations)
-            if isinstance(op, Linear) and index + 1 < len(operations)
-            and not isinstance(operations[index + 1], Linear)]
+            if _bounded_by_crown(operations, index)]
+
+
+def _bounded_by_crown(operations: list, index: int) -> bool:
+    """An affine map feeding a ReLU or a max pooling: its bounds shape their relaxation."""
+    return isinstance(operations[index], Linear) and index + 1 < len(operations) and \
+        not isinstance(operations[index + 1], Linear)
 
 
 def layer_bounds(operations: list, region: Region, method: str) -> tuple[list, dict]:
@@ -324,10 +333,8 @@ def layer_bounds(operations: list, region: Region, method: str) -> tuple[list, d
             lower, upper = exact
         else:
             lower, upper = interval_step(op, lower, upper)
-            feeds_nonlinear = index + 1 < len(operations) and \
-                not isinstance(operations[index + 1], Linear)
             route = crown_route(operations, index) if method == "crown" and \
-                isinstance(op, Linear) and feeds_nonlinear else "interval"
+                _bounded_by_crown(operations, index) else "interval"
             if route in ("dense", "patches"):
                 by = crown_layer_bounds if route == "dense" else crown_patch_bounds
                 crown_low, crown_up = by(operations, index, bounds, relaxations, region)

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-from keras_margin import backend
 from keras_margin.certify.network import Linear, MaxPool, ReLU
 from keras_margin.certify.relaxations import relax_maxpool, relax_relu
 
@@ -209,14 +208,7 @@ def spread(lam: Any, mask: Any, pool: tuple) -> Any:
 
 def _minimum(region: Any, lam: Any, geometry: _Geometry, positions: tuple) -> Any:
     """min over the region of every patch row's <lam, x'>: (B, Ho, Wo, m)."""
-    axes = (4, 5, 6)
-    if region.norm == "linf":
-        lower = windows(region.lower, geometry, positions)
-        upper = windows(region.upper, geometry, positions)
-        return ops.sum(ops.relu(lam) * lower + backend.minimum(lam, 0.0) * upper, axis=axes)
-    centre = ops.sum(lam * windows(region.x0, geometry, positions), axis=axes)
-    eps = ops.reshape(region.eps, (-1, 1, 1, 1))
-    return centre - eps * ops.sqrt(ops.sum(ops.square(lam), axis=axes))
+    return region.minimum(lam, lambda values: windows(values, geometry, positions), (4, 5, 6))
 
 
 def largest_patch(operations: list) -> int:
