@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from certify_bench import trained  # noqa: E402
 
 from keras_margin import certify  # noqa: E402
-from keras_margin.certify import bounds  # noqa: E402
+from keras_margin.propagation import bounds  # noqa: E402
 
 EPS = 0.01
 

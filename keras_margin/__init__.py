@@ -22,6 +22,7 @@ _SUBMODULES = ("architectures", "attacks", "callbacks", "datasets", "evaluation"
                "robustness_report", "sensitivity", "threat", "training")
 _NAMES = {
     "AdversarialTrainingModel": "training",
+    "CertifiedTrainingModel": "training",
     "EvaluationPlan": "evaluation",
     "RobustnessCallback": "callbacks",
     "RobustnessReport": "robustness_report",
@@ -38,6 +39,7 @@ _NAMES = {
 
 __all__ = [
     "AdversarialTrainingModel",
+    "CertifiedTrainingModel",
     "EvaluationPlan",
     "RobustnessCallback",
     "RobustnessReport",
@@ -89,6 +91,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from keras_margin.threat import ThreatModel
     from keras_margin.training import (
         AdversarialTrainingModel,
+        CertifiedTrainingModel,
         MarginModel,
         RobustModel,
         VATModel,

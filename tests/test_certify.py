@@ -458,7 +458,7 @@ def test_the_l2_lipschitz_radius_never_exceeds_the_exact_distance(seed):
 def test_the_convolution_norm_bound_is_above_the_exact_operator_norm(padding, strides):
     """The DFT bound against the largest singular value of the convolution's full matrix,
     built column by column from keras.ops.conv."""
-    from keras_margin.certify.network import chain, convolution_norm_bound
+    from keras_margin.propagation.network import chain, convolution_norm_bound
 
     rng = np.random.default_rng(strides)
     layer = keras.layers.Conv2D(3, 3, strides=strides, padding=padding, use_bias=False)
@@ -573,8 +573,8 @@ def test_the_rounding_allowance_covers_float32s_error(norm):
     from keras import ops
 
     from keras_margin import backend
-    from keras_margin.certify.bounds import margin_bounds
-    from keras_margin.certify.network import chain
+    from keras_margin.propagation.bounds import margin_bounds
+    from keras_margin.propagation.network import chain
 
     for seed in range(4):
         keras.utils.set_random_seed(seed)

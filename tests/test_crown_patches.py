@@ -8,8 +8,8 @@ from keras import layers, ops
 
 from keras_margin import attacks, backend, certify
 from keras_margin.architectures import lenet5
-from keras_margin.certify import bounds
-from keras_margin.certify.network import chain
+from keras_margin.propagation import bounds
+from keras_margin.propagation.network import chain
 from keras_margin.robustness_report import RobustnessReport
 
 

@@ -3,9 +3,9 @@
 Read from the source (every import, those inside functions too), not by running it. The floors,
 bottom up: the helpers with no keras-margin imports; the backend seam; the Jacobian rows; the
 argument checks; the checked inputs of attacks and certificates; the method's core (norms, the
-gradient step, the margin sensitivity), the architectures and the data; the trainers; the
-attacks; the certified bounds; the evaluation; the callbacks; the public package; the
-experiments. Trainers stand below every measurement.
+gradient step, the margin sensitivity), the architectures and the data; the bound propagation;
+the trainers; the attacks; the certified bounds; the evaluation; the callbacks; the public
+package; the experiments. Trainers stand below every measurement.
 """
 
 import ast
@@ -24,6 +24,7 @@ FLOORS = [
     ("keras_margin.inputs",),  # the checked inputs: below the attacks and certify alike
     ("keras_margin.norms", "keras_margin.gradient_steps", "keras_margin.sensitivity",
      "keras_margin.architectures", "keras_margin.datasets"),
+    ("keras_margin.propagation",),  # the bounds: certified training and certify share them
     ("keras_margin.training",),
     ("keras_margin.attacks",),
     ("keras_margin.certify",),

@@ -8,8 +8,9 @@ prediction (within the input box, for l_inf). `certify` answers for one budget.
     >>> certify.certify(model, x, y, eps=0.01, norm="linf")          # bool per point
     >>> certify.certified_radius(model, x, y, norm="l2")              # float per point
 
-Methods (`bounds.py`): "crown" (linear bound propagation with CROWN's back-substitution for
-every layer, convolutional maps as patches (`patches.py`); the default; `crown_plan` shows
+Methods (`keras_margin.propagation.bounds`): "crown" (linear bound propagation with CROWN's
+back-substitution for every layer, convolutional maps as patches (`propagation/patches.py`);
+the default; `crown_plan` shows
 each layer's route and a warning names any layer left to intervals), "crown-ibp" (intervals
 for the hidden layers, CROWN for the output: cheaper on convolutional networks), "ibp"
 (intervals) and "lipschitz" (a global Lipschitz bound, for every supported layer). Supported
@@ -35,9 +36,9 @@ from keras import ops
 from keras_margin import backend
 from keras_margin import inputs as entry
 from keras_margin._validation import check_choice, check_integer, check_non_negative
-from keras_margin.certify import bounds
-from keras_margin.certify.bounds import METHODS, NORMS, margin_bounds
-from keras_margin.certify.network import SUPPORTED, chain, check_chain
+from keras_margin.propagation import bounds
+from keras_margin.propagation.bounds import METHODS, NORMS, margin_bounds
+from keras_margin.propagation.network import SUPPORTED, chain, check_chain
 from keras_margin.threat import ThreatModel, resolve
 
 __all__ = ["METHODS", "NORMS", "SUPPORTED", "certified_radius", "certify", "crown_plan",

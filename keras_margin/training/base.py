@@ -50,6 +50,8 @@ class Objective(NamedTuple):
         labels: int32 (batch,).
         valid: boolean scalar: finite inputs and objective, labels in range.
         batch: the batch size.
+        aux: the trainer's further batch means by name (its `aux_trackers`), e.g. the
+            certified trainer's scheduled eps.
     """
 
     total: Any
@@ -59,13 +61,16 @@ class Objective(NamedTuple):
     labels: Any
     valid: Any
     batch: Any
+    aux: Any = None
 
 
 class RobustModel(backend.Steps, keras.Model):
     """Base class of the trainers: a base model that outputs logits plus one extra loss term.
 
     Subclasses implement `logits_and_extra(x, labels, training) -> (logits, extra)`, `extra` per
-    sample, set `extra_name`, and list their hyper-parameters in `get_config`.
+    sample (or `(logits, extra, aux)`, `aux` a dict of batch means that `record` averages into
+    the trackers of `aux_trackers`), set `extra_name`, and list their hyper-parameters in
+    `get_config`. `data_weight` and `extra_weight` are read before `logits_and_extra`.
     """
 
     extra_name = "extra_loss"
@@ -173,19 +178,21 @@ class RobustModel(backend.Steps, keras.Model):
         if not self.built:
             self.build(x.shape)
         labels, labels_valid = class_indices(y, self.num_outputs)
-        logits, extra = self.logits_and_extra(x, labels, training)
+        data_weight, extra_weight = self.data_weight, self.extra_weight
+        logits, extra, *aux = self.logits_and_extra(x, labels, training)
         data = self.data_loss(labels, logits)
         if sample_weight is not None:
             weight = ops.reshape(ops.cast(sample_weight, extra.dtype), (-1,))
             data, extra = data * ops.cast(weight, data.dtype), extra * weight
         reduce = ops.sum if losses_module.reduction(self.loss_fn) == "sum" else ops.mean
         data, extra = reduce(data), ops.mean(extra)
-        total = self.data_weight * data + self.extra_weight * extra
+        total = data_weight * data + extra_weight * extra
         if self.losses:
             total = total + ops.sum(ops.stack([ops.cast(r, total.dtype) for r in self.losses]))
         valid = ops.logical_and(ops.logical_and(labels_valid, self.inputs_valid(x)),
                                 ops.isfinite(total))
-        return Objective(total, data, extra, logits, labels, valid, ops.shape(x)[0])
+        return Objective(total, data, extra, logits, labels, valid, ops.shape(x)[0],
+                         aux[0] if aux else {})
 
     def inputs_valid(self, x: Any) -> Any:
         """Whether a batch's inputs may train (a boolean scalar, in the compiled step): finite;
@@ -203,11 +210,20 @@ class RobustModel(backend.Steps, keras.Model):
         self.data_loss_tracker.update_state(data, sample_weight=weight)
         self.extra_tracker.update_state(extra, sample_weight=weight)
         self.skipped_tracker.update_state(1.0 - valid)
+        for name, tracker in self.aux_trackers().items():
+            value = ops.cast(objective.aux[name], "float32")
+            tracker.update_state(ops.where(objective.valid, value, 0.0), sample_weight=weight)
         # A skipped batch counts in no metric either (weight 0).
         keep = ops.ones((objective.batch,), "float32") * valid
         if sample_weight is not None:
             keep = keep * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
         return self.compute_metrics(x, objective.labels, objective.logits, keep)
+
+    def aux_trackers(self) -> dict[str, keras.metrics.Metric]:
+        """The trackers of the further numbers a subclass's `logits_and_extra` returns, by
+        name (each a `keras.metrics.Mean` attribute of the model, so Keras resets it every
+        epoch and logs it); none here."""
+        return {}
 
     # -- eager checks at the entry of fit and evaluate -------------------------------------------
     def _check_arrays(self, x: Any, y: Any, where: str) -> None:

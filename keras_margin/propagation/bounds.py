@@ -35,8 +35,8 @@ import numpy as np
 from keras import ops
 
 from keras_margin import backend
-from keras_margin.certify.network import Linear, MaxPool, ReLU
-from keras_margin.certify.patches import (
+from keras_margin.propagation.network import Linear, MaxPool, ReLU
+from keras_margin.propagation.patches import (
     back_substitute_patches,
     dense_cost,
     largest_patch,
@@ -44,7 +44,7 @@ from keras_margin.certify.patches import (
     patchable,
     spread,
 )
-from keras_margin.certify.relaxations import relax_maxpool, relax_relu
+from keras_margin.propagation.relaxations import relax_maxpool, relax_relu
 
 METHODS = ("crown", "crown-ibp", "ibp", "lipschitz")
 NORMS = ("linf", "l2")
@@ -60,6 +60,8 @@ class Region:
 
     def __init__(self, x0: Any, eps: Any, norm: str, box: tuple[float | None, float | None]):
         self.x0, self.norm = x0, norm
+        if isinstance(eps, (int, float)):  # a Python number: no float32 detour on the way
+            eps = np.float64(eps)
         self.eps = ops.reshape(ops.cast(eps, x0.dtype), (-1,))
         if norm == "linf":
             radius = _per_sample(self.eps, x0)
@@ -81,7 +83,7 @@ class Region:
             reach = backend.maximum(ops.abs(self.lower), ops.abs(self.upper))[:, None]
             return ops.sum(ops.abs(lam) * reach, axis=axes)
         return ops.sum(ops.abs(lam * self.x0[:, None]), axis=axes) + \
-            self.eps[:, None] * ops.sqrt(ops.sum(ops.square(lam), axis=axes))
+            self.eps[:, None] * _l2_norms(lam, axes)
 
     def minimum(self, lam: Any, align: Any = None, axes: tuple | None = None) -> Any:
         """min over the region of <lam_r, x'> for rows lam (B, m, *in_shape) -> (B, m).
@@ -94,7 +96,17 @@ class Region:
             return ops.sum(ops.relu(lam) * lower + backend.minimum(lam, 0.0) * upper, axis=axes)
         centre = ops.sum(lam * align(self.x0), axis=axes)
         eps = ops.reshape(self.eps, (-1,) + (1,) * (len(lam.shape) - len(axes) - 1))
-        return centre - eps * ops.sqrt(ops.sum(ops.square(lam), axis=axes))
+        return centre - eps * _l2_norms(lam, axes)
+
+
+def _l2_norms(lam: Any, axes: tuple) -> Any:
+    """||lam_r||_2 over `axes`, with a finite gradient at a zero row (the margin row of the
+    label itself, a row every ReLU stopped): sqrt's derivative there is infinite, and
+    certified training differentiates these bounds."""
+    squares = ops.sum(ops.square(lam), axis=axes)
+    positive = squares > 0
+    return ops.where(positive, ops.sqrt(ops.where(positive, squares, ops.ones_like(squares))),
+                     ops.zeros_like(squares))
 
 
 def _per_sample(values: Any, like: Any) -> Any:

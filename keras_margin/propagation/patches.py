@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-from keras_margin.certify.network import Linear, MaxPool, ReLU
-from keras_margin.certify.relaxations import relax_maxpool, relax_relu
+from keras_margin.propagation.network import Linear, MaxPool, ReLU
+from keras_margin.propagation.relaxations import relax_maxpool, relax_relu
 
 
 def patchable(operations: list) -> bool:

@@ -1,0 +1,53 @@
+"""Certified margins as a training loss: IBP (Gowal et al., 2018) and CROWN-IBP (Zhang et al.,
+2020).
+
+The proven counterpart of the paper's margin: m_j, a lower bound of f_y(x') - f_j(x') over every
+x' in the ball ||x' - x||_p <= eps (l_inf inside the input box), from the bound code of
+`bounds.py`, here as training needs it: differentiable in the weights on every backend, m_y = 0,
+and without the rounding allowance `certify` adds (a training signal, not a certificate).
+
+* "ibp": intervals layer by layer, the last layer folded into the margins (elision).
+* "crown-ibp": the margins back-substituted through the network by CROWN's relaxation on the
+  intervals' intermediate bounds, mixed with IBP's as (1 - beta) m_IBP + beta m_CROWN-IBP (a
+  convex combination of two lower bounds: a lower bound too). Zhang et al. ramp beta from 1
+  to 0 with eps.
+
+The robust loss is the data loss on -m: cross-entropy gives log(1 + sum_{j != y} exp(-m_j))
+(Wong & Kolter, 2018; Gowal et al.), the multiclass hinge max(0, 1 - min_{j != y} m_j).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keras import ops
+
+from keras_margin.propagation.bounds import (
+    Region,
+    _interval_region,
+    back_substitute,
+    layer_bounds,
+    margin_rows,
+)
+
+TRAINING_METHODS = ("ibp", "crown-ibp")
+
+
+def training_margins(operations: list, x0: Any, labels: Any, eps: Any, norm: str, method: str,
+                     box: tuple[float | None, float | None], beta: Any = 1.0) -> Any:
+    """Lower bounds m (B, k) of f_y - f_j over the ball of radius eps (a scalar or one per
+    sample) around x0, by `method` ("ibp" or "crown-ibp", the latter mixed with IBP's by
+    `beta`); m_y = 0. Differentiable in the weights the operations read."""
+    region = Region(x0, eps, norm, box)
+    k = operations[-1].out_shape[-1]
+    rows = margin_rows(labels, k, x0.dtype)
+    bounds, relaxations = layer_bounds(operations, region, method)
+    last = len(operations) - 1
+    below = _interval_region(*bounds[last - 1]) if last else region
+    margins = back_substitute(operations[last:], [], {}, rows, below, upper=False)[0]
+    if method == "crown-ibp":
+        crown = back_substitute(operations, bounds, relaxations, rows, region, upper=False)[0]
+        beta = ops.cast(beta, margins.dtype)
+        margins = (1.0 - beta) * margins + beta * crown
+    own = ops.one_hot(labels, k, dtype=margins.dtype) > 0
+    return ops.where(own, ops.zeros_like(margins), margins)

@@ -1,0 +1,285 @@
+"""Certified training (IBP, CROWN-IBP, issue 27) against independent truths: the closed form on a
+linear model, sampled points of the ball, finite differences of the robust loss, certify's own
+bounds, and attacks on a certified-trained network."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, linear_model
+from test_certify import _random_inside
+
+from keras_margin import CertifiedTrainingModel, ThreatModel, attacks, backend, certify
+from keras_margin.propagation.bounds import margin_bounds
+from keras_margin.propagation.margins import training_margins
+from keras_margin.propagation.network import chain
+
+
+def _margins(net, x, y, eps, norm, method, beta=1.0, box=(None, None)):
+    return keras.ops.convert_to_numpy(training_margins(
+        chain(net), keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y), eps, norm,
+        method, box, beta))
+
+
+@pytest.mark.parametrize("norm,dual", [("linf", 1), ("l2", 2)])
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+def test_on_a_linear_model_the_margins_are_the_closed_form(norm, dual, method):
+    """f = W x + b: min over the ball of f_y - f_j is (w_y - w_j) x + b_y - b_j
+    - eps ||w_y - w_j||_dual, exactly; m_y = 0. Labels are not the predictions."""
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(4, 6)), rng.normal(size=4)
+    x, y = rng.normal(size=(9, 6)), rng.integers(0, 4, 9)
+    with backend.float64():
+        got = _margins(linear_model(w, b, "float64"), x, y, 0.3, norm, method, beta=0.4)
+    gaps = (x @ w.T + b)[np.arange(9), y][:, None] - (x @ w.T + b)
+    lengths = np.linalg.norm(w[y][:, None, :] - w[None], ord=dual, axis=2)
+    np.testing.assert_allclose(got, gaps - 0.3 * lengths, rtol=1e-10, atol=1e-12)
+
+
+def _conv_net(seed=2):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((8, 8, 1), dtype="float64"),
+        keras.layers.Conv2D(4, 3, activation="relu", dtype="float64"),
+        keras.layers.MaxPooling2D(2, dtype="float64"),
+        keras.layers.Conv2D(4, 2, padding="same", activation="relu", dtype="float64"),
+        keras.layers.Flatten(dtype="float64"),
+        keras.layers.Dense(8, activation="relu", dtype="float64"),
+        keras.layers.Dense(3, dtype="float64")])
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_the_training_bounds_are_certifys_bounds(norm):
+    """IBP's margins are certify's "ibp" bound; CROWN-IBP's pure bound (beta 1), where it beats
+    IBP's, is certify's "crown-ibp" (which takes the better of the two), on a network with
+    convolutions and max pooling; float64, so certify's rounding allowance is ~1e-13."""
+    with backend.float64():
+        _compare_with_certify(_conv_net(), norm)
+
+
+def _compare_with_certify(net, norm):
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(0, 1, size=(6, 8, 8, 1)), rng.integers(0, 3, 6)
+    box, eps = (0.0, 1.0), 0.05 if norm == "linf" else 0.3
+    rivals = np.arange(3)[None] != y[:, None]
+
+    def certified(method):
+        return keras.ops.convert_to_numpy(margin_bounds(
+            chain(net), keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y),
+            np.full(6, eps), norm, method, box))[rivals]
+
+    ibp = _margins(net, x, y, eps, norm, "ibp", box=box)[rivals]
+    crown = _margins(net, x, y, eps, norm, "crown-ibp", beta=1.0, box=box)[rivals]
+    mixed = _margins(net, x, y, eps, norm, "crown-ibp", beta=0.25, box=box)[rivals]
+    np.testing.assert_allclose(ibp, certified("ibp"), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(np.maximum(ibp, crown), certified("crown-ibp"), rtol=1e-9,
+                               atol=1e-9)
+    np.testing.assert_allclose(mixed, 0.75 * ibp + 0.25 * crown, rtol=1e-9, atol=1e-9)
+    assert (crown != ibp).any()  # the two bounds differ: the mix is a real choice
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_no_point_of_the_ball_has_a_margin_below_its_bound(norm):
+    """Every sampled x' of the ball (l_inf: its corners in the box; l2: its sphere) has
+    f_y(x') - f_j(x') >= m_j, for IBP and every beta of CROWN-IBP."""
+    keras.utils.set_random_seed(1)
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
+                            keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, size=(10, 4)).astype("float32")
+    y = rng.integers(0, 3, 10)
+    eps, box = 0.2, ((0.0, 1.0) if norm == "linf" else (None, None))
+    bounds = [_margins(net, x, y, eps, norm, "ibp", box=box)] + \
+        [_margins(net, x, y, eps, norm, "crown-ibp", beta=beta, box=box) for beta in (0, .5, 1)]
+    lowest = np.full((10, 3), np.inf)
+    for _ in range(300):
+        if norm == "linf":
+            point = np.clip(x + eps * np.sign(rng.normal(size=x.shape)), 0, 1)
+        else:
+            delta = rng.normal(size=x.shape)
+            point = x + eps * delta / np.linalg.norm(delta, axis=1, keepdims=True)
+        f = keras.ops.convert_to_numpy(net(point.astype("float32")))
+        lowest = np.minimum(lowest, f[np.arange(10), y][:, None] - f)
+    for bound in bounds:
+        assert (bound <= lowest + 1e-5).all(), (bound - lowest).max()
+        assert (bound[np.arange(10), y] == 0).all()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_the_robust_loss_gradient_matches_finite_differences(norm):
+    """d/dW of the mean robust cross-entropy on CROWN-IBP's margins (beta 0.5), float64,
+    against central differences of every weight; the l2 ball's zero row (j = y) must not
+    give a NaN (sqrt's derivative at 0)."""
+    with backend.float64():
+        _check_gradient(norm)
+
+
+def _check_gradient(norm):
+    keras.utils.set_random_seed(4)
+    net = keras.Sequential([keras.Input((3,), dtype="float64"),
+                            keras.layers.Dense(5, activation="relu", dtype="float64"),
+                            keras.layers.Dense(5, activation="relu", dtype="float64"),
+                            keras.layers.Dense(3, dtype="float64")])
+    rng = np.random.default_rng(4)
+    # Weights from numpy, biases nonzero: Keras's zero biases put a pre-activation bound
+    # exactly on ReLU's kink wherever a sample's layer below is dead on its ball, where the
+    # loss has no derivative for finite differences to check.
+    net.set_weights([rng.normal(size=w.shape) for w in net.get_weights()])
+    x, y = rng.uniform(0, 1, size=(6, 3)), rng.integers(0, 3, 6)
+    operations = chain(net)
+
+    def loss():
+        m = training_margins(operations, keras.ops.convert_to_tensor(x),
+                             keras.ops.convert_to_tensor(y), 0.1, norm, "crown-ibp",
+                             (0.0, 1.0), 0.5)
+        # (a sum, not ops.mean: Keras's PyTorch backend means float64 in float32)
+        return keras.ops.sum(keras.ops.logsumexp(-m, axis=-1)) / len(y)
+
+    _, grads = backend.value_and_weight_grad(loss, net.trainable_variables)
+    h = 1e-6
+    for variable, grad in zip(net.trainable_variables, grads):
+        grad = keras.ops.convert_to_numpy(grad)
+        assert np.isfinite(grad).all()
+        value = keras.ops.convert_to_numpy(variable).copy()
+        numeric = np.zeros_like(value)
+        for index in np.ndindex(value.shape):
+            for sign in (1, -1):
+                moved = value.copy()
+                moved[index] += sign * h
+                variable.assign(moved)
+                numeric[index] += sign * float(keras.ops.convert_to_numpy(loss())) / (2 * h)
+            variable.assign(value)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-8)
+
+
+def _digits(n=500):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, n)
+    x = rng.uniform(0, 0.2, (n, 6, 6, 1)).astype("float32")
+    for i, label in enumerate(y):  # the label is the brightest of ten cells
+        x[i, label // 5 * 3:label // 5 * 3 + 3, label % 5, 0] += 0.7
+    return x, y
+
+
+def _mlp(seed=0, k=10):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(),
+                             keras.layers.Dense(32, activation="relu"), keras.layers.Dense(k)])
+
+
+def test_the_schedule_ramps_eps_kappa_and_beta_by_training_step(tmp_path):
+    """One step per epoch, ramp (1, 3): eps 0, 0, eps/2, eps, eps; kappa 1 -> 0.5 alike; the
+    logged loss is kappa * data_loss + (1 - kappa) * robust_loss; the clock is saved."""
+    x, y = _digits(64)
+    model = CertifiedTrainingModel(_mlp(), threat=ThreatModel("linf", 0.1, 0.0, 1.0),
+                                   ramp=(1, 3), kappa=(1.0, 0.5), beta=(1.0, 0.0))
+    model.compile(optimizer="adam")
+    logs = model.fit(x, y, batch_size=64, epochs=5, verbose=0).history
+    t = np.array([0, 0, 0.5, 1, 1])
+    np.testing.assert_allclose(logs["eps"], 0.1 * t, rtol=1e-6)
+    kappa = 1 - 0.5 * t
+    np.testing.assert_allclose(
+        logs["loss"], kappa * np.array(logs["data_loss"]) +
+        (1 - kappa) * np.array(logs["robust_loss"]), rtol=1e-5)
+    # eps 0: the robust loss is the clean loss (the ball is the point).
+    np.testing.assert_allclose(logs["robust_loss"][:2], logs["data_loss"][:2], rtol=1e-5)
+    assert float(keras.ops.convert_to_numpy(model.schedule_step)) == 5
+    path = str(tmp_path / "certified.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert float(keras.ops.convert_to_numpy(loaded.schedule_step)) == 5
+    assert (loaded.ramp, loaded.kappa, loaded.threat) == ((1, 3), (1.0, 0.5), model.threat)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded.schedule()["eps"]), 0.1)
+
+
+@pytest.fixture(scope="module")
+def mnist_pair():
+    """The same MLP (784-64-64-10, seed 0) trained 5 epochs on 3,000 digits of the embedded
+    MNIST sample by CROWN-IBP at l_inf 0.1 (ramp over steps 30-120) and with kappa held at 1
+    (the clean loss alone, same steps); and 100 test digits."""
+    from keras_margin import datasets
+
+    (x, y), _, (x_test, y_test) = datasets.load("mnist", validation=0)
+    models = {}
+    for name, kappa in (("certified", (1.0, 0.0)), ("clean", (1.0, 1.0))):
+        keras.utils.set_random_seed(0)
+        base = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                                 keras.layers.Dense(64, activation="relu"),
+                                 keras.layers.Dense(64, activation="relu"),
+                                 keras.layers.Dense(10)])
+        model = CertifiedTrainingModel(base, threat=ThreatModel("linf", 0.1, 0.0, 1.0),
+                                       ramp=(30, 120), kappa=kappa)
+        model.compile(optimizer="adam")
+        model.fit(x[:3000], y[:3000], batch_size=100, epochs=5, verbose=0)
+        models[name] = model
+    return models, x_test[:100], y_test[:100]
+
+
+@pytest.mark.slow
+def test_certified_training_raises_the_certified_accuracy(mnist_pair):
+    """Same network, data and steps: certify (CROWN) proves a good share of the test digits at
+    l_inf 0.1 after certified training (a third on TensorFlow) and none after clean
+    training."""
+    models, x, y = mnist_pair
+    certified = {name: certify.certify(model, x, y, eps=0.1, norm="linf", clip_min=0.0,
+                                       clip_max=1.0).mean() for name, model in models.items()}
+    assert certified["certified"] > 0.2 and certified["clean"] < 0.05, certified
+
+
+@pytest.mark.slow
+def test_no_attack_finds_an_adversarial_inside_a_certified_trained_models_radius(mnist_pair):
+    """The soundness check of test_certify on the CROWN-IBP-trained MLP: FMN, APGD and random
+    points never get inside the certified l_inf radius."""
+    models, x, y = mnist_pair
+    model, base = models["certified"], models["certified"].base
+    x, y = x[:60], y[:60]
+    radius = certify.certified_radius(model, x, y, norm="linf", clip_min=0.0, clip_max=1.0)
+    found = np.minimum(
+        attacks.fmn(base, x, y, norm="linf", clip_min=0.0, clip_max=1.0).distances("linf"),
+        attacks.apgd(base, x, y, eps=0.5, norm="linf", restarts=3, clip_min=0.0,
+                     clip_max=1.0).distances("linf"))
+    assert (radius <= found * (1 + 1e-5) + 1e-7).all(), (radius - found).max()
+    assert np.median(radius[radius > 0]) > 0.05  # trained at 0.1: the proofs reach far
+    assert not _random_inside(base, x, y, radius, "linf").any()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"eps": -0.1}, "eps"), ({"eps": float("nan")}, "eps"), ({"eps": None}, "eps"),
+    ({"eps": 0.1, "ramp": (10, 5)}, "ramp"), ({"eps": 0.1, "ramp": (0.5, 3)}, r"ramp\[0\]"),
+    ({"eps": 0.1, "ramp": 5}, "ramp"), ({"eps": 0.1, "beta": (1.5, 0.0)}, r"beta\[0\]"),
+    ({"eps": 0.1, "kappa": (1.0, -0.1)}, r"kappa\[1\]"), ({"eps": 0.1, "method": "crown"},
+                                                          "method"),
+    ({"eps": 0.1, "norm": "l1"}, "norm"), ({"eps": 0.1, "clip": (1.0, 0.0)}, "clip"),
+])
+def test_bad_arguments_are_refused_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CertifiedTrainingModel(_mlp(), **kwargs)
+
+
+def test_an_unsupported_layer_or_a_single_logit_is_refused_when_built():
+    base = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(),
+                             keras.layers.Dense(8, activation="tanh", name="squash"),
+                             keras.layers.Dense(10)])
+    with pytest.raises(ValueError, match="'squash'.*tanh"):
+        CertifiedTrainingModel(base, eps=0.1)
+    model = CertifiedTrainingModel(_mlp(k=1), eps=0.1)
+    with pytest.raises(ValueError, match="k >= 2"):
+        model.build((None, 6, 6, 1))
+
+
+def test_inputs_outside_the_box_are_refused_at_fit():
+    x, y = _digits(20)
+    model = CertifiedTrainingModel(_mlp(), threat=ThreatModel("linf", 0.1, 0.0, 1.0))
+    model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="box|clip"):
+        model.fit(x + 0.5, y, epochs=1, verbose=0)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="one backend shows the layout")
+def test_the_trainer_reports_its_numbers_in_history():
+    x, y = _digits(40)
+    model = CertifiedTrainingModel(_mlp(), eps=0.1, clip=(0.0, 1.0))
+    model.compile(optimizer="adam", metrics=["accuracy"])
+    logs = model.fit(x, y, batch_size=20, epochs=1, verbose=0, validation_data=(x, y)).history
+    for name in ("loss", "data_loss", "robust_loss", "eps", "certified_accuracy", "accuracy",
+                 "val_certified_accuracy", "val_eps"):
+        assert name in logs, name
