@@ -5,7 +5,7 @@ bounds, and attacks on a certified-trained network."""
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, linear_model
+from conftest import linear_model
 from test_certify import _random_inside
 
 from keras_margin import CertifiedTrainingModel, ThreatModel, attacks, backend, certify
@@ -274,7 +274,6 @@ def test_inputs_outside_the_box_are_refused_at_fit():
         model.fit(x + 0.5, y, epochs=1, verbose=0)
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="one backend shows the layout")
 def test_the_trainer_reports_its_numbers_in_history():
     x, y = _digits(40)
     model = CertifiedTrainingModel(_mlp(), eps=0.1, clip=(0.0, 1.0))
@@ -283,3 +282,22 @@ def test_the_trainer_reports_its_numbers_in_history():
     for name in ("loss", "data_loss", "robust_loss", "eps", "certified_accuracy", "accuracy",
                  "val_certified_accuracy", "val_eps"):
         assert name in logs, name
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+def test_a_partial_last_batch_trains_through_every_layer_kind(method):
+    """A last batch of 7 (TensorFlow retraces the step with an unknown batch size) through
+    convolution, max pooling, dense layers; every backend, compiled steps."""
+    x, y = _digits(47)
+    keras.utils.set_random_seed(0)
+    base = keras.Sequential([keras.Input((6, 6, 1)),
+                             keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+                             keras.layers.MaxPooling2D(2), keras.layers.Conv2D(4, 2),
+                             keras.layers.ReLU(), keras.layers.Flatten(),
+                             keras.layers.Dense(10)])
+    model = CertifiedTrainingModel(base, eps=0.05, clip=(0.0, 1.0), method=method,
+                                   beta=(0.5, 0.5))
+    model.compile(optimizer="adam")
+    logs = model.fit(x, y, batch_size=20, epochs=2, verbose=0).history
+    assert np.isfinite(logs["loss"]).all() and logs["skipped_batches"] == [0, 0]
+    assert float(keras.ops.convert_to_numpy(model.schedule_step)) == 6

@@ -122,8 +122,9 @@ def _flat_rows(lam: Any) -> Any:
     return ops.reshape(lam, (-1,) + tuple(lam.shape[2:]))
 
 
-def _rows(lam: Any, batch: int, m: int) -> Any:
-    return ops.reshape(lam, (batch, m) + tuple(lam.shape[1:]))
+def _rows(lam: Any, m: int) -> Any:
+    """(B m, *shape) -> (B, m, *shape); B may be unknown (a traced batch)."""
+    return ops.reshape(lam, (-1, m) + tuple(lam.shape[1:]))
 
 
 # -- intervals -------------------------------------------------------------------------------
@@ -229,12 +230,11 @@ def back_substitute(operations: list, bounds: list, relaxations: dict, rows: Any
     """Lower and upper bounds of rows · z over the region, z the output of the last of
     `operations`; rows (B, m, *out_shape) -> (B, m). With upper=False: the lower bound and the
     magnitude of the sums that make it (for the rounding allowance) instead."""
-    batch, m = rows.shape[0], rows.shape[1]
+    m = rows.shape[1]
     lam_lo, lam_up = rows, rows if upper else None
-    bias_lo = ops.zeros((batch, m), rows.dtype)
-    bias_up = ops.zeros((batch, m), rows.dtype)
-    bias_abs = ops.zeros((batch, m), rows.dtype)
     axes = tuple(range(2, len(rows.shape)))
+    # (B, m) zeros; B may be unknown where a training step traces a partial batch
+    bias_lo = bias_up = bias_abs = ops.zeros_like(ops.sum(rows, axis=axes))
     for index in range(len(operations) - 1, -1, -1):
         op = operations[index]
         if isinstance(op, Linear):
@@ -244,9 +244,9 @@ def back_substitute(operations: list, bounds: list, relaxations: dict, rows: Any
                 bias_abs = bias_abs + ops.sum(ops.abs(lam_lo * b[:, None]), axis=axes)
                 if upper:
                     bias_up = bias_up + ops.sum(lam_up * b[:, None], axis=axes)
-            lam_lo = _rows(op.transpose(_flat_rows(lam_lo)), batch, m)
+            lam_lo = _rows(op.transpose(_flat_rows(lam_lo)), m)
             if upper:
-                lam_up = _rows(op.transpose(_flat_rows(lam_up)), batch, m)
+                lam_up = _rows(op.transpose(_flat_rows(lam_up)), m)
         else:
             lower, up_bound = bounds[index - 1] if index else (region.lower, region.upper)
             if isinstance(op, ReLU):

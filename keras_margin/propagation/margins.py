@@ -46,8 +46,18 @@ def training_margins(operations: list, x0: Any, labels: Any, eps: Any, norm: str
     below = _interval_region(*bounds[last - 1]) if last else region
     margins = back_substitute(operations[last:], [], {}, rows, below, upper=False)[0]
     if method == "crown-ibp":
-        crown = back_substitute(operations, bounds, relaxations, rows, region, upper=False)[0]
-        beta = ops.cast(beta, margins.dtype)
-        margins = (1.0 - beta) * margins + beta * crown
+        ibp = margins
+
+        def mixed():
+            crown = back_substitute(operations, bounds, relaxations, rows, region,
+                                    upper=False)[0]
+            weight = ops.cast(beta, ibp.dtype)
+            return (1.0 - weight) * ibp + weight * crown
+
+        # beta 0 (the end of Zhang et al.'s schedule): IBP's alone, without CROWN's pass
+        if isinstance(beta, (int, float)):
+            margins = mixed() if beta > 0 else ibp
+        else:
+            margins = ops.cond(ops.all(beta > 0), mixed, lambda: ibp)
     own = ops.one_hot(labels, k, dtype=margins.dtype) > 0
     return ops.where(own, ops.zeros_like(margins), margins)

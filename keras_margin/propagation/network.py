@@ -83,7 +83,7 @@ class Linear:
         """W^T lam for a batch of rows lam (N, *out_shape) -> (N, *in_shape)."""
         if self._transpose is not None:
             return self._transpose(lam)
-        zeros = ops.zeros((lam.shape[0],) + self.in_shape, lam.dtype)
+        zeros = ops.zeros((ops.shape(lam)[0],) + self.in_shape, lam.dtype)  # B may be traced
         return backend.vjp(self.apply, zeros)[1](lam)
 
 

@@ -200,10 +200,10 @@ def spread(lam: Any, mask: Any, pool: tuple) -> Any:
     (broadcastable to (..., h ph, w pw, C)). A broadcast, not a repeat (TensorFlow's float64
     repeat took 34 s of LeNet-5's 59)."""
     (ph, pw), (h, w, channels) = pool, tuple(lam.shape[-3:])
-    lead = tuple(lam.shape[:-3])
+    lead = tuple(lam.shape[1:-3])  # the first axis may be unknown (a traced batch)
     flat = ops.reshape(lam, (-1, h, 1, w, 1, channels))
-    out = ops.broadcast_to(flat, (flat.shape[0], h, ph, w, pw, channels))
-    return ops.reshape(out, lead + (h * ph, w * pw, channels)) * mask
+    out = flat * ops.ones((1, 1, ph, 1, pw, 1), lam.dtype)
+    return ops.reshape(out, (-1,) + lead + (h * ph, w * pw, channels)) * mask
 
 
 def _minimum(region: Any, lam: Any, geometry: _Geometry, positions: tuple) -> Any:
