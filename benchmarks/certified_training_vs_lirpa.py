@@ -211,7 +211,13 @@ def main() -> None:
     parser.add_argument("--archs", default=",".join(ARCHITECTURES))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", default=None)
+    parser.add_argument("--from-json", default=None,
+                        help="print the tables of a saved --out file (no training)")
     args = parser.parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            print(markdown(json.load(f)))
+        return
 
     import torch
 
@@ -250,7 +256,7 @@ def main() -> None:
                     row[f"{who}_certified_{bound}_by_lirpa"] = float(by_them.mean())
             results.append(row)
             print(json.dumps(row), flush=True)
-    report = {"cpu": platform.processor() or platform.machine(), "args": vars(args),
+    report = {"cpu": cpu(), "commit": commit(), "args": vars(args),
               "keras": keras.__version__, "backend": keras.backend.backend(),
               "torch": torch.__version__, "rows": results}
     if args.out:
@@ -259,13 +265,40 @@ def main() -> None:
     print(markdown(report))
 
 
+def cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def commit() -> str:
+    """The keras-margin commit that ran (with "+changes" when the work tree differs)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+        return head + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def markdown(report: dict) -> str:
     a = report["args"]
     lines = ["# Certified training: CertifiedTrainingModel and auto_LiRPA on the same work\n",
              f"MNIST, 60,000 training digits, {a['epochs']} epochs, batch {a['batch']}, Adam "
              f"{a['lr']}, l_inf eps {a['eps']} ramped over epochs {a['start']}-"
              f"{a['start'] + a['length'] - 1}; {a['test']} test digits. Keras "
-             f"{report['keras']} ({report['backend']}), torch {report['torch']}.\n",
+             f"{report['keras']} ({report['backend']}), torch {report['torch']}; "
+             f"{report.get('cpu', '?')}; keras-margin {report.get('commit', '?')}.\n",
              "| network | method | trained by | clean acc. | certified IBP (ours / auto_LiRPA) "
              "| certified CROWN (ours / auto_LiRPA) | s per epoch (median) |",
              "|---|---|---|---|---|---|---|"]
@@ -280,11 +313,20 @@ def markdown(report: dict) -> str:
                 f"{100 * row[f'{who}_certified_crown_by_us']:.1f} / "
                 f"{100 * row[f'{who}_certified_crown_by_lirpa']:.1f} % | "
                 f"{np.median(times):.1f} |")
-    ratios = [f"{r['arch']} {r['method']} x"
-              f"{np.median(r['our_epoch_s']) / np.median(r['their_epoch_s']):.2f}"
-              for r in report["rows"]]
-    lines.append("\nTime per epoch, ours over auto_LiRPA's (median of the epochs): " +
-                 ", ".join(ratios))
+    lines += ["", "Seconds per epoch by phase (median over its epochs), ours / auto_LiRPA's:",
+              "", "| network | method | eps 0 | ramp (CROWN-IBP: CROWN's pass every step) "
+              "| after the ramp | all epochs |", "|---|---|---|---|---|---|"]
+    first, last = a["start"], a["start"] + a["length"] - 1  # epochs numbered from 1
+    phases = (range(1, first), range(first, last + 1), range(last + 1, a["epochs"] + 1),
+              range(1, a["epochs"] + 1))
+    for row in report["rows"]:
+        cells = []
+        for epochs in phases:
+            ours = [row["our_epoch_s"][e - 1] for e in epochs]
+            theirs = [row["their_epoch_s"][e - 1] for e in epochs]
+            cells.append(f"{np.median(ours):.1f} / {np.median(theirs):.1f} "
+                         f"(x{np.median(ours) / np.median(theirs):.2f})" if ours else "-")
+        lines.append(f"| {row['arch']} | {row['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

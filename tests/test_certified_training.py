@@ -301,3 +301,41 @@ def test_a_partial_last_batch_trains_through_every_layer_kind(method):
     logs = model.fit(x, y, batch_size=20, epochs=2, verbose=0).history
     assert np.isfinite(logs["loss"]).all() and logs["skipped_batches"] == [0, 0]
     assert float(keras.ops.convert_to_numpy(model.schedule_step)) == 6
+
+
+@pytest.mark.slow
+def test_a_certified_row_runs_resumes_and_is_certified_by_the_command(tiny_mnist, tmp_path):
+    """The runner trains a (shrunk) row of the "certified" table, stopped after one epoch and
+    resumed with its schedule's clock; `evaluate --certify` proves it and the report lists it."""
+    import dataclasses
+    import os
+
+    from keras_margin.experiments import cli, get_row, report, runner
+
+    row = dataclasses.replace(get_row("mlp-crown-ibp-linf-0.1", table="certified"),
+                              name="tiny-crown-ibp", hidden=(16,), epochs=2, validation=40,
+                              batch_size=50, monitor_every=1,
+                              trainer_kwargs={**get_row("mlp-crown-ibp-linf-0.1").trainer_kwargs,
+                                              "ramp": [1, 3]},
+                              deepfool={"max_iter": 5, "step_clip": 0.5, "overshoot": 0.02})
+    out = str(tmp_path / "runs")
+    assert runner.run(row, 0, out, data_dir=tiny_mnist, verbose=0, stop_after=1) is None
+    runner.run(row, 0, out, data_dir=tiny_mnist, verbose=0)
+    folder = runner.run_dir(out, row, 0)
+    model = keras.models.load_model(os.path.join(folder, "model.keras"))
+    assert isinstance(model, CertifiedTrainingModel)
+    assert float(keras.ops.convert_to_numpy(model.schedule_step)) == 2 * 200 / 50
+    with open(os.path.join(folder, "history.csv")) as f:
+        header = f.readline()
+    assert "certified_accuracy" in header and "eps" in header.split(",")
+    assert cli.main(["evaluate", out, "--data-dir", tiny_mnist, "--n", "20", "--steps", "5",
+                     "--attacks", "fmn", "--linf-eps", "0.1", "--l2-eps", "",
+                     "--certify", "crown", "--box", "0,1", "--tag", "certified",
+                     "--quiet"]) == 0
+    text = report.write(out)
+    assert "## certified" in text
+    certified = text[text.index("Certified robustness"):]
+    header = [ln for ln in certified.splitlines() if ln.startswith("| row |")][0]
+    assert header.endswith("| certified acc. linf 0.1 |")  # the budget it was certified at
+    line = [ln for ln in certified.splitlines() if ln.startswith("| MLP CROWN-IBP, l_inf 0.1")][0]
+    assert "nan" not in line, line

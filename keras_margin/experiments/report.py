@@ -17,7 +17,7 @@ import numpy as np
 from keras_margin.experiments import verdict
 from keras_margin.experiments.files import check_unique_runs, read_json, run_identity, write_text
 from keras_margin.experiments.rows import TABLES
-from keras_margin.threat import metric_key
+from keras_margin.threat import metric_key, parse_metric_key
 
 PROTOCOL_NOTES = {
     "reference": "as aam-at/margin_maximization: pixels / 256, no input box for DeepFool, "
@@ -495,11 +495,24 @@ def _boxed_table(members: list[dict[str, Any]]) -> list[str]:
 CERTIFIED_BUDGETS = (("l2", 0.1), ("l2", 0.3), ("linf", 0.01), ("linf", 0.03))
 
 
+def _certified_budgets(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """The budgets the rows were certified at (their certified_accuracy keys): l2 then
+    l_inf, each by eps; `CERTIFIED_BUDGETS` where none is stored."""
+    found = set()
+    for m in rows:
+        for key in m:
+            parsed = parse_metric_key("certified_certified_accuracy", key)
+            if parsed is not None and not parsed[2]:
+                found.add(parsed[:2])
+    return sorted(found) if found else list(CERTIFIED_BUDGETS)
+
+
 def _certified_table(members: list[dict[str, Any]]) -> list[str]:
     """Proven against attacked robustness, where `keras-margin evaluate --certify` ran."""
     rows = [m for m in members if "certified_rho_certified" in m]
     if not rows:
         return []
+    budgets = _certified_budgets(rows)
     method = rows[0].get("certified_bound", "")
     out = [f"Certified robustness (`keras-margin evaluate --certify`, the first "
            f"{int(rows[0]['certified_n'])} test points): each point's certified l2 radius is a "
@@ -508,13 +521,13 @@ def _certified_table(members: list[dict[str, Any]]) -> list[str]:
            "accuracy: share of the points proven robust at the budget.\n",
            "| row | rho_adv (DeepFool) | rho_min (attacks) | rho_certified (proven) | "
            "median certified l2 radius | certified / smallest attack (median) | "
-           + " | ".join(f"certified acc. {n} {e:g}" for n, e in CERTIFIED_BUDGETS) + " |",
-           "|---|---|---|---|---|---|" + "---|" * len(CERTIFIED_BUDGETS)]
+           + " | ".join(f"certified acc. {n} {e:g}" for n, e in budgets) + " |",
+           "|---|---|---|---|---|---|" + "---|" * len(budgets)]
     for m in rows:
         accuracy = " | ".join(
             f"{100 * m.get('certified_' + metric_key('certified_accuracy', n, e), math.nan):.1f}"
             " %"
-            for n, e in CERTIFIED_BUDGETS)
+            for n, e in budgets)
         out.append(f"| {evaluated_label(m, 'certified')} | {m['certified_rho_adv']:.3f} | "
                    f"{m.get('certified_rho_min', math.nan):.3f} | "
                    f"{m['certified_rho_certified']:.3f} | "

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from keras_margin.evaluation import EvaluationPlan
 
-TRAINERS = ("plain", "margin", "at", "vat")
+TRAINERS = ("plain", "margin", "at", "vat", "certified")
 PROTOCOLS = ("reference", "boxed")
 
 
@@ -62,7 +62,7 @@ class Row:
                              f"Expected one of {set(PROTOCOLS)}.")
         if isinstance(self.deepfool, dict):  # DeepFool's settings as a config.json holds them
             object.__setattr__(self, "deepfool", DeepFool(**self.deepfool))
-        if self.trainer == "at":  # the adversarial examples share the evaluation's box
+        if self.trainer in ("at", "certified"):  # the trainer's box is the evaluation's
             kwargs = {k: v for k, v in self.trainer_kwargs.items() if k != "clip"}
             if self.input_box != (None, None):
                 kwargs["clip"] = self.input_box
@@ -139,9 +139,16 @@ def build_base(row: Row) -> keras.Model:
 
 def build_model(row: Row, base: keras.Model | None = None) -> keras.Model:
     """The row's trainer around its base network (the plain rows train the base itself)."""
-    from keras_margin.training import AdversarialTrainingModel, MarginModel, VATModel
+    from keras_margin.training import (
+        AdversarialTrainingModel,
+        CertifiedTrainingModel,
+        MarginModel,
+        VATModel,
+    )
 
     base = build_base(row) if base is None else base
+    if row.trainer == "certified":
+        return CertifiedTrainingModel(base, **row.trainer_kwargs)
     if row.trainer == "margin":
         return MarginModel(base, **row.trainer_kwargs)
     if row.trainer == "at":
@@ -244,7 +251,31 @@ ABLATION = {row.name: row for row in [
                         trainer_kwargs={**_VAT, "hvp": "exact"}),
 ]}
 
-TABLES = {"table1": TABLE1, "table2": TABLE2, "ablation": ABLATION}
+
+
+def _certified_row(architecture: str, norm: str, eps: float) -> Row:
+    """Certified training (issue 27, not the paper's): CROWN-IBP (Zhang et al., 2020) on the
+    row's network at budget eps, inside [0, 1] ("boxed"), 20 epochs of the paper's Adam
+    schedule; eps, kappa (1 -> 0) and beta (1 -> 0) ramp over epochs 2-11 (training steps:
+    50,000 digits / 100 per step)."""
+    steps = 50000 // 100
+    base = TABLE1[f"{architecture}-baseline"]
+    kwargs = {"eps": eps, "norm": norm, "method": "crown-ibp", "ramp": [steps, 11 * steps],
+              "kappa": [1.0, 0.0], "beta": [1.0, 0.0]}
+    name = f"{architecture}-crown-ibp-{norm}-{eps:g}"
+    label = f"{base.label.split()[0]} CROWN-IBP, {'l_inf' if norm == 'linf' else 'l2'} {eps:g}"
+    return dataclasses.replace(base, name=name, table="certified", label=label,
+                               trainer="certified", trainer_kwargs=kwargs, protocol="boxed",
+                               epochs=20, paper={}, monitor_every=5)
+
+
+# Certified training against the paper's margin (issue 27): l_inf 0.1 and 0.3 as the
+# literature trains MNIST, and l2 1.0.
+CERTIFIED = {row.name: row for row in [
+    _certified_row(arch, norm, eps) for arch in ("mlp", "lenet5")
+    for norm, eps in (("linf", 0.1), ("linf", 0.3), ("l2", 1.0))]}
+
+TABLES = {"table1": TABLE1, "table2": TABLE2, "ablation": ABLATION, "certified": CERTIFIED}
 SWEEP_ARCHITECTURES = ("mlp", "lenet5")
 
 

@@ -155,7 +155,10 @@ class CertifiedTrainingModel(RobustModel):
     def logits_and_extra(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any, dict]:
         logits = call_logits(self.base, x, training=training)
         eps = self.schedule()["eps"]
-        margins = self.robust_margins(x, labels)
+        # eps 0 (before the ramp): the ball is the point and its margins are the logits'
+        # (auto_LiRPA's example trains on the clean loss then); no bound pass is needed.
+        margins = ops.cond(eps > 0, lambda: self.robust_margins(x, labels),
+                           lambda: ops.cast(_logit_margins(logits, labels), x.dtype))
         if training:
             self.schedule_step.assign(self.schedule_step + 1.0)
         robust = self.data_loss(labels, -margins)
@@ -196,6 +199,12 @@ class CertifiedTrainingModel(RobustModel):
             if isinstance(config.get(name), list):
                 config[name] = tuple(config[name])
         return super().from_config(config)
+
+
+def _logit_margins(logits: Any, labels: Any) -> Any:
+    """f_y - f_j of the logits themselves, (batch, k); 0 at j = y."""
+    own = ops.sum(logits * ops.one_hot(labels, logits.shape[-1], dtype=logits.dtype), axis=-1)
+    return own[:, None] - logits
 
 
 def _pair(name: str, value: Any, integers: bool = False) -> tuple:
