@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -80,14 +79,11 @@ def measure(archs: list[str], batch: int, steps: int, rounds: int) -> list[dict]
 
 
 def cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The processor and its cores, as each run's environment.json records them."""
+    from keras_margin.experiments.environment import machine
+
+    where = machine()
+    return f"{where.get('cpu') or where['platform']}, {where['cores']} cores"
 
 
 def main() -> None:
@@ -97,7 +93,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--from-json", default=None,
+                        help="print the table of a saved --out file (no measuring)")
     args = parser.parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            print(markdown(json.load(f)))
+        return
     import keras_margin  # noqa: F401 - TensorFlow without its start-up noise
 
     started = time.time()
@@ -107,15 +109,20 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
-    print("# Certified training step cost\n")
-    print(f"{report['cpu']}; {rows[0]['backend']}; batch {args.batch}, median of {args.steps} "
-          f"steps x {args.rounds} rounds, interleaved.\n")
-    print("| model | step | ms per step | over plain | over margin |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['model']} | {row['mode']} | {row['ms_per_step']:.1f} | "
-              f"x{row['ratio_to_plain']:.2f} | x{row['ratio_to_margin']:.2f} |")
+    print(markdown(report))
 
+
+def markdown(report: dict) -> str:
+    a, rows = report["args"], report["rows"]
+    lines = [f"<!-- python benchmarks/certified_step_cost.py --models {a['models']} --batch "
+             f"{a['batch']} --steps {a['steps']} --rounds {a['rounds']} -->",
+             "# Certified training step cost\n",
+             f"{report['cpu']}; {rows[0]['backend']}; batch {a['batch']}, median of "
+             f"{a['steps']} steps x {a['rounds']} rounds, interleaved.\n",
+             "| model | step | ms per step | over plain | over margin |", "|---|---|---|---|---|"]
+    lines += [f"| {row['model']} | {row['mode']} | {row['ms_per_step']:.1f} | "
+              f"x{row['ratio_to_plain']:.2f} | x{row['ratio_to_margin']:.2f} |" for row in rows]
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

@@ -29,7 +29,7 @@ import importlib.util
 import json
 import math
 import os
-import platform
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -255,7 +255,7 @@ def main() -> None:
                     row[f"{who}_certified_{bound}_by_us"] = float(by_us.mean())
                     row[f"{who}_certified_{bound}_by_lirpa"] = float(by_them.mean())
             results.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps(row), file=sys.stderr, flush=True)
     report = {"cpu": cpu(), "commit": commit(), "args": vars(args),
               "keras": keras.__version__, "backend": keras.backend.backend(),
               "torch": torch.__version__, "rows": results}
@@ -266,14 +266,11 @@ def main() -> None:
 
 
 def cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The processor and its cores, as each run's environment.json records them."""
+    from keras_margin.experiments.environment import machine
+
+    where = machine()
+    return f"{where.get('cpu') or where['platform']}, {where['cores']} cores"
 
 
 def commit() -> str:
@@ -293,7 +290,11 @@ def commit() -> str:
 
 def markdown(report: dict) -> str:
     a = report["args"]
-    lines = ["# Certified training: CertifiedTrainingModel and auto_LiRPA on the same work\n",
+    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in a.items()
+                       if k in ("epochs", "start", "length", "eps", "batch", "lr", "test"))
+    lines = [f"<!-- PYTHONPATH=LIRPA python benchmarks/certified_training_vs_lirpa.py "
+             f"--data-dir DIR --lirpa LIRPA {options} -->",
+             "# Certified training: CertifiedTrainingModel and auto_LiRPA on the same work\n",
              f"MNIST, 60,000 training digits, {a['epochs']} epochs, batch {a['batch']}, Adam "
              f"{a['lr']}, l_inf eps {a['eps']} ramped over epochs {a['start']}-"
              f"{a['start'] + a['length'] - 1}; {a['test']} test digits. Keras "

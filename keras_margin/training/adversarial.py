@@ -7,7 +7,6 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_margin._validation import (
     as_float_inputs,
@@ -120,23 +119,6 @@ class AdversarialTrainingModel(RobustModel):
         logits, x_adv = self._logits_and_adversarial(x, labels, training)
         adv_logits = call_logits(self.base, x_adv, training=training)
         return logits, self.data_loss(labels, adv_logits)
-
-    def inputs_valid(self, x: Any) -> Any:
-        """Finite and inside `clip`: a batch from a `tf.data` pipeline or a `PyDataset` outside
-        the box is refused as a NaN batch is (TensorFlow graphs and PyTorch raise; compiled
-        steps skip it and count it in `skipped_batches`)."""
-        valid = super().inputs_valid(x)
-        if self.clip is None:
-            return valid
-        lo, hi = self.clip
-        inside = ops.logical_and(ops.all(x >= ops.cast(lo, x.dtype)),
-                                 ops.all(x <= ops.cast(hi, x.dtype)))
-        return ops.logical_and(valid, inside)
-
-    def _check_arrays(self, x: Any, y: Any, where: str) -> None:
-        super()._check_arrays(x, y, where)
-        if self.clip is not None and isinstance(x, np.ndarray):
-            check_box(*self.clip, x)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "eps": self.eps, "clean_weight": self.clean_weight,

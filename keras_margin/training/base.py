@@ -26,6 +26,7 @@ from keras_margin import _keras_compat, backend
 from keras_margin import losses as losses_module
 from keras_margin._validation import (
     as_float_inputs,
+    check_box,
     check_finite_array,
     check_fit_arrays,
     check_label_array,
@@ -76,6 +77,7 @@ class RobustModel(backend.Steps, keras.Model):
     extra_name = "extra_loss"
     data_weight = 1.0
     extra_weight = 1.0
+    clip: tuple[float, float] | None = None  # a trainer's input box, where it has one
 
     def __init__(self, base: keras.Model, loss: Any = "crossentropy", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -195,9 +197,17 @@ class RobustModel(backend.Steps, keras.Model):
                          aux[0] if aux else {})
 
     def inputs_valid(self, x: Any) -> Any:
-        """Whether a batch's inputs may train (a boolean scalar, in the compiled step): finite;
-        a trainer with an input box adds its own condition."""
-        return ops.all(ops.isfinite(x))
+        """Whether a batch's inputs may train (a boolean scalar, in the compiled step): finite,
+        and inside `clip` where the trainer has a box: a batch from a `tf.data` pipeline or a
+        `PyDataset` outside it is refused as a NaN batch is (TensorFlow graphs and PyTorch
+        raise; compiled steps skip it and count it in `skipped_batches`)."""
+        valid = ops.all(ops.isfinite(x))
+        if self.clip is None:
+            return valid
+        lo, hi = self.clip
+        inside = ops.logical_and(ops.all(x >= ops.cast(lo, x.dtype)),
+                                 ops.all(x <= ops.cast(hi, x.dtype)))
+        return ops.logical_and(valid, inside)
 
     def record(self, objective: Objective, x: Any, sample_weight: Any) -> dict[str, Any]:
         """Updates the loss trackers (a skipped batch counts in `skipped_batches` only) and the
@@ -237,6 +247,8 @@ class RobustModel(backend.Steps, keras.Model):
         if not self.built:
             self.build((None,) + tuple(x.shape[1:]))
         check_label_array(labels, self.num_outputs)
+        if self.clip is not None:
+            check_box(*self.clip, x)
         probe = ops.convert_to_numpy(ops.stop_gradient(call_logits(
             self.base, ops.convert_to_tensor(x[:32].astype(keras.backend.floatx())))))
         check_probability_outputs(probe)

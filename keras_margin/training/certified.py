@@ -10,7 +10,6 @@ import numpy as np
 from keras import ops
 
 from keras_margin._validation import (
-    check_box,
     check_box_pair,
     check_choice,
     check_integer,
@@ -170,21 +169,9 @@ class CertifiedTrainingModel(RobustModel):
     def aux_trackers(self) -> dict[str, keras.metrics.Metric]:
         return {"eps": self.eps_tracker, "certified_accuracy": self.certified_tracker}
 
-    def inputs_valid(self, x: Any) -> Any:
-        """Finite and inside `clip` (as `AdversarialTrainingModel`'s)."""
-        valid = super().inputs_valid(x)
-        if self.clip is None:
-            return valid
-        lo, hi = self.clip
-        inside = ops.logical_and(ops.all(x >= ops.cast(lo, x.dtype)),
-                                 ops.all(x <= ops.cast(hi, x.dtype)))
-        return ops.logical_and(valid, inside)
-
     def _check_arrays(self, x: Any, y: Any, where: str) -> None:
         super()._check_arrays(x, y, where)
         if isinstance(x, np.ndarray):
-            if self.clip is not None:
-                check_box(*self.clip, x)
             check_chain(self.base, self.operations, x.astype(keras.backend.floatx()))
 
     def get_config(self) -> dict[str, Any]:
