@@ -1,4 +1,5 @@
-"""The prepared GPU script runs end to end (tiny settings, on the CPU of CI)."""
+"""The prepared GPU script runs end to end (tiny settings, on the CPU of CI); published
+benchmark tables regenerate from their raw files, and the README quotes them as they are."""
 
 import os
 import subprocess
@@ -23,3 +24,29 @@ def test_the_gpu_script_runs_on_a_cpu_with_tiny_settings(tmp_path):
         assert os.path.getsize(tmp_path / name) > 0, name
     assert "| mlp | jacobian |" in (tmp_path / "step_cost_16.md").read_text()
     assert "rho_fmn_l2" in (tmp_path / "attacks.log").read_text()
+
+
+@pytest.mark.parametrize("script,name", [("certified_training_vs_lirpa", "certified_training"),
+                                         ("certified_step_cost", "certified_step_cost")])
+def test_the_certified_training_tables_regenerate_from_their_json(script, name):
+    """docs/results/benchmarks/NAME.md is what the script prints from NAME.json (no hand edits);
+    the README quotes those tables."""
+    import importlib.util
+    import json
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    spec = importlib.util.spec_from_file_location(
+        script, os.path.join(root, "benchmarks", script + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = os.path.join(root, "docs", "results", "benchmarks")
+    with open(os.path.join(folder, name + ".json")) as f:
+        report = json.load(f)
+    with open(os.path.join(folder, name + ".md")) as f:
+        table = f.read()
+    assert table == module.markdown(report) + "\n"
+    if name == "certified_training":  # the README's copy of the table, row by row
+        with open(os.path.join(root, "README.md")) as f:
+            readme = f.read()
+        rows = [line for line in table.splitlines() if line.startswith(("| mlp", "| cnn"))]
+        assert len(rows) == 12 and all(row in readme for row in rows[:8]), rows
