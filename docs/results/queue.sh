@@ -87,6 +87,28 @@ for row in mlp-baseline mlp-l2 lenet5-baseline lenet5-l2; do
   train "$row" 100 1 --monitor-every 5
   evaluate "$(folder "$row" 100 0)"
 done
+# Issue 27: certified training (CROWN-IBP, the "certified" table; 20 epochs), l_inf 0.1 first,
+# then each run's evaluations: the stronger attacks inside [0, 1], and certify (CROWN) at its
+# training budget beside Table I's budgets, on the same 100 digits as Table I's.
+certified() {  # row
+  local f
+  if compgen -G "$published/certified/$1/*/seed-0/robustness-certified.json" > /dev/null; then
+    echo "== certified/$1: published"; return
+  fi
+  step $km reproduce certified --rows "$1" --seeds 1 --data-dir "$data" --out "$out"
+  for f in "$out"/certified/"$1"/mnist-e*-boxed-float32/seed-0; do
+    [ -f "$f/model.keras" ] || continue
+    is_published "certified/${f#*/certified/}" robustness.json || \
+      step $km evaluate "$f" --data-dir "$data" --box 0,1
+    is_published "certified/${f#*/certified/}" robustness-certified.json || \
+      step $km evaluate "$f" --data-dir "$data" --n 100 --attacks fmn,ddn,fmn_linf \
+        --linf-eps 0.01,0.03,0.1,0.3 --l2-eps 0.1,0.3,1 --certify crown --tag certified
+  done
+}
+for row in mlp-crown-ibp-linf-0.1 lenet5-crown-ibp-linf-0.1 mlp-crown-ibp-l2-1 \
+           mlp-crown-ibp-linf-0.3 lenet5-crown-ibp-l2-1 lenet5-crown-ibp-linf-0.3; do
+  certified "$row"
+done
 # Issue 25: AutoAttack's standard ensemble on every published Table I run (l_inf 0.1; AT rows
 # also 0.3), then the comparison with the reference AutoAttack (seed 0 of every cell first).
 for folder in "$out"/table1/*/mnist-e*-reference-float32/seed-* \
