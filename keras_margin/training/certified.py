@@ -61,9 +61,11 @@ class CertifiedTrainingModel(RobustModel):
     the weights, so a loaded model resumes the schedule.
 
     Example:
-        >>> base = keras_margin.architectures.mlp(hidden=(100, 100))
+        >>> base = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+        ...                          keras.layers.Dense(100, activation="relu"),
+        ...                          keras.layers.Dense(10)])
         >>> model = CertifiedTrainingModel(base, threat=ThreatModel("linf", 0.1, 0.0, 1.0),
-        ...                                ramp=(600, 6000))  # epochs 1-10 of 600 steps
+        ...                                ramp=(600, 6000))  # epochs 2-10 of 600 steps
         >>> model.compile(optimizer="adam", metrics=["accuracy"])
         >>> model.fit(x, y, batch_size=100, epochs=20)
     """
