@@ -249,6 +249,8 @@ def test_no_attack_finds_an_adversarial_inside_a_certified_trained_models_radius
     ({"eps": 0.1, "kappa": (1.0, -0.1)}, r"kappa\[1\]"), ({"eps": 0.1, "method": "crown"},
                                                           "method"),
     ({"eps": 0.1, "norm": "l1"}, "norm"), ({"eps": 0.1, "clip": (1.0, 0.0)}, "clip"),
+    ({"threat": ThreatModel("linf", 0.1, 0.0, None)}, "threat.*one side"),
+    ({"threat": ThreatModel("linf", 0.1), "eps": 0.2}, "eps|threat"),
 ])
 def test_bad_arguments_are_refused_by_name(kwargs, match):
     with pytest.raises(ValueError, match=match):

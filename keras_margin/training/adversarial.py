@@ -19,8 +19,8 @@ from keras_margin._validation import (
 )
 from keras_margin.gradient_steps import fgsm_examples
 from keras_margin.jacobian import call_logits
-from keras_margin.threat import ThreatModel, resolve
-from keras_margin.training.base import RobustModel
+from keras_margin.threat import ThreatModel
+from keras_margin.training.base import RobustModel, budget_and_box
 
 
 @keras.saving.register_keras_serializable(package="keras_margin")
@@ -63,14 +63,8 @@ class AdversarialTrainingModel(RobustModel):
                           "term).", DeprecationWarning, stacklevel=2)
             clean_weight = alpha
         clean_weight = 0.5 if clean_weight is None else clean_weight
-        if threat is not None:
-            low, high = clip if clip is not None else (None, None)
-            eps, norm, low, high = resolve(threat, eps, norm, low, high, budget=True)
-            clip = None if low is None and high is None else (low, high)
-            if clip is not None and None in clip:
-                raise ValueError(f"Invalid value for argument threat: {threat} is bounded on "
-                                 "one side; adversarial training clips to a whole box "
-                                 "(clip_min and clip_max) or none.")
+        eps, norm, clip = budget_and_box(threat, eps, norm, clip,
+                                         "adversarial training clips to")
         eps = check_positive("eps", 0.2 if eps is None else eps, resolved=True)
         clean_weight = check_non_negative("clean_weight", clean_weight, maximum=1)
         norm = "linf" if norm is None else norm

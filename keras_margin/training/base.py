@@ -38,6 +38,7 @@ from keras_margin._validation import (
     warn_if_unscaled,
 )
 from keras_margin.jacobian import call_logits
+from keras_margin.threat import resolve
 from keras_margin.training.helpers import with_helpers
 
 
@@ -274,6 +275,22 @@ class RobustModel(backend.Steps, keras.Model):
                           "model's classes, or gave a non-finite objective. Check the data.",
                           UserWarning, stacklevel=2)
         return result
+
+
+def budget_and_box(threat: Any, eps: Any, norm: str | None, clip: Any,
+                   purpose: str) -> tuple[Any, str | None, Any]:
+    """A trainer's (eps, norm, clip) from `threat=` or the separate arguments (not both,
+    `threat.resolve`); a threat bounded on one side only is refused: the trainer's box is
+    whole or absent. `purpose` says what the box is for, in the error."""
+    if threat is None:
+        return eps, norm, clip
+    low, high = clip if clip is not None else (None, None)
+    eps, norm, low, high = resolve(threat, eps, norm, low, high, budget=True)
+    clip = None if low is None and high is None else (low, high)
+    if clip is not None and None in clip:
+        raise ValueError(f"Invalid value for argument threat: {threat} is bounded on one side; "
+                         f"{purpose} a whole box (clip_min and clip_max) or none.")
+    return eps, norm, clip
 
 
 def _logit_metrics(metrics: Any) -> Any:

@@ -19,8 +19,8 @@ from keras_margin._validation import (
 from keras_margin.jacobian import call_logits
 from keras_margin.propagation.margins import TRAINING_METHODS, training_margins
 from keras_margin.propagation.network import chain, check_chain
-from keras_margin.threat import ThreatModel, resolve
-from keras_margin.training.base import RobustModel
+from keras_margin.threat import ThreatModel
+from keras_margin.training.base import RobustModel, budget_and_box
 
 
 @keras.saving.register_keras_serializable(package="keras_margin")
@@ -77,14 +77,8 @@ class CertifiedTrainingModel(RobustModel):
                  kappa: tuple[float, float] = (1.0, 0.0), beta: tuple[float, float] = (1.0, 0.0),
                  loss: Any = "crossentropy", clip: tuple[float, float] | None = None,
                  threat: ThreatModel | None = None, **kwargs: Any) -> None:
-        if threat is not None:
-            low, high = clip if clip is not None else (None, None)
-            eps, norm, low, high = resolve(threat, eps, norm, low, high, budget=True)
-            clip = None if low is None and high is None else (low, high)
-            if clip is not None and None in clip:
-                raise ValueError(f"Invalid value for argument threat: {threat} is bounded on "
-                                 "one side; certified training cuts the ball to a whole box "
-                                 "(clip_min and clip_max) or none.")
+        eps, norm, clip = budget_and_box(threat, eps, norm, clip,
+                                         "certified training cuts the ball to")
         if eps is None:
             raise ValueError("Invalid value for argument eps: None. Expected the training "
                              "budget, a number > 0 (or threat=ThreatModel(norm, eps, ...)).")
