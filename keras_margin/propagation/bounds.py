@@ -364,6 +364,19 @@ def margin_rows(labels: Any, k: int, dtype: str) -> Any:
     return label_hot[:, None, :] - ops.eye(k, dtype=dtype)[None]
 
 
+def propagated_margins(operations: list, region: Region, rows: Any, method: str) -> tuple:
+    """Lower bounds of rows · f over the region on one set of layer bounds (`layer_bounds` by
+    `method`), each with the magnitude of the sums that made it: IBP's (elision: the last
+    layer folded into the rows, over the intervals below it), and CROWN's back-substitution
+    through every layer as a function, computed only where it is called."""
+    bounds, relaxations = layer_bounds(operations, region, method)
+    last = len(operations) - 1
+    below = _interval_region(*bounds[last - 1]) if last else region
+    ibp = back_substitute(operations[last:], [], {}, rows, below, upper=False)
+    return ibp, lambda: back_substitute(operations, bounds, relaxations, rows, region,
+                                        upper=False)
+
+
 def margin_bounds(operations: list, x0: Any, labels: Any, eps: Any, norm: str, method: str,
                   box: tuple[float | None, float | None]) -> Any:
     """Lower bounds of f_y - f_j over the region, (B, k); +inf at j = y."""
@@ -372,16 +385,11 @@ def margin_bounds(operations: list, x0: Any, labels: Any, eps: Any, norm: str, m
     rows = margin_rows(labels, k, x0.dtype)
     allowance = rounding_allowance(operations, x0)
     if method != "lipschitz":
-        bounds, relaxations = layer_bounds(operations, region, method)
-        # Elision: the margins through the last layer, the intervals below it (IBP's bound).
-        last = len(operations) - 1
-        below = _interval_region(*bounds[last - 1]) if last else region
-        low, size = back_substitute(operations[last:], [], {}, rows, below, upper=False)
+        (low, size), crown_of = propagated_margins(operations, region, rows, method)
         low = low - allowance * size
         if method != "ibp":  # both bounds are sound: each margin takes the better one, so
             # CROWN's radius is never below the interval bound's on the same layer bounds
-            crown, size = back_substitute(operations, bounds, relaxations, rows, region,
-                                          upper=False)
+            crown, size = crown_of()
             low = backend.maximum(low, crown - allowance * size)
     else:
         low, size = lipschitz_margins(operations, x0, rows, region)

@@ -22,13 +22,7 @@ from typing import Any
 
 from keras import ops
 
-from keras_margin.propagation.bounds import (
-    Region,
-    _interval_region,
-    back_substitute,
-    layer_bounds,
-    margin_rows,
-)
+from keras_margin.propagation.bounds import Region, margin_rows, propagated_margins
 
 TRAINING_METHODS = ("ibp", "crown-ibp")
 
@@ -41,18 +35,13 @@ def training_margins(operations: list, x0: Any, labels: Any, eps: Any, norm: str
     region = Region(x0, eps, norm, box)
     k = operations[-1].out_shape[-1]
     rows = margin_rows(labels, k, x0.dtype)
-    bounds, relaxations = layer_bounds(operations, region, method)
-    last = len(operations) - 1
-    below = _interval_region(*bounds[last - 1]) if last else region
-    margins = back_substitute(operations[last:], [], {}, rows, below, upper=False)[0]
+    (margins, _), crown_of = propagated_margins(operations, region, rows, method)
     if method == "crown-ibp":
         ibp = margins
 
         def mixed():
-            crown = back_substitute(operations, bounds, relaxations, rows, region,
-                                    upper=False)[0]
             weight = ops.cast(beta, ibp.dtype)
-            return (1.0 - weight) * ibp + weight * crown
+            return (1.0 - weight) * ibp + weight * crown_of()[0]
 
         # beta 0 (the end of Zhang et al.'s schedule): IBP's alone, without CROWN's pass
         if isinstance(beta, (int, float)):

@@ -138,21 +138,23 @@ class CertifiedTrainingModel(RobustModel):
 
     @property
     def extra_weight(self) -> Any:  # type: ignore[override]
-        return 1.0 - self.schedule()["kappa"]
+        return 1.0 - self.data_weight
 
     # -- the objective --------------------------------------------------------------------------
-    def robust_margins(self, x: Any, labels: Any) -> Any:
-        """The training bounds m (batch, k) at the current step's eps and beta."""
-        values = self.schedule()
+    def robust_margins(self, x: Any, labels: Any, values: dict | None = None) -> Any:
+        """The training bounds m (batch, k) at the current step's eps and beta (`values`, the
+        step's `schedule()` where the caller has it)."""
+        values = values or self.schedule()
         return training_margins(self.operations, x, labels, values["eps"], self.norm,
                                 self.method, self.clip or (None, None), values["beta"])
 
     def logits_and_extra(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any, dict]:
         logits = call_logits(self.base, x, training=training)
-        eps = self.schedule()["eps"]
+        values = self.schedule()
+        eps = values["eps"]
         # eps 0 (before the ramp): the ball is the point and its margins are the logits'
         # (auto_LiRPA's example trains on the clean loss then); no bound pass is needed.
-        margins = ops.cond(eps > 0, lambda: self.robust_margins(x, labels),
+        margins = ops.cond(eps > 0, lambda: self.robust_margins(x, labels, values),
                            lambda: ops.cast(_logit_margins(logits, labels), x.dtype))
         if training:
             self.schedule_step.assign(self.schedule_step + 1.0)
