@@ -56,6 +56,13 @@ def output_tensors(model: Any) -> list | None:
     return getattr(model, "_outputs", None) or getattr(model, "outputs", None)
 
 
+def stateless_scope() -> Any:
+    """The innermost active `keras.StatelessScope`, or None."""
+    from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+    return get_stateless_scope()
+
+
 def without_retracing_warning(function: Any) -> Any:
     """A tf.function whose frequent-retracing warning is off (a private TF attribute)."""
     function._omit_frequent_tracing_warning = True
@@ -133,3 +140,42 @@ def layers_computing_in(model: Any, policy: str) -> Iterator[None]:
     finally:
         for layer, old in zip(layers, before):
             layer.dtype_policy = old
+
+
+@contextlib.contextmanager
+def keeping_layer_state(model: Any) -> Iterator[None]:
+    """Inside the block `model`'s layers may run in training mode, but its non-trainable state
+    (batch-norm moving statistics) is, at the end, what it was before: the extra passes of
+    robust training (attacks, rival searches, VAT's power iteration) leave the statistics to
+    the data pass, as a plain `fit` updates them. Dropout's seeds move on as usual.
+
+    Under a `keras.StatelessScope` (JAX's compiled steps) the scope's values are put back;
+    otherwise the variables are assigned their earlier values (TensorFlow orders the reads
+    and assignments of one variable as written, inside a tf.function too).
+    """
+    seeds = {id(v) for v in _seed_states(model)}
+    kept = [v for v in getattr(model, "non_trainable_variables", []) if id(v) not in seeds]
+    scope = stateless_scope()
+    if scope is not None:
+        before = {id(v): scope.state_mapping.get(id(v)) for v in kept}
+    else:
+        before = {id(v): keras.ops.copy(v.value) for v in kept}
+    try:
+        yield
+    finally:
+        for variable in kept:
+            value = before[id(variable)]
+            if scope is None:
+                variable.assign(value)
+            elif value is None:
+                scope.state_mapping.pop(id(variable), None)
+            else:
+                scope.state_mapping[id(variable)] = value
+
+
+def _seed_states(model: Any) -> list:
+    """The state variables of the seed generators of `model`'s layers (nested ones too)."""
+    layers = model._flatten_layers(include_self=True, recursive=True) \
+        if hasattr(model, "_flatten_layers") else []
+    return [generator.state for layer in layers
+            for generator in getattr(layer, "_seed_generators", [])]

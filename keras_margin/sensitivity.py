@@ -73,10 +73,12 @@ RIVAL_DTYPES = (None, "bfloat16", "float16")
 def low_precision_pullback(model: Callable, x: Any, training: bool, dtype: str) -> Callable:
     """The pullback of a second forward pass with every layer computing in `dtype` (bfloat16
     or float16; the variables stay float32): the rival search's Jacobian rows at the speed of
-    the chip's low-precision arithmetic, where it has any. No gradient flows through it."""
+    the chip's low-precision arithmetic, where it has any. No gradient flows through it, and
+    it leaves the layers' state (batch-norm statistics) to the data pass."""
     from keras_margin import _keras_compat
 
-    with _keras_compat.layers_computing_in(model, f"mixed_{dtype}"):
+    with _keras_compat.layers_computing_in(model, f"mixed_{dtype}"), \
+            _keras_compat.keeping_layer_state(model):
         _, pullback = logits_and_pullback(model, ops.stop_gradient(x), training=training)
     return pullback
 
@@ -106,6 +108,44 @@ def logits_and_sensitivity(model: Callable, x: Any, labels: Any, norm: str = "l2
         cotangent = ops.one_hot(labels, k, dtype=logits.dtype) - ops.one_hot(
             j_star, k, dtype=logits.dtype)
     return logits, sensitivity_from_gradient(pullback(cotangent), norm, squared)
+
+
+def logits_and_layer_sensitivity(model: Callable, x: Any, labels: Any, taps: Any,
+                                 shapes: Any, norm: str = "l2", rival: str = "jacobian",
+                                 squared: bool | None = None, training: bool = False,
+                                 candidates: int | None = None):
+    """The logits (batch, k) and eps_l(x, y) at each tap l (batch, L): eq. 18 with the
+    gradient taken at a hidden layer's output h_l instead of the input,
+    ||grad_{h_l} f_y - grad_{h_l} f_j*||, j* chosen at that layer by `rival`'s rule (the
+    Jacobian rule on that layer's rows). `taps` and `shapes` from `keras_margin.taps`."""
+    from keras_margin.taps import logits_and_tapped_pullback
+
+    logits, pullback = logits_and_tapped_pullback(model, x, taps, shapes, training=training,
+                                                  create_graph=True)
+    k = logits.shape[-1]
+    if k == 1:
+        grads = pullback(ops.ones_like(logits))
+        return logits, ops.stack([sensitivity_from_gradient(g, norm, squared) for g in grads],
+                                 axis=1)
+    label_hot = ops.one_hot(labels, k, dtype=logits.dtype)
+    if rival == "logit":
+        j_star = rival_classes(ops.stop_gradient(logits), labels, candidates=1)[:, 0]
+        grads = pullback(label_hot - ops.one_hot(j_star, k, dtype=logits.dtype))
+        return logits, ops.stack([sensitivity_from_gradient(g, norm, squared) for g in grads],
+                                 axis=1)
+    rivals = rival_classes(ops.stop_gradient(logits), labels, candidates)
+    norms = [[] for _ in taps]  # per tap, per rival column: ||grad (f_j - f_y)|| (batch,)
+    for i in range(rivals.shape[1]):
+        rows = pullback(ops.one_hot(rivals[:, i], k, dtype=logits.dtype) - label_hot)
+        for column, row in zip(norms, rows):
+            column.append(ops.stop_gradient(flat_norm(row, norm)))
+    eps = []
+    for tap_index, column in enumerate(norms):
+        best = ops.cast(ops.argmax(ops.stack(column, axis=1), axis=1), "int32")
+        j_star = ops.take_along_axis(rivals, best[:, None], axis=1)[:, 0]
+        grad = pullback(label_hot - ops.one_hot(j_star, k, dtype=logits.dtype))[tap_index]
+        eps.append(sensitivity_from_gradient(grad, norm, squared))
+    return logits, ops.stack(eps, axis=1)
 
 
 def margin_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",

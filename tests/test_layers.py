@@ -2,7 +2,7 @@
 
 Read from the source (every import, those inside functions too), not by running it. The floors,
 bottom up: the helpers with no keras-margin imports; the backend seam; the Jacobian rows; the
-argument checks; the checked inputs of attacks and certificates; the method's core (norms, the
+gradients at hidden layers (taps); the argument checks; the checked inputs of attacks and certificates; the method's core (norms, the
 gradient step, the margin sensitivity), the architectures and the data; the bound propagation;
 the trainers; the attacks; the certified bounds; the evaluation; the callbacks; the public
 package; the experiments. Trainers stand below every measurement.
@@ -20,6 +20,7 @@ FLOORS = [
      "keras_margin.robustness_report", "keras_margin.threat"),
     ("keras_margin.backend",),
     ("keras_margin.jacobian",),
+    ("keras_margin.taps",),  # gradients at hidden layers' outputs, beside the Jacobian rows
     ("keras_margin._validation",),
     ("keras_margin.inputs",),  # the checked inputs: below the attacks and certify alike
     ("keras_margin.norms", "keras_margin.gradient_steps", "keras_margin.sensitivity",

@@ -8,16 +8,59 @@ from typing import Any
 import jax
 import keras
 
+from keras_margin import _keras_compat
+
 
 def vjp(fn: Callable, x: Any, has_aux: bool = False, create_graph: bool = False):
-    """`fn(x)` and its pullback; JAX differentiates the pullback again whenever asked."""
+    """`fn(x)` and its pullback; JAX differentiates the pullback again whenever asked.
+
+    Variable updates made by `fn` (batch-norm statistics, dropout's seed) come out of the
+    transformation as values and are applied where `fn` would have applied them (the enclosing
+    `keras.StatelessScope`, or the variables), instead of leaking its tracers.
+    """
     del create_graph
     x = jax.numpy.asarray(x)
-    if has_aux:
-        out, pull, aux = jax.vjp(fn, x, has_aux=True)
-        return out, (lambda cotangent: pull(keras.ops.cast(cotangent, out.dtype))[0]), aux
-    out, pull = jax.vjp(fn, x)
-    return out, (lambda cotangent: pull(keras.ops.cast(cotangent, out.dtype))[0])
+    outer = _keras_compat.stateless_scope()
+    updated: list = []
+
+    def recorded(z):
+        scope = _Recording(outer)
+        with scope:
+            result = fn(z)
+        out, aux = result if has_aux else (result, None)
+        updated.extend(scope.updated)
+        return out, (aux, [scope.get_current_value(v) for v in scope.updated], scope.losses)
+
+    out, pull, (aux, values, losses) = jax.vjp(recorded, x, has_aux=True)
+    for variable, value in zip(updated, values):
+        if outer is not None:
+            outer.add_update((variable, value))
+        else:
+            variable.assign(value)
+    for loss in losses:
+        outer.add_loss(loss)
+
+    def pullback(cotangent):
+        return pull(keras.ops.cast(cotangent, out.dtype))[0]
+
+    return (out, pullback, aux) if has_aux else (out, pullback)
+
+
+class _Recording(keras.StatelessScope):
+    """A stateless scope that reads through to `outer`'s values and lists the variables
+    assigned inside it, in order."""
+
+    def __init__(self, outer: Any) -> None:
+        super().__init__()
+        if outer is not None:
+            self.state_mapping = dict(outer.state_mapping)
+            self.collect_losses = outer.collect_losses  # its losses are returned, as values
+        self.updated: list = []
+
+    def add_update(self, update: Any) -> None:
+        if all(update[0] is not v for v in self.updated):
+            self.updated.append(update[0])
+        super().add_update(update)
 
 
 def value_and_weight_grad(fn: Callable, variables: list) -> tuple[Any, list]:

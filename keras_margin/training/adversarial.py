@@ -8,6 +8,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_margin import _keras_compat
 from keras_margin._validation import (
     as_float_inputs,
     check_box,
@@ -111,7 +112,8 @@ class AdversarialTrainingModel(RobustModel):
 
     def logits_and_extra(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
         logits, x_adv = self._logits_and_adversarial(x, labels, training)
-        adv_logits = call_logits(self.base, x_adv, training=training)
+        with _keras_compat.keeping_layer_state(self.base):  # the clean pass updates them
+            adv_logits = call_logits(self.base, x_adv, training=training)
         return logits, self.data_loss(labels, adv_logits)
 
     def get_config(self) -> dict[str, Any]:

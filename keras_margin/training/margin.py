@@ -6,11 +6,13 @@ from typing import Any
 
 import keras
 
+from keras_margin import taps as taps_module
 from keras_margin._validation import check_candidates, check_choice, check_non_negative
 from keras_margin.sensitivity import (
     NORMS,
     RIVALS,
     check_rival_dtype,
+    logits_and_layer_sensitivity,
     logits_and_sensitivity,
 )
 from keras_margin.training.base import RobustModel
@@ -34,9 +36,18 @@ class MarginModel(RobustModel):
             only (cheaper; None, the reference, searches all k - 1 rivals).
         rival_dtype: with rival="jacobian", search j* in "bfloat16" or "float16" (see
             `margin_sensitivity`); None, the reference, in the model's precision.
+        layers: where the margin sensitivity is taken: None (the paper, the input only), or
+            a list of top-level layer names or layers of `base`, "input" for the input (hidden-
+            layer margins, as Elsayed et al. 2018): eps_l = ||grad_{h_l} (f_y - f_j*)|| at each
+            listed layer's output h_l, j* chosen at that layer by `rival`'s rule.
+        layer_weights: one weight >= 0 per entry of `layers` (None: all 1); the extra term is
+            sum_l w_l eps_l.
 
     `fit` reports `loss` (the whole objective), `data_loss` and `margin_sensitivity` (batch mean
-    of eps), on every Keras backend.
+    of eps; with `layers`, of sum_l w_l eps_l, and each eps_l as `margin_sensitivity_<layer>`),
+    on every Keras backend. Layers run in training mode in the penalty as in the data loss
+    (it is the same forward pass): batch-norm statistics are updated once per step, as a
+    plain `fit` updates them.
 
     Example:
         >>> base = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
@@ -51,27 +62,64 @@ class MarginModel(RobustModel):
     def __init__(self, base: keras.Model, C: float = 0.1, norm: str = "l2",
                  loss: Any = "hinge", rival: str = "jacobian", squared: bool | None = None,
                  candidates: int | None = None, rival_dtype: str | None = None,
-                 **kwargs: Any) -> None:
+                 layers: Any = None, layer_weights: Any = None, **kwargs: Any) -> None:
         C = check_non_negative("C", C, maximum=MAX_C)
         check_choice("norm", norm, NORMS)
         check_choice("rival", rival, RIVALS)
         check_choice("squared", squared, (None, True, False))
         check_candidates(candidates, rival=rival)
         check_rival_dtype(rival_dtype, rival, base)
+        taps = None if layers is None else taps_module.resolve_taps(base, layers)
+        if taps is None and layer_weights is not None:
+            raise ValueError("layer_weights needs layers=[...]: one weight per listed layer.")
+        weights = None if taps is None else taps_module.check_layer_weights(layer_weights, taps)
+        if taps is not None and rival_dtype is not None:
+            raise ValueError(f"rival_dtype={rival_dtype!r} applies to the input margin only "
+                             "(layers=None).")
         super().__init__(base, loss=loss, **kwargs)
         self.C, self.norm, self.rival, self.squared = C, norm, rival, squared
         self.candidates, self.rival_dtype = candidates, rival_dtype
+        self.taps, self.layer_weights = taps, weights
+        self._tap_shapes = None
+        self.layer_trackers = {}
+        if taps is not None:
+            if getattr(base, "inputs", None):  # refuse a layer off the path now, not in fit
+                self._tap_shapes = taps_module.tap_shapes(base, taps, base.inputs[0].shape)
+            self.layer_trackers = {
+                name: keras.metrics.Mean(name=f"margin_sensitivity_{name}")
+                for name in taps_module.tap_names(taps)}
 
     @property
     def extra_weight(self) -> float:  # type: ignore[override]
         return self.C
 
-    def logits_and_extra(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
+    def logits_and_extra(self, x: Any, labels: Any, training: bool) -> tuple[Any, ...]:
+        if self.taps is not None:
+            return self._logits_and_layer_extra(x, labels, training)
         return logits_and_sensitivity(self.base, x, labels, norm=self.norm, rival=self.rival,
                                       squared=self.squared, training=training,
                                       candidates=self.candidates, rival_dtype=self.rival_dtype)
 
+    def _logits_and_layer_extra(self, x: Any, labels: Any, training: bool) -> tuple[Any, ...]:
+        if self._tap_shapes is None:
+            self._tap_shapes = taps_module.tap_shapes(self.base, self.taps, x.shape)
+        logits, eps = logits_and_layer_sensitivity(
+            self.base, x, labels, self.taps, self._tap_shapes, norm=self.norm,
+            rival=self.rival, squared=self.squared, training=training,
+            candidates=self.candidates)
+        weights = keras.ops.convert_to_tensor(self.layer_weights, dtype=eps.dtype)
+        means = keras.ops.mean(eps, axis=0)
+        aux = {name: means[i] for i, name in enumerate(self.layer_trackers)}
+        return logits, keras.ops.sum(eps * weights[None], axis=1), aux
+
+    def aux_trackers(self) -> dict[str, keras.metrics.Metric]:
+        return dict(self.layer_trackers)
+
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "C": self.C, "norm": self.norm, "rival": self.rival,
-                "squared": self.squared, "candidates": self.candidates,
-                "rival_dtype": self.rival_dtype}
+        config = {**super().get_config(), "C": self.C, "norm": self.norm, "rival": self.rival,
+                  "squared": self.squared, "candidates": self.candidates,
+                  "rival_dtype": self.rival_dtype}
+        if self.taps is not None:  # absent before hidden-layer margins: older files load
+            config.update(layers=taps_module.tap_names(self.taps),
+                          layer_weights=list(self.layer_weights))
+        return config

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_margin import backend
+from keras_margin import _keras_compat, backend
 from keras_margin._validation import (
     check_choice,
     check_integer,
@@ -125,10 +125,11 @@ class VATModel(RobustModel):
 
     def logits_and_extra(self, x: Any, labels: Any, training: bool) -> tuple[Any, Any]:
         logits = call_logits(self.base, x, training=training)
-        r_vadv = self.virtual_adversarial_perturbation(x, logits, training=training)
+        with _keras_compat.keeping_layer_state(self.base):  # the clean pass updates them
+            r_vadv = self.virtual_adversarial_perturbation(x, logits, training=training)
+            adv_logits = call_logits(self.base, x + r_vadv, training=training)
         log_p = ops.stop_gradient(_class_log_probabilities(logits))
-        return logits, _kl_divergence(log_p, call_logits(self.base, x + r_vadv,
-                                                          training=training))
+        return logits, _kl_divergence(log_p, adv_logits)
 
     # The seed generator's state is not among the variables Keras saves for a Model.
     def save_own_variables(self, store: Any) -> None:

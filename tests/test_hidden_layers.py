@@ -1,0 +1,268 @@
+"""Margins at hidden layers, and robust training on models with batch norm (issue 26).
+
+Truths: the hidden-layer sensitivity against a closed form (a linear head) and against central
+finite differences in float64 (a tanh head); the input tap against the paper's input-only
+path over three training steps; batch-norm moving statistics after one step of every trainer
+against one plain `fit` step on the same batch.
+"""
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, to_numpy
+
+from keras_margin.training import AdversarialTrainingModel, MarginModel, VATModel
+
+
+def _data(n=8, d=6, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)).astype("float32"), rng.integers(0, k, n).astype("int32")
+
+
+def _tanh_net(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((6,)),
+                             keras.layers.Dense(5, activation="tanh", name="h1"),
+                             keras.layers.Dense(4, activation="tanh", name="h2"),
+                             keras.layers.Dense(3, name="logits")])
+
+
+def _extra(model, x, y):
+    out = model.logits_and_extra(keras.ops.convert_to_tensor(x),
+                                 keras.ops.convert_to_tensor(y), False)
+    return to_numpy(out[1]), {name: float(to_numpy(v)) for name, v in
+                              (out[2] if len(out) > 2 else {}).items()}
+
+
+def _rule(grads, y, norm, rival, logits, squared):
+    """eps from per-class gradient rows grads[j] (d,) of one sample, by the reference rule."""
+    others = [j for j in range(len(grads)) if j != y]
+    size = (lambda v: np.abs(v).sum()) if norm == "l1" else (lambda v: np.sqrt((v ** 2).sum()))
+    if rival == "logit":
+        j = max(others, key=lambda c: logits[c])
+    else:
+        j = max(others, key=lambda c: size(grads[c] - grads[y]))
+    value = size(grads[y] - grads[j])
+    return value ** 2 if squared else value
+
+
+def test_linear_head_matches_closed_form():
+    keras.utils.set_random_seed(1)
+    base = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="h"),
+                             keras.layers.Dense(3, name="logits")])
+    x, y = _data()
+    w1, w2 = (to_numpy(layer.kernel).astype(np.float64) for layer in base.layers)
+    for norm, squared in (("l2", True), ("l1", False)):
+        model = MarginModel(base, norm=norm, layers=["input", "h"], layer_weights=[1.0, 2.0])
+        extra, per_layer = _extra(model, x, y)
+        expected_h = [_rule(w2.T, y[b], norm, "jacobian", None, squared) for b in range(len(x))]
+        expected_x = [_rule((w1 @ w2).T, y[b], norm, "jacobian", None, squared)
+                      for b in range(len(x))]
+        np.testing.assert_allclose(extra, np.add(expected_x, np.multiply(2.0, expected_h)),
+                                   rtol=1e-5)
+        assert per_layer["h"] == pytest.approx(np.mean(expected_h), rel=1e-5)
+
+
+@pytest.mark.parametrize("norm,rival", [("l2", "jacobian"), ("l1", "jacobian"), ("l2", "logit")])
+def test_hidden_layer_matches_finite_differences(norm, rival):
+    base = _tanh_net()
+    x, y = _data()
+    (w1, b1), (w2, b2), (w3, b3) = ([to_numpy(v).astype(np.float64) for v in (layer.kernel,
+                                                                               layer.bias)]
+                                    for layer in base.layers)
+    a1 = np.tanh(x.astype(np.float64) @ w1 + b1)
+
+    def head(a):  # the logits as a function of h1's output, in float64
+        return np.tanh(a @ w2 + b2) @ w3 + b3
+
+    model = MarginModel(base, norm=norm, rival=rival, layers=["h1"])
+    extra, _ = _extra(model, x, y)
+    step = 1e-6
+    for b in range(len(x)):
+        jac = np.stack([(head(a1[b] + step * e) - head(a1[b] - step * e)) / (2 * step)
+                        for e in np.eye(5)], axis=1)  # (k, 5)
+        want = _rule(jac, y[b], norm, rival, head(a1[b]), squared=norm == "l2")
+        assert extra[b] == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+def test_input_tap_trains_as_the_input_only_default():
+    x, y = _data(n=16)
+    weights = []
+    for layers in (None, ["input"]):
+        model = MarginModel(_tanh_net(seed=3), C=0.1, layers=layers)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
+        weights.append([to_numpy(w) for w in model.base.weights])
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_per_layer_sensitivities_land_in_history_and_save(tmp_path):
+    x, y = _data(n=16)
+    model = MarginModel(_tanh_net(), C=0.1, layers=["input", "h2"], layer_weights=[1.0, 0.5])
+    model.compile(optimizer="adam")
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert {"margin_sensitivity_input", "margin_sensitivity_h2"} <= set(history)
+    total = history["margin_sensitivity"][0]
+    parts = history["margin_sensitivity_input"][0] + 0.5 * history["margin_sensitivity_h2"][0]
+    assert total == pytest.approx(parts, rel=1e-5)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.get_config()["layers"] == ["input", "h2"]
+    assert loaded.layer_weights == (1.0, 0.5)
+    np.testing.assert_allclose(_extra(loaded, x, y)[0], _extra(model, x, y)[0], rtol=1e-6)
+
+
+def test_residual_functional_base():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(6, activation="relu", name="h")(inputs)
+    s = keras.layers.Add(name="skip")([inputs, h])
+    outputs = keras.layers.Dense(3, name="logits")(s)
+    base = keras.Model(inputs, outputs)
+    x, y = _data()
+    extra, _ = _extra(MarginModel(base, layers=["skip"]), x, y)
+    w = to_numpy(base.get_layer("logits").kernel).astype(np.float64)
+    want = [_rule(w.T, y[b], "l2", "jacobian", None, True) for b in range(len(x))]
+    np.testing.assert_allclose(extra, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layers,weights,match", [
+    (["nope"], None, "no layer named 'nope'"),
+    (["logits"], None, "outputs the logits"),
+    ([], None, r"layers: \[\]"),
+    (["h1", "h1"], None, "listed twice"),
+    (["h1", "h2"], [1.0], "2 layers"),
+    (["h1"], [-1.0], "non-negative"),
+    ("h1", None, "Expected a list"),
+    (None, [1.0], "layer_weights needs layers"),
+])
+def test_bad_layers_are_refused_by_name(layers, weights, match):
+    with pytest.raises(ValueError, match=match):
+        MarginModel(_tanh_net(), layers=layers, layer_weights=weights)
+
+
+def test_nested_off_path_and_shared_layers_are_refused():
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="inner_dense")],
+                             name="inner")
+    outer = keras.Sequential([keras.Input((6,)), inner, keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="no layer named 'inner_dense'"):
+        MarginModel(outer, layers=["inner_dense"])
+    with pytest.raises(ValueError, match="not a top-level layer"):
+        MarginModel(outer, layers=[inner.layers[0]])
+    shared = keras.layers.Dense(6, name="shared")
+    inputs = keras.Input((6,))
+    outputs = keras.layers.Dense(3)(shared(shared(inputs)))
+    with pytest.raises(ValueError, match="called 2 times"):
+        MarginModel(keras.Model(inputs, outputs), layers=["shared"])
+    with pytest.raises(ValueError, match="input margin only"):
+        MarginModel(_tanh_net(), layers=["h1"], rival_dtype="bfloat16")
+
+
+# -- batch norm: statistics as a plain fit updates them --------------------------------------
+def _bn_net(seed=0, dropout=0.0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+        keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU(name="relu"),
+        keras.layers.Flatten(), keras.layers.Dropout(dropout),
+        keras.layers.Dense(3, name="logits")])
+
+
+def _moving_statistics(base):
+    bn = base.get_layer("bn")
+    return np.concatenate([to_numpy(bn.moving_mean), to_numpy(bn.moving_variance)])
+
+
+TRAINERS = {
+    "margin": lambda b: MarginModel(b, C=0.1),
+    "margin_hidden": lambda b: MarginModel(b, C=0.1, layers=["input", "relu"]),
+    "margin_bfloat16_rival": lambda b: MarginModel(b, C=0.1, rival_dtype="bfloat16"),
+    "adversarial": lambda b: AdversarialTrainingModel(b, eps=0.1),
+    "vat": lambda b: VATModel(b, eps=1.0),
+}
+
+
+@pytest.mark.parametrize("trainer", sorted(TRAINERS))
+def test_batch_norm_statistics_as_one_plain_step(trainer):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 16)
+    plain = _bn_net()
+    plain.compile(optimizer="sgd",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    plain.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    base = _bn_net()
+    before = _moving_statistics(base)
+    model = TRAINERS[trainer](base)
+    model.compile(optimizer="sgd")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert np.abs(_moving_statistics(base) - before).max() > 1e-3  # they did move
+    np.testing.assert_allclose(_moving_statistics(base), _moving_statistics(plain), atol=1e-6)
+
+
+def test_margin_trains_with_dropout_and_batch_norm():
+    """On JAX, a layer's state written inside the input-gradient transformation (dropout's
+    seed, batch-norm statistics) used to leak a tracer; every backend trains now."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 32)
+    model = MarginModel(_bn_net(dropout=0.5), C=0.1, layers=["input", "conv"])
+    model.compile(optimizer="adam")
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0).history
+    assert np.all(np.isfinite(history["loss"]))
+    assert history["skipped_batches"] == [0.0, 0.0]
+
+
+def test_eager_sensitivity_in_training_mode_updates_statistics_once():
+    from keras_margin import margin_sensitivity
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 16)
+    once, base = _bn_net(), _bn_net()
+    once(x, training=True)
+    margin_sensitivity(base, x, y, training=True)
+    np.testing.assert_allclose(_moving_statistics(base), _moving_statistics(once), atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="bfloat16 convolutions: TensorFlow and JAX")
+def test_mixed_bfloat16_margin_on_batch_norm():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 16)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        plain, base = _bn_net(), _bn_net()
+        plain.compile(optimizer="sgd",
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        plain.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        model = MarginModel(base, C=0.1, layers=["input", "relu"])
+        model.compile(optimizer="sgd")
+        history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert np.isfinite(history["loss"][0]) and history["margin_sensitivity_relu"][0] > 0
+    np.testing.assert_allclose(_moving_statistics(base), _moving_statistics(plain), atol=1e-6)
+
+
+@keras.saving.register_keras_serializable(package="test_hidden_layers")
+class _Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(5, activation="tanh", name="hidden")
+        self.unused = keras.layers.Dense(5, name="unused")
+        self.out = keras.layers.Dense(3, name="out")
+
+    def call(self, x, training=None):
+        return self.out(self.hidden(x))
+
+
+def test_subclassed_base_taps_and_refuses_an_unused_layer():
+    keras.utils.set_random_seed(0)
+    base = _Subclassed()
+    x, y = _data()
+    base(x)
+    extra, _ = _extra(MarginModel(base, layers=["hidden"]), x, y)
+    w = to_numpy(base.out.kernel).astype(np.float64)
+    np.testing.assert_allclose(extra, [_rule(w.T, y[b], "l2", "jacobian", None, True)
+                                       for b in range(len(x))], rtol=1e-5)
+    model = MarginModel(base, layers=["unused"])
+    with pytest.raises(ValueError, match="not on the path"):
+        _extra(model, x, y)
