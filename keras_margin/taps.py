@@ -99,22 +99,23 @@ def tap_names(taps: Sequence[Any]) -> list[str]:
     return [_name(tap) for tap in taps]
 
 
-def check_layer_weights(layer_weights: Any, taps: Sequence[Any]) -> tuple[float, ...]:
-    """One finite weight >= 0 per tap (None: all 1)."""
+def check_layer_weights(layer_weights: Any, taps: Sequence[Any],
+                        name: str = "layer_weights") -> tuple[float, ...]:
+    """One finite number >= 0 per tap (None: all 1); errors name the argument `name`."""
     if layer_weights is None:
         return (1.0,) * len(taps)
     if isinstance(layer_weights, (str, bytes)) or not isinstance(layer_weights, Sequence):
-        raise ValueError(f"Invalid value for argument layer_weights: {layer_weights!r}. "
+        raise ValueError(f"Invalid value for argument {name}: {layer_weights!r}. "
                          f"Expected a list of {len(taps)} non-negative numbers, one per layer.")
     if len(layer_weights) != len(taps):
-        raise ValueError(f"Invalid value for argument layer_weights: {len(layer_weights)} "
-                         f"weights for {len(taps)} layers {tap_names(taps)}; give one per "
+        raise ValueError(f"Invalid value for argument {name}: {len(layer_weights)} "
+                         f"numbers for {len(taps)} layers {tap_names(taps)}; give one per "
                          "layer.")
     weights = []
     for w in layer_weights:
         if isinstance(w, bool) or not isinstance(w, (int, float, np.number)) \
                 or not math.isfinite(float(w)) or float(w) < 0:
-            raise ValueError(f"Invalid value for argument layer_weights: {layer_weights!r}. "
+            raise ValueError(f"Invalid value for argument {name}: {layer_weights!r}. "
                              "Expected finite non-negative numbers.")
         weights.append(float(w))
     return tuple(weights)

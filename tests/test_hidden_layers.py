@@ -132,7 +132,7 @@ def test_residual_functional_base():
     (["logits"], None, "outputs the logits"),
     ([], None, r"layers: \[\]"),
     (["h1", "h1"], None, "listed twice"),
-    (["h1", "h2"], [1.0], "2 layers"),
+    (["h1", "h2"], [1.0], "layer_weights: 1 numbers for 2 layers"),
     (["h1"], [-1.0], "non-negative"),
     ("h1", None, "Expected a list"),
     (None, [1.0], "layer_weights needs layers"),

@@ -2,10 +2,11 @@
 
 Read from the source (every import, those inside functions too), not by running it. The floors,
 bottom up: the helpers with no keras-margin imports; the backend seam; the Jacobian rows; the
-gradients at hidden layers (taps); the argument checks; the checked inputs of attacks and certificates; the method's core (norms, the
-gradient step, the margin sensitivity), the architectures and the data; the bound propagation;
-the trainers; the attacks; the certified bounds; the evaluation; the callbacks; the public
-package; the experiments. Trainers stand below every measurement.
+gradients at hidden layers (taps); the argument checks; the checked inputs of attacks and
+certificates; the method's core (norms, the gradient step, the margin sensitivity), the
+architectures and the data; the bound propagation; the trainers; the attacks; the certified bounds;
+the evaluation; the callbacks; the public package; the experiments. Trainers stand below every
+measurement.
 """
 
 import ast
