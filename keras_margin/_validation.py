@@ -129,11 +129,23 @@ def check_logits_model(model: Any) -> None:
         if name in PROBABILITY_ACTIVATIONS:
             raise ValueError(
                 f"The model's output layer {layer.name!r} applies {name!r}: keras_margin needs "
-                "a model that outputs logits. Remove the final activation (use "
-                "activation=None) and use losses with from_logits=True."
+                f"a model that outputs logits. {_logits_fix(layer, name)} The trainers take "
+                "their loss on logits themselves (compile() takes no loss); for probabilities "
+                f"at prediction time, apply keras.ops.{name} to model.predict(x)."
             )
         inner = output_layer(layer) if isinstance(layer, keras.Model) else None
         layer, seen = inner, seen + 1
+
+
+def _logits_fix(layer: Any, name: str) -> str:
+    """What to change in the code that built `layer`, in the words of that code."""
+    if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
+        return f"Remove the layer {layer.name!r} (its input is the logits)."
+    units = getattr(layer, "units", None)
+    if isinstance(layer, keras.layers.Dense) and units is not None:
+        return (f"Build it as layers.Dense({units}) instead of layers.Dense({units}, "
+                f"activation={name!r}).")
+    return f"Build it with activation=None instead of activation={name!r}."
 
 
 def check_single_input(model: Any) -> None:

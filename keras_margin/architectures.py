@@ -1,4 +1,5 @@
-"""The paper's models, returning logits: MLP 1000-1000-1000, LeNet-5 and Network in Network."""
+"""The paper's models, returning logits: MLP 1000-1000-1000, LeNet-5 and Network in Network; and
+ResNet-20 (He et al., 2016), a residual network with batch norm as people train them."""
 
 from __future__ import annotations
 
@@ -93,3 +94,47 @@ def nin(dropout: float = 0.5, input_shape: Sequence[int] = (32, 32, 3), num_clas
         conv(192, 3), conv(192, 1), conv(num_classes, 1, activation=None),
         layers.GlobalAveragePooling2D(name="logits"),
     ], name=name)
+
+
+def resnet20(input_shape: Sequence[int] = (32, 32, 3), num_classes: int = 10,
+             blocks: int = 3, name: str = "resnet20") -> keras.Model:
+    """The CIFAR ResNet of He et al. (2016, sec. 4.2) with n = `blocks` (3: ResNet-20, 0.27M
+    weights): conv 3x3 16 - BN - ReLU; three stages of `blocks` basic blocks (two conv 3x3 -
+    BN, ReLU after the residual Add) with 16, 32, 64 filters, the first block of stages 2 and 3
+    striding 2 with a 1x1 conv - BN projection on its shortcut (the paper's option B); global
+    average pooling; dense logits. He-normal initialisation.
+
+    Each block's output is the layer `stage{s}_block{b}` (s and b from 1), for hidden-layer
+    margins (`MarginModel(..., layers=["input", "stage1_block3", ...])`).
+
+    Example:
+        >>> resnet20().output_shape
+        (None, 10)
+    """
+    _check(0.0, input_shape, num_classes)
+    check_integer("blocks", blocks)
+
+    def conv(filters: int, size: int, strides: int, label: str) -> layers.Layer:
+        return layers.Conv2D(filters, size, strides=strides, padding="same", use_bias=False,
+                             kernel_initializer="he_normal", name=label)
+
+    inputs = keras.Input(tuple(input_shape))
+    x = conv(16, 3, 1, "stem_conv")(inputs)
+    x = layers.ReLU(name="stem")(layers.BatchNormalization(name="stem_bn")(x))
+    for stage, filters in enumerate((16, 32, 64), start=1):
+        for block in range(1, blocks + 1):
+            label = f"stage{stage}_block{block}"
+            strides = 2 if stage > 1 and block == 1 else 1
+            y = conv(filters, 3, strides, f"{label}_conv1")(x)
+            y = layers.ReLU(name=f"{label}_relu1")(layers.BatchNormalization(
+                name=f"{label}_bn1")(y))
+            y = layers.BatchNormalization(name=f"{label}_bn2")(
+                conv(filters, 3, 1, f"{label}_conv2")(y))
+            shortcut = x
+            if strides != 1 or x.shape[-1] != filters:
+                shortcut = layers.BatchNormalization(name=f"{label}_shortcut_bn")(
+                    conv(filters, 1, strides, f"{label}_shortcut")(x))
+            x = layers.ReLU(name=label)(layers.Add(name=f"{label}_add")([shortcut, y]))
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.Dense(num_classes, kernel_initializer="he_normal", name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -266,3 +266,134 @@ def test_subclassed_base_taps_and_refuses_an_unused_layer():
     model = MarginModel(base, layers=["unused"])
     with pytest.raises(ValueError, match="not on the path"):
         _extra(model, x, y)
+
+
+# -- real models: ResNet-20 and a Keras Applications network (slow) --------------------------
+def _all_moving_statistics(base):
+    return np.concatenate([to_numpy(v).ravel() for layer in base.layers
+                           if isinstance(layer, keras.layers.BatchNormalization)
+                           for v in (layer.moving_mean, layer.moving_variance)])
+
+
+def _one_step_against_plain(make_base, make_trainer, x, y, relative=None):
+    """One trainer step and one plain step from the same weights on the same batch: the
+    moving statistics must move as the plain step moves them (to 1e-5; with `relative`, to
+    that fraction of the largest move, for bfloat16 arithmetic: a second update would be off
+    by the whole move)."""
+    plain = make_base()
+    start = _all_moving_statistics(plain)
+    plain.compile(optimizer="sgd",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    plain.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    base = make_base()
+    model = make_trainer(base)
+    model.compile(optimizer="sgd")
+    history = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and history["skipped_batches"] == [0.0]
+    moved, want = _all_moving_statistics(base) - start, _all_moving_statistics(plain) - start
+    tolerance = 1e-5 if relative is None else relative * np.abs(want).max()
+    np.testing.assert_allclose(moved, want, atol=tolerance)
+    return history
+
+
+def _resnet(seed=0):
+    from keras_margin.architectures import resnet20
+
+    keras.utils.set_random_seed(seed)
+    return resnet20(input_shape=(16, 16, 3), num_classes=4)
+
+
+RESNET_TRAINERS = {
+    "margin_hidden": lambda b: MarginModel(b, C=0.1, layers=["input", "stage1_block3",
+                                                             "stage3_block3"]),
+    "adversarial": lambda b: AdversarialTrainingModel(b, eps=0.03),
+    "vat": lambda b: VATModel(b, eps=1.0),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", sorted(RESNET_TRAINERS))
+def test_resnet20_trains_and_keeps_batch_norm_as_plain_fit(trainer):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 16, 16, 3)).astype("float32"), rng.integers(0, 4, 8)
+    history = _one_step_against_plain(_resnet, RESNET_TRAINERS[trainer], x, y)
+    if trainer == "margin_hidden":
+        assert history["margin_sensitivity_stage3_block3"][0] > 0
+
+
+@pytest.mark.slow
+def test_keras_applications_model_trains_with_hidden_layer_margins():
+    def mobilenet():
+        keras.utils.set_random_seed(0)
+        return keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35,
+                                              weights=None, classes=4,
+                                              classifier_activation=None)
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((4, 32, 32, 3)).astype("float32"), rng.integers(0, 4, 4)
+    history = _one_step_against_plain(
+        mobilenet, lambda b: MarginModel(b, C=0.1, rival="logit",
+                                         layers=["input", "block_2_add", "out_relu"]), x, y)
+    assert history["margin_sensitivity_out_relu"][0] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND == "torch", reason="bfloat16 convolutions: TensorFlow and JAX")
+def test_resnet20_margin_in_mixed_bfloat16():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 16, 16, 3)).astype("float32"), rng.integers(0, 4, 8)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        history = _one_step_against_plain(_resnet, RESNET_TRAINERS["margin_hidden"], x, y,
+                                          relative=0.02)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert history["margin_sensitivity_stage1_block3"][0] > 0
+
+
+def test_a_softmax_output_layer_is_told_exactly_what_to_change():
+    softmax = keras.Sequential([keras.Input((6,)), keras.layers.Dense(10, activation="softmax",
+                                                                      name="out")])
+    with pytest.raises(ValueError, match=r"Build it as layers.Dense\(10\) instead of "
+                                         r"layers.Dense\(10, activation='softmax'\)"):
+        MarginModel(softmax)
+    layer = keras.Sequential([keras.Input((6,)), keras.layers.Dense(1),
+                              keras.layers.Activation("sigmoid", name="probability")])
+    with pytest.raises(ValueError, match="Remove the layer 'probability'.*keras.ops.sigmoid"):
+        MarginModel(layer)
+
+
+@pytest.mark.slow
+def test_keras_io_convnet_adapted_runs_on_the_embedded_digits(monkeypatch, tmp_path):
+    """keras-io's "Simple MNIST convnet" with the lines the README shows: one epoch on the
+    embedded digits, the callback's numbers in the History, a certificate at the end."""
+    import importlib.util
+    import os
+
+    from keras_margin import datasets
+
+    monkeypatch.delenv("KERAS_MARGIN_DATA", raising=False)
+    monkeypatch.setattr(datasets, "keras_cache", lambda: str(tmp_path))  # no MNIST but ours
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "keras_io_mnist_convnet.py")
+    spec = importlib.util.spec_from_file_location("keras_io_mnist_convnet", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    history, score, radius = script.main(
+        ["--epochs", "1", "--robustness-samples", "50", "--certify-samples", "10"])
+    assert score["accuracy"] > 0.5 and np.isfinite(score["loss"])
+    assert 0 < history.history["val_rho_adv"][0] < 1
+    assert radius.shape == (10,) and np.all(radius >= 0) and np.all(np.isfinite(radius))
+
+
+def test_resnet20_has_the_papers_size_and_named_block_outputs():
+    from keras_margin.architectures import resnet20
+
+    model = resnet20()
+    assert round(model.count_params() / 1e4) == 27  # He et al. (2016), Table 6: 0.27M
+    assert model.output_shape == (None, 10)
+    assert [f"stage{s}_block{b}" in [layer.name for layer in model.layers]
+            for s in (1, 2, 3) for b in (1, 2, 3)] == [True] * 9
+    assert model.get_layer("stage3_block3").output.shape[1:] == (8, 8, 64)
+    with pytest.raises(ValueError, match="blocks"):
+        resnet20(blocks=0)
