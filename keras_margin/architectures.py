@@ -31,7 +31,8 @@ def mlp(hidden: Sequence[int] = (1000, 1000, 1000), dropout: float = 0.0,
         name: str = "mlp") -> keras.Model:
     """Fully connected ReLU network with Glorot-uniform init, as the reference code's MLP.
 
-    `dropout` is applied after every hidden layer (the paper's "dropout" row uses 0.5).
+    `dropout` is applied after every hidden layer (the paper's "dropout" row uses 0.5). The
+    hidden layers are named hidden1, hidden2, ... (for hidden-layer margins), the last logits.
 
     Example:
         >>> mlp().output_shape
@@ -44,8 +45,9 @@ def mlp(hidden: Sequence[int] = (1000, 1000, 1000), dropout: float = 0.0,
     for width in hidden:
         check_integer("hidden", width)
     model = keras.Sequential([keras.Input(tuple(input_shape)), layers.Flatten()], name=name)
-    for width in hidden:
-        model.add(layers.Dense(width, activation="relu", kernel_initializer="glorot_uniform"))
+    for i, width in enumerate(hidden, start=1):
+        model.add(layers.Dense(width, activation="relu", kernel_initializer="glorot_uniform",
+                               name=f"hidden{i}"))
         if dropout:
             model.add(layers.Dropout(dropout))
     model.add(layers.Dense(num_classes, kernel_initializer="glorot_uniform", name="logits"))
@@ -56,19 +58,20 @@ def lenet5(dropout: float = 0.0, input_shape: Sequence[int] = (28, 28, 1),
            num_classes: int = 10, name: str = "lenet5") -> keras.Model:
     """The reference code's "LeNet-5": conv32 5x5 - pool 2 - conv64 5x5 - pool 2 - fc512 - fc10.
 
-    `dropout` is applied before the two dense layers (0.5 in the paper's dropout row).
+    `dropout` is applied before the two dense layers (0.5 in the paper's dropout row). Layers
+    conv1, pool1, conv2, pool2, flatten, dropout1, fc1, dropout2, logits.
     """
     _check(dropout, input_shape, num_classes)
     return keras.Sequential([
         keras.Input(tuple(input_shape)),
-        layers.Conv2D(32, 5, activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Conv2D(64, 5, activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Flatten(),
-        layers.Dropout(dropout),
-        layers.Dense(512, activation="relu"),
-        layers.Dropout(dropout),
+        layers.Conv2D(32, 5, activation="relu", name="conv1"),
+        layers.MaxPooling2D(2, name="pool1"),
+        layers.Conv2D(64, 5, activation="relu", name="conv2"),
+        layers.MaxPooling2D(2, name="pool2"),
+        layers.Flatten(name="flatten"),
+        layers.Dropout(dropout, name="dropout1"),
+        layers.Dense(512, activation="relu", name="fc1"),
+        layers.Dropout(dropout, name="dropout2"),
         layers.Dense(num_classes, name="logits"),
     ], name=name)
 

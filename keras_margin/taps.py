@@ -29,14 +29,15 @@ INPUT = "input"
 def resolve_taps(model: Any, layers: Any) -> tuple[Any, ...]:
     """`layers` as a tuple of `INPUT` and top-level layers of `model`, checked.
 
-    Entries are layer names, layer objects, or "input" (the model's input). Refused, by name:
-    an empty list, an unknown name, a layer that is not a top-level layer of `model` (a layer of
-    a nested model), the layer that outputs the logits, a layer listed twice.
+    Entries are layer names, layer objects, indices into `model.layers`, or "input" (the
+    model's input). Refused, by name: an empty list, an unknown name, an index out of range, a
+    layer that is not a top-level layer of `model` (a layer of a nested model), the layer that
+    outputs the logits, a layer listed twice.
     """
     if isinstance(layers, (str, bytes, keras.layers.Layer)) or not isinstance(layers, Sequence):
         raise ValueError(f"Invalid value for argument layers: {layers!r}. Expected a list of "
-                         f"layer names or layers (and {INPUT!r} for the input), or None for "
-                         "the input only.")
+                         f"layer names, layers or indices (and {INPUT!r} for the input), or "
+                         "None for the input only.")
     if not layers:
         raise ValueError("Invalid value for argument layers: []. Give at least one layer name "
                          f"(or {INPUT!r}), or None for the input only.")
@@ -54,6 +55,11 @@ def resolve_taps(model: Any, layers: Any) -> tuple[Any, ...]:
 def _resolve_one(model: Any, top: list, entry: Any) -> Any:
     if isinstance(entry, str) and entry == INPUT:
         return INPUT
+    if isinstance(entry, (int, np.integer)) and not isinstance(entry, bool):
+        if not -len(top) <= entry < len(top):
+            raise ValueError(f"Invalid value for argument layers: index {entry} is out of "
+                             f"range: the base model has {len(top)} layers.")
+        entry = top[entry]
     if isinstance(entry, str):
         found = [layer for layer in top if layer.name == entry]
         if not found:
@@ -64,7 +70,7 @@ def _resolve_one(model: Any, top: list, entry: Any) -> Any:
         entry = found[0]
     if not isinstance(entry, keras.layers.Layer):
         raise ValueError(f"Invalid value for argument layers: {entry!r}. Expected a layer "
-                         f"name, a layer, or {INPUT!r}.")
+                         f"name, a layer, an index into the base's layers, or {INPUT!r}.")
     if _is_input_layer(entry):
         return INPUT
     if all(entry is not layer for layer in top):

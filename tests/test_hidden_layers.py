@@ -53,7 +53,7 @@ def test_linear_head_matches_closed_form():
     x, y = _data()
     w1, w2 = (to_numpy(layer.kernel).astype(np.float64) for layer in base.layers)
     for norm, squared in (("l2", True), ("l1", False)):
-        model = MarginModel(base, norm=norm, layers=["input", "h"], layer_weights=[1.0, 2.0])
+        model = MarginModel(base, norm=norm, layers=["input", 0], layer_weights=[1.0, 2.0])
         extra, per_layer = _extra(model, x, y)
         expected_h = [_rule(w2.T, y[b], norm, "jacobian", None, squared) for b in range(len(x))]
         expected_x = [_rule((w1 @ w2).T, y[b], norm, "jacobian", None, squared)
@@ -136,6 +136,8 @@ def test_residual_functional_base():
     (["h1"], [-1.0], "non-negative"),
     ("h1", None, "Expected a list"),
     (None, [1.0], "layer_weights needs layers"),
+    ([7], None, "index 7 is out of range"),
+    ([True], None, "Expected a layer name"),
 ])
 def test_bad_layers_are_refused_by_name(layers, weights, match):
     with pytest.raises(ValueError, match=match):
@@ -397,3 +399,31 @@ def test_resnet20_has_the_papers_size_and_named_block_outputs():
     assert model.get_layer("stage3_block3").output.shape[1:] == (8, 8, 64)
     with pytest.raises(ValueError, match="blocks"):
         resnet20(blocks=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mlp-l2-hidden", "mlp-large-margin"])
+def test_a_hidden_table_row_runs_and_reports(tiny_mnist, tmp_path, name):
+    """The runner trains a (shrunk) row of the "hidden" table and the report lists it."""
+    import dataclasses
+    import os
+
+    from keras_margin.experiments import get_row, report, runner
+    from keras_margin.training import LargeMarginModel
+
+    row = get_row(name, table="hidden")
+    row = dataclasses.replace(row, name=f"tiny-{name}", hidden=(16,), epochs=1, validation=40,
+                              batch_size=50,
+                              trainer_kwargs={**row.trainer_kwargs, "layers": ["input", 1]},
+                              deepfool={"max_iter": 5, "step_clip": 0.5, "overshoot": 0.02})
+    out = str(tmp_path / "runs")
+    metrics = runner.run(row, 0, out, data_dir=tiny_mnist, verbose=0)
+    assert np.isfinite(metrics["error"]) and np.isfinite(metrics["rho_adv"])
+    folder = runner.run_dir(out, row, 0)
+    model = keras.models.load_model(os.path.join(folder, "model.keras"))
+    assert isinstance(model, LargeMarginModel if "large" in name else MarginModel)
+    assert model.get_config()["layers"][0] == "input"
+    with open(os.path.join(folder, "history.csv")) as f:
+        header = f.readline()
+    assert ("distance_input" if "large" in name else "margin_sensitivity_input") in header
+    assert "## Hidden-layer margins — MLP 16, 1 epoch" in report.write(out)

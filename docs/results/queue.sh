@@ -90,6 +90,21 @@ done
 # Issue 27: certified training (CROWN-IBP, the "certified" table; 20 epochs), l_inf 0.1 first,
 # then each run's evaluations: the stronger attacks inside [0, 1], and certify (CROWN) at its
 # training budget beside Table I's budgets, on the same 100 digits as Table I's.
+hidden() {  # row of the "hidden" table (issue 26): one seed, then the stronger evaluation
+  local f
+  if compgen -G "$published/hidden/$1/*/seed-0/robustness.json" > /dev/null; then
+    echo "== hidden/$1: published"; return
+  fi
+  step $km reproduce hidden --rows "$1" --seeds 1 --data-dir "$data" --out "$out"
+  for f in "$out"/hidden/"$1"/mnist-e*-reference-float32/seed-0; do
+    [ -f "$f/model.keras" ] || continue
+    is_published "hidden/${f#*/hidden/}" robustness.json || \
+      step $km evaluate "$f" --data-dir "$data"
+  done
+}
+for row in mlp-large-margin lenet5-large-margin mlp-l2-hidden lenet5-l2-hidden; do
+  hidden "$row"
+done
 certified() {  # row
   local f
   if compgen -G "$published/certified/$1/*/seed-0/robustness-certified.json" > /dev/null; then

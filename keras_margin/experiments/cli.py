@@ -24,7 +24,7 @@ from keras_margin.experiments.files import RunLockedError
 
 # The names the parser offers; the same as experiments.rows's (tested), written out here so
 # that `--help` needs no Keras.
-TABLE_NAMES = ("ablation", "certified", "table1", "table2")
+TABLE_NAMES = ("ablation", "certified", "hidden", "table1", "table2")
 PROTOCOLS = ("reference", "boxed")
 SWEEP_ARCHITECTURES = ("mlp", "lenet5")
 SWEEP_C = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -99,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
 
     reproduce = verb("reproduce", help="train and evaluate the rows of a table")
     reproduce.add_argument("table", choices=TABLE_NAMES,
-                           help="table1 (MNIST), table2 (CIFAR-10) or ablation (our variants)")
+                           help="table1 (MNIST), table2 (CIFAR-10), ablation (our variants), "
+                                "certified (certified training), hidden (margins at hidden "
+                                "layers)")
     reproduce.add_argument("--rows", default=None,
                            help="comma-separated row names, e.g. mlp-l2,mlp-baseline "
                                 "(default: every row of the table; --list shows them)")

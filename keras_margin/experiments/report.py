@@ -307,6 +307,7 @@ def _paper(value: Any, digits: int, std: Any = None) -> str:
 
 
 TABLE_TITLES = {"table1": "Table I", "table2": "Table II", "ablation": "Ablation",
+                "hidden": "Hidden-layer margins", "certified": "Certified training",
                 "sweep-c": "Figure 4 (l2 margin maximization over C)"}
 NETWORKS = {"mlp": "MLP", "lenet5": "LeNet-5", "nin": "Network in Network"}
 

@@ -47,8 +47,9 @@ class LargeMarginModel(RobustModel):
 
     Args:
         base: a Keras model that outputs k >= 2 logits.
-        layers: "input" and top-level layer names or layers of `base` (None: the input only);
-            the reference trains at the input and after each convolution.
+        layers: "input" and top-level layer names, layers or indices into `base.layers`
+            (None: the input only); the reference trains at the input and after each
+            convolution.
         gamma: the target distance (> 0); distances above it do not train.
         alpha: with gamma, the lower clip (> 0): distances below gamma (1 - alpha) do not train.
         top_k: the rivals, the top_k other classes by probability (1 <= top_k < k).

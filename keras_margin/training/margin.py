@@ -37,9 +37,10 @@ class MarginModel(RobustModel):
         rival_dtype: with rival="jacobian", search j* in "bfloat16" or "float16" (see
             `margin_sensitivity`); None, the reference, in the model's precision.
         layers: where the margin sensitivity is taken: None (the paper, the input only), or
-            a list of top-level layer names or layers of `base`, "input" for the input (hidden-
-            layer margins, as Elsayed et al. 2018): eps_l = ||grad_{h_l} (f_y - f_j*)|| at each
-            listed layer's output h_l, j* chosen at that layer by `rival`'s rule.
+            a list of top-level layer names, layers or indices into `base.layers`, and "input"
+            for the input (hidden-layer margins, as Elsayed et al. 2018): eps_l =
+            ||grad_{h_l} (f_y - f_j*)|| at each listed layer's output h_l, j* chosen at that
+            layer by `rival`'s rule.
         layer_weights: one weight >= 0 per entry of `layers` (None: all 1); the extra term is
             sum_l w_l eps_l.
 
