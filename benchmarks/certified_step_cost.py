@@ -52,28 +52,20 @@ def build(arch: str, mode: str):
 def measure(archs: list[str], batch: int, steps: int, rounds: int) -> list[dict]:
     import keras
     import numpy as np
-    from step_cost import fit_ms
+    from step_cost import interleaved, ratio
 
     rng = np.random.default_rng(0)
     x = rng.random((batch * (steps + 1), 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, len(x))
     rows = []
     for arch in archs:
-        built = {mode: build(arch, mode) for mode in MODES}
-        for model in built.values():  # compile
-            model.fit(x[:2 * batch], y[:2 * batch], batch_size=batch, epochs=1, verbose=0)
-        times = {mode: [] for mode in MODES}
-        for _ in range(rounds):
-            for mode, model in built.items():
-                times[mode].append(fit_ms(model, x, y, batch))
+        _, times = interleaved({mode: build(arch, mode) for mode in MODES}, x, y, batch, rounds)
         for mode in MODES:
             rows.append({
                 "backend": keras.backend.backend(), "model": arch, "batch": batch, "mode": mode,
                 "ms_per_step": statistics.median(times[mode]),
-                "ratio_to_plain": statistics.median(
-                    t / p for t, p in zip(times[mode], times["plain"])),
-                "ratio_to_margin": statistics.median(
-                    t / m for t, m in zip(times[mode], times["margin"]))})
+                "ratio_to_plain": ratio(times, mode, "plain"),
+                "ratio_to_margin": ratio(times, mode, "margin")})
             print(f"{arch} {mode}: {rows[-1]['ms_per_step']:.1f} ms", file=sys.stderr)
     return rows
 

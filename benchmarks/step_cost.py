@@ -86,6 +86,27 @@ def fit_ms(model, x, y, batch: int) -> float:
     return statistics.median(clock.times[1:]) * 1000
 
 
+def interleaved(built: dict, x, y, batch: int, rounds: int) -> tuple[dict, dict]:
+    """Each model's first `fit` (compilation) in seconds, then its median ms per step over
+    `rounds` rounds, the models taking turns within a round (a shared machine slows them
+    alike): ({name: first_s}, {name: [ms per round]})."""
+    first = {}
+    for name, model in built.items():
+        start = time.perf_counter()
+        model.fit(x[:2 * batch], y[:2 * batch], batch_size=batch, epochs=1, verbose=0)
+        first[name] = time.perf_counter() - start
+    times = {name: [] for name in built}
+    for _ in range(rounds):
+        for name, model in built.items():
+            times[name].append(fit_ms(model, x, y, batch))
+    return first, times
+
+
+def ratio(times: dict, name: str, to: str) -> float:
+    """The median over rounds of name's step time over `to`'s in the same round."""
+    return statistics.median(t / p for t, p in zip(times[name], times[to]))
+
+
 def measure(models: list[str], batch: int, steps: int, rounds: int) -> list[dict]:
     """Every mode's median ms per step, interleaved round by round (this process's backend)."""
     import keras
@@ -96,21 +117,12 @@ def measure(models: list[str], batch: int, steps: int, rounds: int) -> list[dict
     y = rng.integers(0, 10, len(x))
     rows = []
     for arch in models:
-        built = {mode: build(arch, mode) for mode in MODES}
-        first = {}
-        for mode, model in built.items():
-            start = time.perf_counter()
-            model.fit(x[:2 * batch], y[:2 * batch], batch_size=batch, epochs=1, verbose=0)
-            first[mode] = time.perf_counter() - start
-        times = {mode: [] for mode in MODES}
-        for _ in range(rounds):
-            for mode, model in built.items():
-                times[mode].append(fit_ms(model, x, y, batch))
+        first, times = interleaved({mode: build(arch, mode) for mode in MODES}, x, y, batch,
+                                   rounds)
         for mode in MODES:
-            ratios = [t / p for t, p in zip(times[mode], times["plain"])]
             rows.append({"backend": keras.backend.backend(), "model": arch, "batch": batch,
                          "mode": mode, "ms_per_step": statistics.median(times[mode]),
-                         "ratio_to_plain": statistics.median(ratios),
+                         "ratio_to_plain": ratio(times, mode, "plain"),
                          "first_call_s": first[mode]})
             print(f"{arch} {mode}: {rows[-1]['ms_per_step']:.1f} ms", file=sys.stderr)
     return rows
