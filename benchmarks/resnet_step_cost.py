@@ -66,9 +66,9 @@ def data(batch: int, steps: int):
 
 def _time_child(batch: int, steps: int, rounds: int) -> None:
     import keras
+    from step_cost import interleaved, ratio
 
     import keras_margin  # noqa: F401 - TensorFlow without its start-up noise
-    from step_cost import interleaved, ratio
 
     x, y = data(batch, steps)
     first, times = interleaved({mode: build(mode) for mode in MODES}, x, y, batch, rounds)

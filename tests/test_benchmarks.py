@@ -27,7 +27,8 @@ def test_the_gpu_script_runs_on_a_cpu_with_tiny_settings(tmp_path):
 
 
 @pytest.mark.parametrize("script,name", [("certified_training_vs_lirpa", "certified_training"),
-                                         ("certified_step_cost", "certified_step_cost")])
+                                         ("certified_step_cost", "certified_step_cost"),
+                                         ("resnet_step_cost", "resnet_step_cost")])
 def test_the_certified_training_tables_regenerate_from_their_json(script, name):
     """docs/results/benchmarks/NAME.md is what the script prints from NAME.json (no hand edits);
     the README quotes those tables."""
@@ -50,3 +51,23 @@ def test_the_certified_training_tables_regenerate_from_their_json(script, name):
             readme = f.read()
         rows = [line for line in table.splitlines() if line.startswith(("| mlp", "| cnn"))]
         assert len(rows) == 12 and all(row in readme for row in rows[:8]), rows
+
+
+def test_the_readme_resnet_figures_are_the_benchmarks():
+    """Every ratio and memory figure of the README's ResNet-20 paragraph is in its json."""
+    import json
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with open(os.path.join(root, "docs", "results", "benchmarks", "resnet_step_cost.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(root, "README.md")) as f:
+        readme = f.read()
+    start = readme.index("**ResNet-20 training steps**")
+    paragraph = " ".join(readme[start:readme.index("\n\n", start)].split())
+    ratio = {(r["backend"], r["mode"]): f"x{r['ratio_to_plain']:.2f}" for r in report["rows"]}
+    rss = {(m["backend"], m["mode"]): f"{m['peak_rss_mib']:.0f}" for m in report["memory"]}
+    for mode in ("margin", "margin-logit", "margin-hidden", "large-margin"):
+        assert f"{ratio['tensorflow', mode]} and {ratio['jax', mode]}" in paragraph.replace(
+            " on TensorFlow and ", " and ").replace(" on JAX", ""), mode
+    for mode in ("plain", "margin", "margin-hidden", "large-margin", "none"):
+        assert f"{rss['tensorflow', mode]} / {rss['jax', mode]} MiB" in paragraph, mode
