@@ -426,4 +426,11 @@ def test_a_hidden_table_row_runs_and_reports(tiny_mnist, tmp_path, name):
     with open(os.path.join(folder, "history.csv")) as f:
         header = f.readline()
     assert ("distance_input" if "large" in name else "margin_sensitivity_input") in header
-    assert "## Hidden-layer margins — MLP 16, 1 epoch" in report.write(out)
+    baseline = dataclasses.replace(get_row("mlp-baseline", table="table1"), hidden=(16,),
+                                   epochs=1, validation=40, batch_size=50,
+                                   deepfool=row.deepfool)
+    runner.run(baseline, 0, out, data_dir=tiny_mnist, verbose=0)
+    text = report.write(out)
+    section = text[text.index("## Hidden-layer margins — MLP 16, 1 epoch"):]
+    lines = [ln for ln in section.splitlines() if ln.startswith("| MLP")]
+    assert lines[0].startswith("| MLP baseline |") and lines[1].startswith(f"| {row.label} |")

@@ -407,6 +407,8 @@ def markdown(lines: list[dict[str, Any]]) -> str:
     sections: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for line in lines:
         sections[section_title(line)].append(line)
+    for members in sections.values():
+        members[:0] = _references(members, lines)
     for title, members in sections.items():
         first = members[0]
         seeds = sorted({m["seeds"] for m in members})
@@ -436,6 +438,17 @@ def markdown(lines: list[dict[str, Any]]) -> str:
         out += _autoattack_table(members)
         out += _cost_table(members)
     return "\n".join(out)
+
+
+def _references(members: list[dict[str, Any]], lines: list[dict[str, Any]]) -> list:
+    """For a "hidden" section, Table I's baseline and input-margin (l2) rows of the same
+    setting, so that its rows stand beside what they are compared with."""
+    if members[0]["table"] != "hidden":
+        return []
+    wanted = {f"{members[0]['architecture']}-{row}" for row in ("baseline", "l2")}
+    return [ln for ln in lines if ln["table"] == "table1" and ln["row"] in wanted
+            and ln["setting"] == members[0]["setting"]
+            and ln["dtype_policy"] == members[0]["dtype_policy"]]
 
 
 def evaluated_label(line: dict[str, Any], kind: str) -> str:
