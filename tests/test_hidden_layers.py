@@ -436,3 +436,16 @@ def test_a_hidden_table_row_runs_and_reports(tiny_mnist, tmp_path, name):
     section = text[text.index("## Hidden-layer margins — MLP 16, 1 epoch"):]
     lines = [ln for ln in section.splitlines() if ln.startswith("| MLP")]
     assert lines[0].startswith("| MLP baseline |") and lines[1].startswith(f"| {row.label} |")
+
+
+def test_binary_hidden_layer_sensitivity_is_the_gradient_norm():
+    """One logit (eq. 14): eps_l = ||grad_{h_l} f||, here the head's weight vector."""
+    keras.utils.set_random_seed(2)
+    base = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="h"),
+                             keras.layers.Dense(1, name="logit")])
+    x, _ = _data()
+    y = (np.arange(len(x)) % 2).astype("int32")
+    w = to_numpy(base.get_layer("logit").kernel)[:, 0].astype(np.float64)
+    extra, per_layer = _extra(MarginModel(base, layers=["h"]), x, y)
+    np.testing.assert_allclose(extra, np.full(len(x), (w ** 2).sum()), rtol=1e-5)
+    assert per_layer["h"] == pytest.approx((w ** 2).sum(), rel=1e-5)
