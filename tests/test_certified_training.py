@@ -341,3 +341,77 @@ def test_a_certified_row_runs_resumes_and_is_certified_by_the_command(tiny_mnist
     assert header.endswith("| certified acc. linf 0.1 |")  # the budget it was certified at
     line = [ln for ln in certified.splitlines() if ln.startswith("| MLP CROWN-IBP, l_inf 0.1")][0]
     assert "nan" not in line, line
+
+
+# -- the Lipschitz margin (GloRo-style) ------------------------------------------------------
+def _lipschitz_against_certify(net, x, y, norm, eps=0.05, iterations=1):
+    from keras_margin.propagation.margins import lipschitz_margins, power_iterated
+
+    operations = chain(net)
+    rng = np.random.default_rng(1)
+    vectors = [keras.ops.convert_to_tensor(rng.normal(size=(1,) + operations[i].in_shape)
+                                           .astype("float32"))
+               for i in power_iterated(operations)]
+    logits = net(x)
+    for _ in range(iterations):
+        ours, vectors = lipschitz_margins(operations, logits, keras.ops.convert_to_tensor(y),
+                                          eps, norm, vectors)
+    proven = certify.lower_margins(net, x, y, eps=eps, norm=norm, method="lipschitz")
+    own = np.eye(proven.shape[1], dtype=bool)[y]
+    return keras.ops.convert_to_numpy(ours)[~own], proven[~own], \
+        keras.ops.convert_to_numpy(logits)
+
+
+def test_lipschitz_training_margins_are_certifys_lipschitz_margins():
+    """l_inf: the same closed form (exact row sums); l2: once the power iteration converges,
+    its norms are the exact spectral norms certify takes (to its rounding allowance)."""
+    x, y = _digits(20)
+    net = _mlp(seed=3)
+    for norm, iterations in (("linf", 1), ("l2", 300)):
+        ours, proven, logits = _lipschitz_against_certify(net, x, y, norm,
+                                                          iterations=iterations)
+        assert np.all(proven <= ours + 1e-6)  # certify's is sound: never above the estimate
+        np.testing.assert_allclose(ours, proven, rtol=1e-4,
+                                   atol=1e-4 * np.abs(logits).max())
+    # Convolutions and max pooling: l_inf's norms are exact, so the same margins; for l2,
+    # certify bounds a convolution's norm from above (its DFT bound), so its margins are lower.
+    keras.utils.set_random_seed(2)
+    conv = keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.MaxPooling2D(2), keras.layers.Conv2D(4, 2, padding="same",
+                                                          activation="relu"),
+        keras.layers.Flatten(), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+    x8 = np.random.default_rng(4).uniform(size=(10, 8, 8, 1)).astype("float32")
+    y8 = np.arange(10) % 3
+    ours, proven, logits = _lipschitz_against_certify(conv, x8, y8, "linf")
+    np.testing.assert_allclose(ours, proven, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+    ours, proven, _ = _lipschitz_against_certify(conv, x8, y8, "l2", iterations=300)
+    assert np.all(proven <= ours + 1e-6)
+
+
+def test_lipschitz_training_certifies_what_certify_proves():
+    """Trained on the Lipschitz margin at l2 0.6, the MLP has points certify (method
+    "lipschitz", the exact norms) proves at 0.6, and none when trained on the clean loss; the
+    power iteration's vectors are saved with the weights."""
+    x, y = _digits(400)
+    certified = {}
+    for name, kappa in (("lipschitz", (1.0, 0.0)), ("clean", (1.0, 1.0))):
+        model = CertifiedTrainingModel(_mlp(), eps=0.6, norm="l2", method="lipschitz",
+                                       ramp=(20, 60), kappa=kappa)
+        model.compile(optimizer=keras.optimizers.Adam(3e-3))
+        history = model.fit(x, y, batch_size=50, epochs=30, verbose=0).history
+        certified[name] = certify.certify(model, x[:100], y[:100], eps=0.6, norm="l2",
+                                          method="lipschitz").mean()
+        if name == "lipschitz":
+            assert history["certified_accuracy"][-1] > 0.3
+            trained = model
+    assert certified["lipschitz"] > 0.3 and certified["clean"] < 0.05, certified
+    assert len(trained.power_vectors) == 1  # the hidden Dense; the logits' norm is exact
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/m.keras"
+        trained.save(path)
+        loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded.power_vectors[0]),
+                               keras.ops.convert_to_numpy(trained.power_vectors[0]))

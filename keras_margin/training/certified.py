@@ -17,7 +17,12 @@ from keras_margin._validation import (
     check_positive,
 )
 from keras_margin.jacobian import call_logits
-from keras_margin.propagation.margins import TRAINING_METHODS, training_margins
+from keras_margin.propagation.margins import (
+    TRAINING_METHODS,
+    lipschitz_margins,
+    power_iterated,
+    training_margins,
+)
 from keras_margin.propagation.network import chain, check_chain
 from keras_margin.threat import ThreatModel
 from keras_margin.training.base import RobustModel, budget_and_box
@@ -41,7 +46,9 @@ class CertifiedTrainingModel(RobustModel):
             bounds (refused when the trainer is built, naming the first other layer).
         eps: the training budget, > 0 (reached at step ramp[1]).
         norm: "linf" (the default) or "l2".
-        method: "crown-ibp" (the default) or "ibp".
+        method: "crown-ibp" (the default), "ibp", or "lipschitz" (a global Lipschitz margin,
+            as GloRo nets train it: l2 norms by one power-iteration step per training step
+            from vectors kept with the weights).
         ramp: (start, end) training steps of the eps ramp, integers with 0 <= start <= end
             (start == end: eps jumps to its value at step start). A step is one batch:
             for epochs a to b, (a * steps_per_epoch, b * steps_per_epoch).
@@ -115,6 +122,15 @@ class CertifiedTrainingModel(RobustModel):
                              "margins f_y - f_j); this base has one. Give it two logits.")
         if self.operations is None:
             self.operations = tuple(chain(self.base))
+        self.power_vectors = []
+        if self.method == "lipschitz" and self.norm == "l2":
+            seed = np.random.default_rng(0)
+            for i in power_iterated(self.operations):
+                shape = (1,) + tuple(self.operations[i].in_shape)
+                start = seed.normal(size=shape)
+                self.power_vectors.append(self.add_weight(
+                    name=f"power_vector_{i}", shape=shape, trainable=False,
+                    initializer=keras.initializers.Constant(start / np.linalg.norm(start))))
 
     # -- the schedule ---------------------------------------------------------------------------
     def progress(self) -> Any:
@@ -152,10 +168,17 @@ class CertifiedTrainingModel(RobustModel):
         logits = call_logits(self.base, x, training=training)
         values = self.schedule()
         eps = values["eps"]
-        # eps 0 (before the ramp): the ball is the point and its margins are the logits'
-        # (auto_LiRPA's example trains on the clean loss then); no bound pass is needed.
-        margins = ops.cond(eps > 0, lambda: self.robust_margins(x, labels, values),
-                           lambda: ops.cast(_logit_margins(logits, labels), x.dtype))
+        if self.method == "lipschitz":  # cheap at any eps; its vectors move on every step
+            margins, vectors = lipschitz_margins(self.operations, logits, labels, eps,
+                                                 self.norm, list(self.power_vectors))
+            if training:
+                for variable, value in zip(self.power_vectors, vectors):
+                    variable.assign(ops.cast(value, variable.dtype))
+        else:
+            # eps 0 (before the ramp): the ball is the point and its margins are the logits'
+            # (auto_LiRPA's example trains on the clean loss then); no bound pass is needed.
+            margins = ops.cond(eps > 0, lambda: self.robust_margins(x, labels, values),
+                               lambda: ops.cast(_logit_margins(logits, labels), x.dtype))
         if training:
             self.schedule_step.assign(self.schedule_step + 1.0)
         robust = self.data_loss(labels, -margins)
