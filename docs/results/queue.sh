@@ -121,7 +121,8 @@ certified() {  # row
   done
 }
 for row in mlp-crown-ibp-linf-0.1 lenet5-crown-ibp-linf-0.1 mlp-crown-ibp-l2-1 \
-           mlp-crown-ibp-linf-0.3 lenet5-crown-ibp-l2-1 lenet5-crown-ibp-linf-0.3; do
+           mlp-lipschitz-l2-1 mlp-crown-ibp-linf-0.3 lenet5-crown-ibp-l2-1 \
+           lenet5-lipschitz-l2-1 lenet5-crown-ibp-linf-0.3; do
   certified "$row"
 done
 # Issue 25: AutoAttack's standard ensemble on every published Table I run (l_inf 0.1; AT rows
