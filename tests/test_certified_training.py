@@ -335,7 +335,7 @@ def test_a_certified_row_runs_resumes_and_is_certified_by_the_command(tiny_mnist
                      "--certify", "crown", "--box", "0,1", "--tag", "certified",
                      "--quiet"]) == 0
     text = report.write(out)
-    assert "## certified" in text
+    assert "## Certified training — MLP 16, 2 epochs" in text
     certified = text[text.index("Certified robustness"):]
     header = [ln for ln in certified.splitlines() if ln.startswith("| row |")][0]
     assert header.endswith("| certified acc. linf 0.1 |")  # the budget it was certified at
