@@ -203,8 +203,8 @@ def test_batch_norm_statistics_as_one_plain_step(trainer):
 
 
 def test_margin_trains_with_dropout_and_batch_norm():
-    """On JAX, a layer's state written inside the input-gradient transformation (dropout's
-    seed, batch-norm statistics) used to leak a tracer; every backend trains now."""
+    """On JAX, batch-norm statistics written inside the input-gradient transformation used to
+    leak a tracer (UnexpectedTracerError); every backend trains now, dropout too."""
     rng = np.random.default_rng(0)
     x, y = rng.random((32, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 32)
     model = MarginModel(_bn_net(dropout=0.5), C=0.1, layers=["input", "conv"])
