@@ -6,7 +6,8 @@ median over timed steps, the step kinds interleaved round by round in one proces
 machine slows them alike): plain cross-entropy; MarginModel (the paper's: rival "jacobian",
 l2, C 0.1); CertifiedTrainingModel at l_inf 0.1 inside [0, 1] with method "ibp", and
 "crown-ibp" with beta held at 1 (the ramp's costliest phase: CROWN's backward pass on every
-step; once beta reaches 0 a CROWN-IBP step is an IBP step).
+step; once beta reaches 0 a CROWN-IBP step is an IBP step); and "lipschitz" at l2 1.0 (the
+GloRo-style margin, one power-iteration step per layer).
 
     python benchmarks/certified_step_cost.py \\
         --out docs/results/benchmarks/certified_step_cost.json \\
@@ -25,7 +26,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-MODES = ("plain", "margin", "certified-ibp", "certified-crown-ibp")
+MODES = ("plain", "margin", "certified-ibp", "certified-crown-ibp", "certified-lipschitz")
 
 
 def build(arch: str, mode: str):
@@ -41,6 +42,9 @@ def build(arch: str, mode: str):
         return base
     if mode == "margin":
         model = MarginModel(base, C=0.1, loss="crossentropy")
+    elif mode == "certified-lipschitz":  # l2, as its rows train it: power iteration included
+        model = CertifiedTrainingModel(base, threat=ThreatModel("l2", 1.0, 0.0, 1.0),
+                                       method="lipschitz")
     else:
         model = CertifiedTrainingModel(base, threat=ThreatModel("linf", 0.1, 0.0, 1.0),
                                        method=mode.removeprefix("certified-"),
