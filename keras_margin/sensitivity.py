@@ -29,6 +29,7 @@ from keras_margin.jacobian import (
     logits_and_pullback,
     margin_gradients,
     rival_classes,
+    runner_up,
 )
 
 NORMS = ("l2", "l1")
@@ -53,7 +54,13 @@ def select_rival(pullback: Callable, logits: Any, labels: Any, rival: str = "jac
         return rival_classes(logits, labels, candidates=1)[:, 0]
     rivals = rival_classes(logits, labels, candidates)
     directions = ops.stop_gradient(margin_gradients(pullback, labels, rivals, logits.shape[-1]))
-    best = ops.cast(ops.argmax(flat_norm(directions, norm, start_axis=2), axis=1), "int32")
+    return farthest_rival(rivals, flat_norm(directions, norm, start_axis=2))
+
+
+def farthest_rival(rivals: Any, sizes: Any):
+    """int32 (batch,): per sample, the column of `rivals` (batch, m) whose gradient size
+    ||grad f_j - grad f_y|| (`sizes`, (batch, m)) is largest: the reference code's rule."""
+    best = ops.cast(ops.argmax(sizes, axis=1), "int32")
     return ops.take_along_axis(rivals, best[:, None], axis=1)[:, 0]
 
 
@@ -122,30 +129,29 @@ def logits_and_layer_sensitivity(model: Callable, x: Any, labels: Any, taps: Any
 
     logits, pullback = logits_and_tapped_pullback(model, x, taps, shapes, training=training,
                                                   create_graph=True)
+
+    def sensitivities(grads: list) -> Any:
+        return ops.stack([sensitivity_from_gradient(g, norm, squared) for g in grads], axis=1)
+
     k = logits.shape[-1]
     if k == 1:
-        grads = pullback(ops.ones_like(logits))
-        return logits, ops.stack([sensitivity_from_gradient(g, norm, squared) for g in grads],
-                                 axis=1)
+        return logits, sensitivities(pullback(ops.ones_like(logits)))
     label_hot = ops.one_hot(labels, k, dtype=logits.dtype)
     if rival == "logit":
-        j_star = rival_classes(ops.stop_gradient(logits), labels, candidates=1)[:, 0]
-        grads = pullback(label_hot - ops.one_hot(j_star, k, dtype=logits.dtype))
-        return logits, ops.stack([sensitivity_from_gradient(g, norm, squared) for g in grads],
-                                 axis=1)
+        j_star = runner_up(ops.stop_gradient(logits), labels)
+        return logits, sensitivities(pullback(label_hot - ops.one_hot(j_star, k,
+                                                                      dtype=logits.dtype)))
     rivals = rival_classes(ops.stop_gradient(logits), labels, candidates)
-    norms = [[] for _ in taps]  # per tap, per rival column: ||grad (f_j - f_y)|| (batch,)
+    sizes = [[] for _ in taps]  # per tap, per rival column: ||grad (f_j - f_y)|| (batch,)
     for i in range(rivals.shape[1]):
         rows = pullback(ops.one_hot(rivals[:, i], k, dtype=logits.dtype) - label_hot)
-        for column, row in zip(norms, rows):
+        for column, row in zip(sizes, rows):
             column.append(ops.stop_gradient(flat_norm(row, norm)))
-    eps = []
-    for tap_index, column in enumerate(norms):
-        best = ops.cast(ops.argmax(ops.stack(column, axis=1), axis=1), "int32")
-        j_star = ops.take_along_axis(rivals, best[:, None], axis=1)[:, 0]
-        grad = pullback(label_hot - ops.one_hot(j_star, k, dtype=logits.dtype))[tap_index]
-        eps.append(sensitivity_from_gradient(grad, norm, squared))
-    return logits, ops.stack(eps, axis=1)
+    grads = []
+    for tap_index, column in enumerate(sizes):
+        j_star = farthest_rival(rivals, ops.stack(column, axis=1))
+        grads.append(pullback(label_hot - ops.one_hot(j_star, k, dtype=logits.dtype))[tap_index])
+    return logits, sensitivities(grads)
 
 
 def margin_sensitivity(model: Callable, x: Any, y: Any, norm: str = "l2",

@@ -183,6 +183,29 @@ def tap_shapes(model: Any, taps: Sequence[Any], input_shape: Sequence[Any]) -> l
     return shapes
 
 
+class Taps:
+    """A model's listed layers and their output shapes, as the trainers hold them: resolved
+    and checked at construction (`resolve_taps`); the shapes found then where the model's
+    input is known, so that a layer off the path is refused at once, else at the first call.
+    """
+
+    def __init__(self, model: Any, layers: Any) -> None:
+        self.model, self.layers = model, resolve_taps(model, layers)
+        self._shapes = None
+        if getattr(model, "inputs", None):
+            self._shapes = tap_shapes(model, self.layers, model.inputs[0].shape)
+
+    @property
+    def names(self) -> list[str]:
+        return tap_names(self.layers)
+
+    def shapes(self, input_shape: Sequence[Any]) -> list[tuple]:
+        """Each tap's output shape without the batch axis (found once)."""
+        if self._shapes is None:
+            self._shapes = tap_shapes(self.model, self.layers, input_shape)
+        return self._shapes
+
+
 def logits_and_tapped_pullback(model: Any, x: Any, taps: Sequence[Any],
                                shapes: Sequence[tuple], training: bool = False,
                                create_graph: bool = False) -> tuple[Any, Callable]:

@@ -85,9 +85,9 @@ class LargeMarginModel(RobustModel):
         check_choice("worst_case", worst_case, (True, False))
         check_choice("outputs", outputs, OUTPUTS)
         data_weight = check_non_negative("data_weight", data_weight)
-        taps = taps_module.resolve_taps(base, [taps_module.INPUT] if layers is None else layers)
+        taps = taps_module.Taps(base, [taps_module.INPUT] if layers is None else layers)
         if layer_scales is not None and layer_scales != "size":
-            taps_module.check_layer_weights(layer_scales, taps, "layer_scales")
+            taps_module.check_layer_weights(layer_scales, taps.layers, "layer_scales")
             if any(float(s) <= 0 for s in layer_scales):
                 raise ValueError(f"Invalid value for argument layer_scales: {layer_scales!r}. "
                                  "Expected numbers > 0 (or 'size').")
@@ -97,12 +97,10 @@ class LargeMarginModel(RobustModel):
         self.outputs, self.layer_scales = outputs, layer_scales
         self.data_weight = data_weight
         self.taps = taps
-        self._tap_shapes = None
-        if getattr(base, "inputs", None):
-            self._tap_shapes = taps_module.tap_shapes(base, taps, base.inputs[0].shape)
+        if getattr(base, "outputs", None):
             self._check_top_k(base.outputs[0].shape[-1])
         self.distance_trackers = {name: keras.metrics.Mean(name=f"distance_{name}")
-                                  for name in taps_module.tap_names(taps)}
+                                  for name in taps.names}
 
     def _check_top_k(self, k: int) -> None:
         if k < 2 or self.top_k > k - 1:
@@ -110,17 +108,16 @@ class LargeMarginModel(RobustModel):
                              f"top_k <= k - 1 = {k - 1} rivals (LargeMarginModel needs k >= 2 "
                              "logits).")
 
-    def _scales(self) -> list[float]:
+    def _scales(self, shapes: list[tuple]) -> list[float]:
         if self.layer_scales == "size":
-            return [float(math.prod(shape)) for shape in self._tap_shapes]
-        return [1.0] * len(self.taps) if self.layer_scales is None \
+            return [float(math.prod(shape)) for shape in shapes]
+        return [1.0] * len(shapes) if self.layer_scales is None \
             else [float(s) for s in self.layer_scales]
 
     def logits_and_extra(self, x: Any, labels: Any, training: bool) -> tuple[Any, ...]:
-        if self._tap_shapes is None:
-            self._tap_shapes = taps_module.tap_shapes(self.base, self.taps, x.shape)
+        shapes = self.taps.shapes(x.shape)
         logits, pullback = taps_module.logits_and_tapped_pullback(
-            self.base, x, self.taps, self._tap_shapes, training=training,
+            self.base, x, self.taps.layers, shapes, training=training,
             create_graph=not self.approximate)
         k = logits.shape[-1]
         self._check_top_k(k)
@@ -136,7 +133,7 @@ class LargeMarginModel(RobustModel):
             gap = own - ops.sum(scores * rival_hot, axis=-1)  # p_y - p_j (batch,)
             grads = pullback(self._cotangent(scores, label_hot - rival_hot))
             per_layer = []
-            for grad, scale in zip(grads, self._scales()):
+            for grad, scale in zip(grads, self._scales(shapes)):
                 size = flat_norm(grad, DUAL[self.norm]) / scale
                 if self.approximate:
                     size = ops.stop_gradient(size)
@@ -164,7 +161,7 @@ class LargeMarginModel(RobustModel):
         return dict(self.distance_trackers)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "layers": taps_module.tap_names(self.taps),
+        return {**super().get_config(), "layers": self.taps.names,
                 "gamma": self.gamma, "alpha": self.alpha, "top_k": self.top_k,
                 "norm": self.norm, "epsilon": self.epsilon, "approximate": self.approximate,
                 "worst_case": self.worst_case, "layer_scales": self.layer_scales,

@@ -70,10 +70,11 @@ class MarginModel(RobustModel):
         check_choice("squared", squared, (None, True, False))
         check_candidates(candidates, rival=rival)
         check_rival_dtype(rival_dtype, rival, base)
-        taps = None if layers is None else taps_module.resolve_taps(base, layers)
+        taps = None if layers is None else taps_module.Taps(base, layers)
         if taps is None and layer_weights is not None:
             raise ValueError("layer_weights needs layers=[...]: one weight per listed layer.")
-        weights = None if taps is None else taps_module.check_layer_weights(layer_weights, taps)
+        weights = None if taps is None else \
+            taps_module.check_layer_weights(layer_weights, taps.layers)
         if taps is not None and rival_dtype is not None:
             raise ValueError(f"rival_dtype={rival_dtype!r} applies to the input margin only "
                              "(layers=None).")
@@ -81,14 +82,8 @@ class MarginModel(RobustModel):
         self.C, self.norm, self.rival, self.squared = C, norm, rival, squared
         self.candidates, self.rival_dtype = candidates, rival_dtype
         self.taps, self.layer_weights = taps, weights
-        self._tap_shapes = None
-        self.layer_trackers = {}
-        if taps is not None:
-            if getattr(base, "inputs", None):  # refuse a layer off the path now, not in fit
-                self._tap_shapes = taps_module.tap_shapes(base, taps, base.inputs[0].shape)
-            self.layer_trackers = {
-                name: keras.metrics.Mean(name=f"margin_sensitivity_{name}")
-                for name in taps_module.tap_names(taps)}
+        self.layer_trackers = {} if taps is None else {
+            name: keras.metrics.Mean(name=f"margin_sensitivity_{name}") for name in taps.names}
 
     @property
     def extra_weight(self) -> float:  # type: ignore[override]
@@ -102,10 +97,8 @@ class MarginModel(RobustModel):
                                       candidates=self.candidates, rival_dtype=self.rival_dtype)
 
     def _logits_and_layer_extra(self, x: Any, labels: Any, training: bool) -> tuple[Any, ...]:
-        if self._tap_shapes is None:
-            self._tap_shapes = taps_module.tap_shapes(self.base, self.taps, x.shape)
         logits, eps = logits_and_layer_sensitivity(
-            self.base, x, labels, self.taps, self._tap_shapes, norm=self.norm,
+            self.base, x, labels, self.taps.layers, self.taps.shapes(x.shape), norm=self.norm,
             rival=self.rival, squared=self.squared, training=training,
             candidates=self.candidates)
         weights = keras.ops.convert_to_tensor(self.layer_weights, dtype=eps.dtype)
@@ -121,6 +114,6 @@ class MarginModel(RobustModel):
                   "squared": self.squared, "candidates": self.candidates,
                   "rival_dtype": self.rival_dtype}
         if self.taps is not None:  # absent before hidden-layer margins: older files load
-            config.update(layers=taps_module.tap_names(self.taps),
+            config.update(layers=self.taps.names,
                           layer_weights=list(self.layer_weights))
         return config
