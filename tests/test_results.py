@@ -2,8 +2,10 @@
 
 `keras-margin report docs/results/runs` must regenerate docs/results/report.md exactly and
 report.csv to 1e-9, and the README's Results tables must be the report's own (its generated
-blocks regenerated, every other number of its Results tables found in the report). Reads JSON
-and CSV only: no training, no TensorFlow.
+blocks regenerated, every other number of its Results tables found in the report). Every
+number that states a measurement in the Results and Performance sections must be shown by a
+committed file its paragraph or bullet links to (or the report). Reads JSON and CSV only: no
+training, no TensorFlow.
 """
 
 import csv
@@ -90,10 +92,102 @@ def test_the_readme_results_tables_are_the_reports():
     with open(os.path.join(RESULTS, "report.md")) as f:
         published = f.read()
     numbers = set(re.findall(r"\d+\.\d+", published))
-    results = re.sub(r"`[^`]*`", "", _results_section(text))  # commands are not results
-    for line in results.splitlines():  # tables and prose alike
-        missing = [n for n in re.findall(r"\d+\.\d+", line) if n not in numbers]
-        assert not missing, f"README numbers {missing} are in no report table: {line}"
+    for unit, files in _units(_results_section(text)):  # tables and prose alike
+        unit = re.sub(r"`[^`]*`", "", unit)  # commands are not results
+        linked = _file_values(files)
+        for line in unit.splitlines():
+            missing = [n for n in re.findall(r"\d+\.\d+", line)
+                       if n not in numbers and not _shown(n, linked)]
+            assert not missing, f"README numbers {missing} are in no report table: {line}"
+
+
+# A number states a measurement when it has decimals or a unit; a target an issue set is not
+# one. Architecture names (LeNet-5, 784-256-256) and commit hashes are not numbers here.
+_NUMBER = re.compile(r"(?<![A-Za-z]-)(?:(?<=\bx)|(?<![\w.,/]))\d+(?:,\d{3})*(?:\.\d+)?"
+                     r"(?=x\b|[^\w/.]|\.\D|\.$|$)")
+_UNIT = re.compile(r"\s?(?:x\b|%|ms\b|s\b|MB\b|MiB\b|GiB\b|GFLOP|minutes?\b|seconds?\b|"
+                   r"points\b)")
+_LINK = re.compile(r"\]\(((?:docs|tests|benchmarks|examples)/[^)#]+)\)")
+
+
+def _measurements(text: str) -> list[str]:
+    text = re.sub(r"`[^`]*`", "", text)
+    found = []
+    for m in _NUMBER.finditer(text):
+        near = text[max(0, m.start() - 30):m.end() + 20]
+        if "target" in near:  # the goal, not the measurement
+            continue
+        if "." in m.group() or _UNIT.match(text, m.end()) or text[m.start() - 1:m.start()] == "x":
+            found.append(m.group())
+    return found
+
+
+def _units(section: str):
+    """(text, linked files) per paragraph, bullet or table of a README section; a bullet or
+    table also has the files its paragraph above linked to."""
+    header: list[str] = []
+    for paragraph in re.split(r"\n\s*\n", section):
+        parts = re.split(r"\n(?=[*-] )", paragraph)
+        if parts[0].lstrip().startswith(("* ", "- ", "|", "<!--")):
+            head, rest = "", parts
+        else:
+            head, rest = parts[0], parts[1:]
+        if head:
+            own = _LINK.findall(head)
+            header = own or header
+            yield head, own or header
+        for part in rest:
+            yield part, _LINK.findall(part) + header
+
+
+def _file_values(files: list[str]) -> set[float]:
+    """Every number in the linked files (a benchmark's .md with its .json beside it)."""
+    values: set[float] = set()
+    for name in files:
+        path = os.path.join(ROOT, name)
+        stem, ext = os.path.splitext(path)
+        for p in [path] + ([stem + ".json"] if ext == ".md" else []):
+            if not os.path.isfile(p) or not p.endswith((".md", ".json", ".csv", ".py")):
+                continue
+            with open(p) as f:
+                content = f.read()
+            for n in re.findall(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:e-?\d+)?", content):
+                try:
+                    values.add(float(n.replace(",", "")))
+                except ValueError:
+                    pass
+    return values
+
+
+def _shown(number: str, values: set[float]) -> bool:
+    """The file shows the number: one of its values (or that x 100, a percentage) rounds to it."""
+    digits = len(number.split(".")[1]) if "." in number else 0
+    target = float(number.replace(",", ""))
+    return any(round(v, digits) == target or round(100 * v, digits) == target for v in values)
+
+
+def _section(text: str, name: str) -> str:
+    start = text.index(f"\n## {name}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_every_performance_number_is_in_a_file_it_links_to():
+    """Issue 29: each measured number of the Performance section points at the committed
+    file that shows it (a benchmark's .md or .json, a test), by a link in its paragraph or
+    bullet, or in the paragraph its table or bullet belongs to."""
+    with open(README) as f:
+        text = f.read()
+    for unit, files in _units(_section(text, "Performance")):
+        numbers = _measurements(unit)
+        if not numbers:
+            continue
+        assert files, f"a Performance paragraph states numbers but links no file: {unit[:120]}"
+        for name in files:
+            assert os.path.exists(os.path.join(ROOT, name)), f"{name} is not in the repository"
+        values = _file_values(files)
+        missing = [n for n in numbers if not _shown(n, values)]
+        assert not missing, f"numbers {missing} are in none of {files}: {unit[:160]}"
 
 
 def test_every_reported_run_has_its_raw_files():

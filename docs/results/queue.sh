@@ -12,17 +12,20 @@ set -uo pipefail
 data=${1:?usage: queue.sh DATA_DIR [OUT]}
 out=${2:-$HOME/keras-margin-runs}
 published=docs/results/runs
-km="nice -n 10 keras-margin"
+km=${QUEUE_KM:-nice -n 10 keras-margin}  # QUEUE_KM: a stand-in, for a dry run
 step() { echo "== $(date -u +%FT%TZ) $*"; "$@" || echo "== failed ($?): $*"; }
 folder() { echo "table1/$1/mnist-e$2-reference-float32/seed-$3"; }  # row epochs seed
 is_published() { [ -f "$published/$1/$2" ]; }  # run (as folder prints it), file
+done_already() {  # run evaluation: published, and not named in $redo
+  is_published "$1" "$2.json" && [[ " ${redo:-} " != *" $2 "* ]]
+}
 evaluate() {  # the published rows' three evaluations of one finished run, unless published
   local run=$1 f=$out/$1
   if [ ! -f "$f/model.keras" ]; then echo "== no model in $f: evaluations skipped"; return; fi
-  is_published "$run" robustness.json || step $km evaluate "$f" --data-dir "$data"
-  is_published "$run" robustness-boxed.json || step $km evaluate "$f" --data-dir "$data" \
+  done_already "$run" robustness || step $km evaluate "$f" --data-dir "$data"
+  done_already "$run" robustness-boxed || step $km evaluate "$f" --data-dir "$data" \
     --box 0,1 --tag boxed --attacks "" --linf-eps ""
-  is_published "$run" robustness-certified.json || step $km evaluate "$f" --data-dir "$data" \
+  done_already "$run" robustness-certified || step $km evaluate "$f" --data-dir "$data" \
     --n 100 --attacks fmn,ddn,fmn_linf --linf-eps 0.01,0.03 --l2-eps 0.1,0.3 --certify crown \
     --tag certified
 }
@@ -63,7 +66,7 @@ again() {  # row seed: a published run that lacks an evaluation and whose model 
   [ -f "$out/$run/model.keras" ] && return  # evaluated above
   local e missing=0
   for e in robustness robustness-boxed robustness-certified; do
-    is_published "$run" "$e.json" || missing=1
+    done_already "$run" "$e" || missing=1
   done
   [ "$missing" = 1 ] || { echo "== $run: every evaluation published"; return; }
   for ((s = 0; s < seed; s++)); do seed_in "$o" "$(folder "$row" "$epochs" "$s")"; done
@@ -125,6 +128,25 @@ for row in mlp-crown-ibp-linf-0.1 lenet5-crown-ibp-linf-0.1 mlp-crown-ibp-l2-1 \
            lenet5-lipschitz-l2-1 lenet5-crown-ibp-linf-0.3; do
   certified "$row"
 done
+# Issues 28 and 30: certified evaluations published before the bounds' routes were recorded
+# (577c004: LeNet-5's second convolution by intervals, and before 797627f no rounding
+# allowance), evaluated again; a run whose model is gone is trained again first (again()), and
+# republished whole if its training does not give the published numbers to the bit.
+unrouted() {  # run: its published certified evaluation records no route
+  local f=$published/$1/robustness-certified.json
+  [ -f "$f" ] && python -c 'import json, sys
+sys.exit(any(k.startswith("certify_route_") for k in json.load(open(sys.argv[1]))))' "$f"
+}
+for row in lenet5-baseline lenet5-l2 lenet5-l1 mlp-baseline mlp-l2 mlp-l1 mlp-at mlp-vat; do
+  for seed in 0 1 2; do
+    run=$(folder "$row" "$(epochs_of "$row")" "$seed")
+    unrouted "$run" || continue
+    if [ -f "$out/$run/model.keras" ]; then redo=robustness-certified evaluate "$run"
+    else redo=robustness-certified again "$row" "$seed"; fi
+  done
+done
+run=$(folder mlp-baseline 100 0)
+unrouted "$run" && redo=robustness-certified evaluate "$run"
 # Issue 25: AutoAttack's standard ensemble on every published Table I run (l_inf 0.1; AT rows
 # also 0.3), then the comparison with the reference AutoAttack (seed 0 of every cell first).
 for folder in "$out"/table1/*/mnist-e*-reference-float32/seed-* \

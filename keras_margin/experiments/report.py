@@ -264,9 +264,26 @@ def _evaluations(members: list[dict[str, Any]]) -> dict[str, Any]:
         out[f"{kind}_flags"] = sorted({f for r in results for f in r.get("flags", [])})
         if results[0].get("certify_method"):
             out[f"{kind}_bound"] = results[0]["certify_method"]
+            out[f"{kind}_routes"] = "; ".join(sorted({bound_routes(r) for r in results}))
         out[f"{kind}_budgets"] = results[0].get("settings", {}).get("linf_eps", [])
         out[f"{kind}_box"] = results[0].get("box")
     return out
+
+
+def bound_routes(result: dict[str, Any]) -> str:
+    """How an evaluation's CROWN bounds were computed, from its "certify_route_<layer>" keys:
+    "CROWN at every layer", the layers bounded by intervals instead, or "not recorded" for
+    evaluations from before the routes were (577c004: before it, convolutions wider than
+    2,048 neurons were bounded by intervals, and before 797627f the bounds had no rounding
+    allowance)."""
+    if result.get("certify_method") != "crown":
+        return result.get("certify_method", "")
+    routes = {k[len("certify_route_"):]: v for k, v in result.items()
+              if k.startswith("certify_route_")}
+    if not routes:
+        return "not recorded (before 577c004)"
+    interval = sorted(layer for layer, route in routes.items() if route == "interval")
+    return f"intervals at {', '.join(interval)}" if interval else "CROWN at every layer"
 
 
 def _cell_verdicts(line: dict[str, Any]) -> dict[str, Any]:
@@ -532,11 +549,15 @@ def _certified_table(members: list[dict[str, Any]]) -> list[str]:
            f"{int(rows[0]['certified_n'])} test points): each point's certified l2 radius is a "
            f"proven lower bound on its smallest adversarial perturbation ({method}), beside the "
            "attacks' upper bounds; rho_certified is eq. 20's measure of it. Certified "
-           "accuracy: share of the points proven robust at the budget.\n",
+           "accuracy: share of the points proven robust at the budget. Bounds: how CROWN bounded "
+           "the hidden layers, from each evaluation's routes; \"not recorded\" marks "
+           "evaluations made before 577c004, when convolutions wider than 2,048 neurons "
+           "were bounded by intervals (sound, looser) and, before 797627f, without the "
+           "allowance for rounding.\n",
            "| row | rho_adv (DeepFool) | rho_min (attacks) | rho_certified (proven) | "
            "median certified l2 radius | certified / smallest attack (median) | "
-           + " | ".join(f"certified acc. {n} {e:g}" for n, e in budgets) + " |",
-           "|---|---|---|---|---|---|" + "---|" * len(budgets)]
+           + " | ".join(f"certified acc. {n} {e:g}" for n, e in budgets) + " | bounds |",
+           "|---|---|---|---|---|---|" + "---|" * len(budgets) + "---|"]
     for m in rows:
         accuracy = " | ".join(
             f"{100 * m.get('certified_' + metric_key('certified_accuracy', n, e), math.nan):.1f}"
@@ -547,7 +568,7 @@ def _certified_table(members: list[dict[str, Any]]) -> list[str]:
                    f"{m['certified_rho_certified']:.3f} | "
                    f"{m.get('certified_certified_radius_l2_median', math.nan):.3f} | "
                    f"{m.get('certified_certified_to_minimum_ratio', math.nan):.2f} | "
-                   f"{accuracy} |")
+                   f"{accuracy} | {m.get('certified_routes', '')} |")
     return out + [""]
 
 
