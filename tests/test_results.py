@@ -151,11 +151,8 @@ def _file_values(files: list[str]) -> set[float]:
                 continue
             with open(p) as f:
                 content = f.read()
-            for n in re.findall(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:e-?\d+)?", content):
-                try:
-                    values.add(float(n.replace(",", "")))
-                except ValueError:
-                    pass
+            values.update(float(n.replace(",", "")) for n in
+                          re.findall(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:e-?\d+)?", content))
     return values
 
 
