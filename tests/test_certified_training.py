@@ -338,9 +338,10 @@ def test_a_certified_row_runs_resumes_and_is_certified_by_the_command(tiny_mnist
     assert "## Certified training — MLP 16, 2 epochs" in text
     certified = text[text.index("Certified robustness"):]
     header = [ln for ln in certified.splitlines() if ln.startswith("| row |")][0]
-    assert header.endswith("| certified acc. linf 0.1 |")  # the budget it was certified at
+    # the budget it was certified at, and only it, then how the bounds were made
+    assert header.endswith("| certified acc. linf 0.1 | bounds |")
     line = [ln for ln in certified.splitlines() if ln.startswith("| MLP CROWN-IBP, l_inf 0.1")][0]
-    assert "nan" not in line, line
+    assert "nan" not in line and line.endswith("| CROWN at every layer |"), line
 
 
 # -- the Lipschitz margin (GloRo-style) ------------------------------------------------------

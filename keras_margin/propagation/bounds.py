@@ -35,7 +35,7 @@ import numpy as np
 from keras import ops
 
 from keras_margin import backend
-from keras_margin.propagation.network import Linear, MaxPool, ReLU
+from keras_margin.propagation.network import Add, Linear, MaxPool, ReLU, is_chain, run
 from keras_margin.propagation.patches import (
     back_substitute_patches,
     dense_cost,
@@ -128,8 +128,19 @@ def _rows(lam: Any, m: int) -> Any:
 
 
 # -- intervals -------------------------------------------------------------------------------
-def interval_step(op: Any, lower: Any, upper: Any) -> tuple[Any, Any]:
-    """The interval of one operation's output from its input's."""
+def input_bounds(operations: list, index: int, bounds: list, region: Region) -> list:
+    """The bounds of each input of operation `index` (the region's box for the network's)."""
+    return [bounds[j] if j >= 0 else (region.lower, region.upper)
+            for j in operations[index].inputs]
+
+
+def interval_step(op: Any, lower: Any, upper: Any, *others: tuple) -> tuple[Any, Any]:
+    """The interval of one operation's output from its input's (an Add's: from each of its
+    inputs', `lower, upper` the first and `others` the rest)."""
+    if isinstance(op, Add):
+        for low, up in others:
+            lower, upper = lower + low, upper + up
+        return lower, upper
     if isinstance(op, Linear):
         centre, radius = (lower + upper) / 2, (upper - lower) / 2
         out = op(centre)
@@ -138,11 +149,24 @@ def interval_step(op: Any, lower: Any, upper: Any) -> tuple[Any, Any]:
     return op(lower), op(upper)  # ReLU and max pooling are monotone
 
 
-def _exact_first(op: Any, region: Region, prefix: list) -> tuple[Any, Any] | None:
+def _reshapes_below(operations: list, index: int) -> list | None:
+    """The reshapes between the network's input and operation `index`, in order, where only
+    reshapes lie between them (one path); None otherwise."""
+    path, j = [], operations[index].inputs
+    while j != (-1,):
+        if len(j) != 1 or not (isinstance(operations[j[0]], Linear)
+                               and operations[j[0]].reshape):
+            return None
+        path.append(operations[j[0]])
+        j = operations[j[0]].inputs
+    return path[::-1]
+
+
+def _exact_first(operations: list, index: int, region: Region) -> tuple[Any, Any] | None:
     """The exact bounds of the first weighted affine map (after reshapes only) over the ball:
-    centre +- eps ||row||_q; None where the prefix is not of that form."""
-    if not isinstance(op, Linear) or any(not (isinstance(p, Linear) and p.reshape)
-                                         for p in prefix):
+    centre +- eps ||row||_q; None where operation `index` is not of that form."""
+    op, prefix = operations[index], _reshapes_below(operations, index)
+    if not isinstance(op, Linear) or prefix is None:
         return None
     x = region.x0
     for p in prefix:
@@ -226,17 +250,36 @@ def _maxpool_step(op: MaxPool, lam_lo: Any, lam_up: Any, relaxation: tuple) -> t
 
 
 def back_substitute(operations: list, bounds: list, relaxations: dict, rows: Any,
-                    region: Region, upper: bool = True) -> tuple[Any, Any]:
+                    region: Region, upper: bool = True, first: int = 0) -> tuple[Any, Any]:
     """Lower and upper bounds of rows · z over the region, z the output of the last of
     `operations`; rows (B, m, *out_shape) -> (B, m). With upper=False: the lower bound and the
-    magnitude of the sums that make it (for the rounding allowance) instead."""
+    magnitude of the sums that make it (for the rounding allowance) instead. The rows go
+    back through the graph in reverse topological order; an Add hands them to each input,
+    and the rows that reach one map from several paths add up. Operations below `first` are
+    not passed: their outputs are the region (IBP's elision passes the last one alone)."""
     m = rows.shape[1]
-    lam_lo, lam_up = rows, rows if upper else None
     axes = tuple(range(2, len(rows.shape)))
     # (B, m) zeros; B may be unknown where a training step traces a partial batch
     bias_lo = bias_up = bias_abs = ops.zeros_like(ops.sum(rows, axis=axes))
-    for index in range(len(operations) - 1, -1, -1):
+    pending = {len(operations) - 1: (rows, rows if upper else None)}
+
+    def hand(target: int, lo: Any, up: Any) -> None:
+        target = max(target, first - 1)  # below `first`: the region's input
+        if target in pending:
+            lo_before, up_before = pending[target]
+            lo, up = lo_before + lo, (up_before + up if upper else None)
+        pending[target] = (lo, up)
+
+    for index in range(len(operations) - 1, first - 1, -1):
+        if index not in pending:
+            continue
+        lam_lo, lam_up = pending.pop(index)
         op = operations[index]
+        axes = tuple(range(2, len(lam_lo.shape)))
+        if isinstance(op, Add):
+            for j in op.inputs:
+                hand(j, lam_lo, lam_up)
+            continue
         if isinstance(op, Linear):
             b = op.bias(lam_lo.dtype)
             if b is not None:
@@ -248,7 +291,8 @@ def back_substitute(operations: list, bounds: list, relaxations: dict, rows: Any
             if upper:
                 lam_up = _rows(op.transpose(_flat_rows(lam_up)), m)
         else:
-            lower, up_bound = bounds[index - 1] if index else (region.lower, region.upper)
+            (j,) = op.inputs
+            lower, up_bound = bounds[j] if j >= first else (region.lower, region.upper)
             if isinstance(op, ReLU):
                 step = _relu_step(lam_lo, lam_up if upper else lam_lo, lower, up_bound)
             else:
@@ -259,7 +303,8 @@ def back_substitute(operations: list, bounds: list, relaxations: dict, rows: Any
             bias_abs = bias_abs + ops.abs(add_lo)
             if upper:
                 lam_up, bias_up = new_up, bias_up + add_up
-        axes = tuple(range(2, len(lam_lo.shape)))
+        hand(op.inputs[0], lam_lo, lam_up)
+    lam_lo, lam_up = pending.pop(first - 1)
     low = region.minimum(lam_lo) + bias_lo
     if not upper:
         return low, region.magnitude(lam_lo) + bias_abs
@@ -310,14 +355,15 @@ def crown_patch_bounds(operations: list, index: int, bounds: list, relaxations: 
 
 def crown_route(operations: list, index: int) -> str:
     """How "crown" bounds operation `index`'s outputs: "exact" (a first affine map),
-    "patches" (a convolutional map: rows as patches, where cheaper than dense rows or the
-    map is too wide for them), "dense" (dense rows, at most `CROWN_NEURONS` neurons) or
+    "patches" (a convolutional map of a chain: rows as patches, where cheaper than dense rows
+    or the map is too wide for them), "dense" (dense rows, at most `CROWN_NEURONS` neurons) or
     "interval" (the fallback: a layer too wide for dense rows that patches cannot pass)."""
     prefix = operations[:index + 1]
-    if all(isinstance(p, Linear) and p.reshape for p in prefix[:-1]):
+    if isinstance(prefix[-1], Linear) and _reshapes_below(operations, index) is not None:
         return "exact"
     dense_ok = math.prod(prefix[-1].out_shape) <= CROWN_NEURONS
-    if patchable(prefix) and (not dense_ok or patch_cost(prefix) < dense_cost(prefix)):
+    if is_chain(prefix) and patchable(prefix) and \
+            (not dense_ok or patch_cost(prefix) < dense_cost(prefix)):
         return "patches"
     return "dense" if dense_ok else "interval"
 
@@ -330,21 +376,22 @@ def crown_plan(operations: list) -> list[tuple[str, str]]:
 
 
 def _bounded_by_crown(operations: list, index: int) -> bool:
-    """An affine map feeding a ReLU or a max pooling: its bounds shape their relaxation."""
-    return isinstance(operations[index], Linear) and index + 1 < len(operations) and \
-        not isinstance(operations[index + 1], Linear)
+    """An affine map or a sum feeding a ReLU or a max pooling: its bounds shape their
+    relaxation."""
+    return isinstance(operations[index], (Linear, Add)) and any(
+        index in op.inputs and isinstance(op, (ReLU, MaxPool)) for op in operations[index + 1:])
 
 
 def layer_bounds(operations: list, region: Region, method: str) -> tuple[list, dict]:
     """Every operation's output bounds and the max poolings' relaxations."""
     bounds, relaxations = [], {}
-    lower, upper = region.lower, region.upper
     for index, op in enumerate(operations):
-        exact = _exact_first(op, region, operations[:index])
+        exact = _exact_first(operations, index, region)
         if exact is not None:
             lower, upper = exact
         else:
-            lower, upper = interval_step(op, lower, upper)
+            first, *others = input_bounds(operations, index, bounds, region)
+            lower, upper = interval_step(op, *first, *others)
             route = crown_route(operations, index) if method == "crown" and \
                 _bounded_by_crown(operations, index) else "interval"
             if route in ("dense", "patches"):
@@ -352,8 +399,8 @@ def layer_bounds(operations: list, region: Region, method: str) -> tuple[list, d
                 crown_low, crown_up = by(operations, index, bounds, relaxations, region)
                 lower, upper = backend.maximum(lower, crown_low), backend.minimum(upper, crown_up)
         if isinstance(op, MaxPool) and method != "ibp":
-            previous = bounds[index - 1] if index else (region.lower, region.upper)
-            relaxations[index] = _maxpool_relaxation(op, *previous)
+            relaxations[index] = _maxpool_relaxation(
+                op, *input_bounds(operations, index, bounds, region)[0])
         bounds.append((lower, upper))
     return bounds, relaxations
 
@@ -371,8 +418,14 @@ def propagated_margins(operations: list, region: Region, rows: Any, method: str)
     through every layer as a function, computed only where it is called."""
     bounds, relaxations = layer_bounds(operations, region, method)
     last = len(operations) - 1
-    below = _interval_region(*bounds[last - 1]) if last else region
-    ibp = back_substitute(operations[last:], [], {}, rows, below, upper=False)
+    if isinstance(operations[last], Add):  # no single map to fold: the sum's own interval
+        ibp = back_substitute(operations, bounds, {}, rows, _interval_region(*bounds[last]),
+                              upper=False, first=last + 1)
+    else:  # over its input's interval, or the region itself where that is the input
+        (j,) = operations[last].inputs
+        below = _interval_region(*bounds[j]) if j >= 0 else region
+        ibp = back_substitute(operations, bounds, relaxations, rows, below, upper=False,
+                              first=last)
     return ibp, lambda: back_substitute(operations, bounds, relaxations, rows, region,
                                         upper=False)
 
@@ -463,6 +516,19 @@ def operator_norm(op: Any, norm: str) -> float:
     return min(bound, op.l2_norm()) if op.l2_norm is not None else bound
 
 
+def lipschitz_constants(operations: list, norm: str) -> dict:
+    """An upper bound of each operation's Lipschitz constant from the network's input (key -1:
+    1): a map's operator norm times its input's; a sum's, the sum of its inputs' (along a chain,
+    the product of the norms)."""
+    constants = {-1: 1.0}
+    for index, op in enumerate(operations):
+        if isinstance(op, Add):
+            constants[index] = sum(constants[j] for j in op.inputs)
+        else:
+            constants[index] = operator_norm(op, norm) * constants[op.inputs[0]]
+    return constants
+
+
 def lipschitz_margins(operations: list, x0: Any, rows: Any, region: Region) -> tuple:
     """(margin_j(x) - eps * L_j, the magnitude of its sums) with
     L_j = ||c_j^T W_last||_dual * prod of the other norms.
@@ -471,19 +537,15 @@ def lipschitz_margins(operations: list, x0: Any, rows: Any, region: Region) -> t
     pre-activation, so f_y - f_j moves by at most ||W^T e_y||_dual + ||W^T e_j||_dual per unit
     of z, which replaces ||W^T (e_y - e_j)||_dual."""
     k = operations[-1].out_shape[-1]
-    z = x0
-    for op in operations:
-        z = op(z)
+    z = run(operations, x0)
     centre = ops.sum(rows * z[:, None], axis=-1)
     relu_last = isinstance(operations[-1], ReLU)
-    linear = [op for op in operations if not isinstance(op, ReLU)]
-    if relu_last and (not linear or linear[-1] is not operations[-2]):
+    index = operations[-1].inputs[0] if relu_last else len(operations) - 1
+    last = operations[index] if index >= 0 else None
+    if not isinstance(last, Linear):
         raise ValueError("certify's 'lipschitz' method needs the logits to come from a Dense "
                          "or Conv2D layer (with or without a ReLU): this model ends otherwise.")
-    last = operations[-2] if relu_last else operations[-1]
-    product = 1.0
-    for op in operations[:operations.index(last)]:
-        product *= operator_norm(op, region.norm)
+    product = lipschitz_constants(operations[:index], region.norm)[last.inputs[0]]
 
     def dual_norms(vectors: Any) -> Any:
         flat = ops.reshape(vectors, (-1, k))

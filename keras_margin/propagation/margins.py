@@ -29,7 +29,7 @@ from typing import Any
 from keras import ops
 
 from keras_margin.propagation.bounds import Region, margin_rows, operator_norm, propagated_margins
-from keras_margin.propagation.network import Linear, ReLU
+from keras_margin.propagation.network import Add, Linear, ReLU, is_chain
 
 TRAINING_METHODS = ("ibp", "crown-ibp", "lipschitz")
 
@@ -74,6 +74,10 @@ def lipschitz_margins(operations: list, logits: Any, labels: Any, eps: Any, norm
     `power_iterated` (l2 only; ignored for l_inf). Differentiable in the weights: a norm
     through the layer's own map at the iteration's (constant) unit vector."""
     last = operations[-1]
+    if not is_chain(operations):
+        joins = [op.name for op in operations if isinstance(op, Add)]
+        raise ValueError("method='lipschitz' trains a chain of layers; this model joins "
+                         f"branches at {joins}: use method='ibp' or 'crown-ibp'.")
     if not isinstance(last, Linear):
         raise ValueError("method='lipschitz' needs the logits to come from a Dense or Conv2D "
                          "layer without an activation.")

@@ -1,13 +1,16 @@
-"""A Keras model as the chain of operations that bound propagation works on.
+"""A Keras model as the graph of operations that bound propagation works on.
 
 Every supported layer becomes affine maps (`Linear`: z -> W z + b, with W given as operators:
-`apply`, `apply_abs` (|W| z), `apply_square` (W∘W z) and `transpose` (W^T lam)) and the two
-nonlinearities `ReLU` and `MaxPool`: Dense and Conv2D (with a relu or linear activation),
-ReLU (layer or activation), Flatten, Reshape, AveragePooling2D, GlobalAveragePooling2D,
-MaxPooling2D, BatchNormalization (inference), Dropout (inference: the identity), Rescaling
-and the linear activation. Any other layer is refused with its name. Written in `keras.ops`;
-the transposes of convolutions and poolings are their vector-Jacobian products
-(`keras_margin.backend.vjp`), so every backend runs them.
+`apply`, `apply_abs` (|W| z), `apply_square` (W∘W z) and `transpose` (W^T lam)), sums (`Add`,
+a residual connection) and the two nonlinearities `ReLU` and `MaxPool`: Dense and Conv2D
+(with a relu or linear activation), ReLU (layer or activation), Add, Flatten, Reshape,
+AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D, BatchNormalization (inference),
+Dropout (inference: the identity), Rescaling and the linear activation. Any other layer is
+refused with its name. The operations are a list in topological order; each names the ones
+it reads (`inputs`: their indices, -1 the network's input), so a Sequential model is a chain
+and a functional one with skips (a ResNet) a graph. Written in `keras.ops`; the transposes of
+convolutions and poolings are their vector-Jacobian products (`keras_margin.backend.vjp`), so
+every backend runs them.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from keras import layers, ops
 
 from keras_margin import backend
 
-SUPPORTED = ("Dense", "Conv2D", "ReLU", "Activation (relu, linear)", "Flatten", "Reshape",
-             "AveragePooling2D", "GlobalAveragePooling2D", "MaxPooling2D",
+SUPPORTED = ("Dense", "Conv2D", "ReLU", "Activation (relu, linear)", "Add", "Flatten",
+             "Reshape", "AveragePooling2D", "GlobalAveragePooling2D", "MaxPooling2D",
              "BatchNormalization", "Dropout", "Rescaling", "InputLayer")
 
 
@@ -115,10 +118,42 @@ class MaxPool:
         return ops.max_pool(z, self.pool, self.strides, self.padding)
 
 
+class Add:
+    """The sum of two or more maps of one shape (a residual connection's join)."""
+
+    def __init__(self, name: str, shape: tuple, count: int) -> None:
+        self.name, self.count = name, count
+        self.in_shape = self.out_shape = tuple(shape)
+
+    def __call__(self, *values):
+        out = values[0]
+        for value in values[1:]:
+            out = out + value
+        return out
+
+
+def sources(operations: list, index: int) -> tuple:
+    """The indices of the operations that operation `index` reads (-1: the network's input)."""
+    return operations[index].inputs
+
+
+def is_chain(operations: list) -> bool:
+    """Each operation reads the one before it (the first the input): no branch, no skip."""
+    return all(op.inputs == (i - 1,) for i, op in enumerate(operations))
+
+
+def run(operations: list, x: Any) -> Any:
+    """The graph's output at x (B, *in_shape)."""
+    values = {-1: x}
+    for index, op in enumerate(operations):
+        values[index] = op(*(values[j] for j in op.inputs))
+    return values[len(operations) - 1]
+
+
 def _refuse(layer: Any, why: str = "") -> ValueError:
     return ValueError(
         f"certify cannot bound layer {layer.name!r} ({type(layer).__name__}{why}). Supported: "
-        f"{', '.join(SUPPORTED)}; a chain of them, channels last.")
+        f"{', '.join(SUPPORTED)}; channels last.")
 
 
 def _activation(layer: Any, shape: tuple) -> list:
@@ -266,10 +301,26 @@ def _rescaling(layer: Any, in_shape: tuple) -> list:
                    l2_norm=lambda: abs(scale), pointwise=True)]
 
 
-def _ops_of(layer: Any, in_shape: tuple) -> list:
-    """The operations one layer contributes; nested models are followed."""
+def _ops_of(layer: Any, in_shape: tuple, count: int = 1) -> list:
+    """The operations one layer contributes (a chain, or a nested model's graph, with
+    `inputs` relative to it: -1 - k its k-th input, j >= 0 its own j-th operation); `count`
+    inputs of shape `in_shape`."""
+    if isinstance(layer, layers.Add):
+        return [_with_inputs(Add(layer.name, in_shape, count), tuple(range(-1, -1 - count, -1)))]
+    if count != 1:
+        raise _refuse(layer, f" with {count} inputs")
     if isinstance(layer, keras.Model):
         return chain(layer, in_shape)
+    return [_with_inputs(op, (i - 1,)) for i, op in enumerate(_single(layer, in_shape))]
+
+
+def _with_inputs(op: Any, inputs: tuple) -> Any:
+    op.inputs = tuple(inputs)
+    return op
+
+
+def _single(layer: Any, in_shape: tuple) -> list:
+    """The chain of operations of one layer with one input."""
     if isinstance(layer, (layers.InputLayer, layers.Dropout)):
         return []
     if isinstance(layer, layers.Dense):
@@ -295,9 +346,38 @@ def _ops_of(layer: Any, in_shape: tuple) -> list:
     raise _refuse(layer)
 
 
+def _place(operations: list, new: list, feeds: tuple) -> int:
+    """Appends `new` (inputs relative to it, as `_ops_of` gives them) fed by the operations
+    `feeds`; the index of its output (feeds[0] where it adds nothing: Dropout, InputLayer)."""
+    offset = len(operations)
+    for op in new:
+        op.inputs = tuple(feeds[-1 - j] if j < 0 else j + offset for j in op.inputs)
+        operations.append(op)
+    return len(operations) - 1 if new else feeds[0]
+
+
+def _shape(operations: list, index: int, in_shape: tuple) -> tuple:
+    return tuple(in_shape) if index < 0 else operations[index].out_shape
+
+
+def _graph_nodes(model: keras.Model) -> list | None:
+    """A functional model's layer calls in topological order (Keras's nodes by depth), or None
+    for a model read by its layer list (Sequential, or a functional one Keras gives no graph
+    for)."""
+    by_depth = getattr(model, "_nodes_by_depth", None)
+    if isinstance(model, keras.Sequential) or not by_depth:
+        return None
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(f"certify bounds models with one input and one output; "
+                         f"{model.name!r} has {len(model.inputs)} and {len(model.outputs)}.")
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+
+
 def chain(model: keras.Model, in_shape: tuple | None = None) -> list:
-    """The model's operations in order; refuses an unsupported layer by its name, and a model
-    whose layers cannot be read in order (a subclassed model: its `call` is code)."""
+    """The model's operations in topological order, each with its `inputs`: a Sequential
+    model's layers one after the other, a functional model's calls as its graph (branches and
+    skips joined by Add). Refuses an unsupported layer by its name, and a model whose layers
+    cannot be read (a subclassed model: its `call` is code)."""
     if in_shape is None:
         try:
             in_shape = tuple(model.input_shape[1:])
@@ -307,24 +387,42 @@ def chain(model: keras.Model, in_shape: tuple | None = None) -> list:
                 " has no defined input (a subclassed model, whose call is code, or one never "
                 "built). Rebuild it as keras.Sequential or a functional model of the supported "
                 f"layers ({', '.join(SUPPORTED)}).") from None
-    operations = []
-    shape = tuple(in_shape)
-    for layer in model.layers:
-        for op in _ops_of(layer, shape):
-            operations.append(op)
-            shape = op.out_shape
+    operations: list = []
+    nodes = _graph_nodes(model)
+    if nodes is None:
+        current = -1
+        for layer in model.layers:
+            new = _ops_of(layer, _shape(operations, current, in_shape))
+            current = _place(operations, new, (current,))
+    else:
+        produced = {id(model.inputs[0]): -1}
+        for node in nodes:
+            layer = node.operation
+            if isinstance(layer, layers.InputLayer):
+                continue
+            feeds = tuple(produced[id(t)] for t in node.input_tensors)
+            shapes = {_shape(operations, j, in_shape) for j in feeds}
+            if len(shapes) != 1:
+                raise _refuse(layer, f" on inputs of shapes {sorted(shapes)}")
+            new = _ops_of(layer, shapes.pop(), len(feeds))
+            for tensor in node.outputs:
+                produced[id(tensor)] = _place(operations, new, feeds)
+                new = []
+        current = produced[id(model.outputs[0])]
+    if current != len(operations) - 1:
+        raise ValueError(f"certify cannot bound {model.name!r}: its output is not the last "
+                         "operation of its graph (a branch that does not reach the output).")
     return operations
 
 
 def check_chain(model: keras.Model, operations: list, x: np.ndarray) -> None:
-    """The chain must compute the model (a functional model with branches does not)."""
-    z = ops.convert_to_tensor(x[:8])
-    for op in operations:
-        z = op(z)
+    """The graph of operations must compute the model."""
+    z = run(operations, ops.convert_to_tensor(x[:8]))
     expected = ops.convert_to_numpy(model(ops.convert_to_tensor(x[:8]), training=False))
     got = ops.convert_to_numpy(z)
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
-        raise ValueError("certify follows a model's layers in order, one after the other; this "
-                         "model computes something else from them (branches, or a layer that "
-                         "is not called in list order). Use a Sequential chain of the "
-                         f"supported layers ({', '.join(SUPPORTED)}).")
+        raise ValueError("certify reads a model's layers as its graph (a Sequential model's "
+                         "in list order); this model computes something else from them (a "
+                         "layer not called in list order, or arguments the graph does not "
+                         f"show). Use a Sequential or functional model of the supported layers "
+                         f"({', '.join(SUPPORTED)}).")

@@ -25,15 +25,16 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-from keras_margin.propagation.network import Linear, MaxPool, ReLU
+from keras_margin.propagation.network import Linear, MaxPool, ReLU, is_chain
 from keras_margin.propagation.relaxations import relax_maxpool, relax_relu
 
 
 def patchable(operations: list) -> bool:
     """True where every operation up to the last has a patch transpose and the last one's
     output is a (H, W, C) map: convolutions (undilated), per-channel maps, ReLU and
-    non-overlapping max pooling, from a (H, W, C) input."""
-    if len(operations[0].in_shape) != 3 or len(operations[-1].out_shape) != 3:
+    non-overlapping max pooling, from a (H, W, C) input, one after the other (a chain)."""
+    if not is_chain(operations) or len(operations[0].in_shape) != 3 or \
+            len(operations[-1].out_shape) != 3:
         return False
     for op in operations:
         if isinstance(op, ReLU):

@@ -42,7 +42,7 @@ class CertifiedTrainingModel(RobustModel):
     Gowal et al.'s IBP uses method="ibp" and kappa=(1, 0.5).
 
     Args:
-        base: a Keras model that outputs k >= 2 logits, a chain of the layers `certify`
+        base: a Keras model that outputs k >= 2 logits, a graph of the layers `certify`
             bounds (refused when the trainer is built, naming the first other layer).
         eps: the training budget, > 0 (reached at step ramp[1]).
         norm: "linf" (the default) or "l2".
