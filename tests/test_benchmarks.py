@@ -28,7 +28,8 @@ def test_the_gpu_script_runs_on_a_cpu_with_tiny_settings(tmp_path):
 
 @pytest.mark.parametrize("script,name", [("certified_training_vs_lirpa", "certified_training"),
                                          ("certified_step_cost", "certified_step_cost"),
-                                         ("resnet_step_cost", "resnet_step_cost")])
+                                         ("resnet_step_cost", "resnet_step_cost"),
+                                         ("crown_graphs_vs_lirpa", "crown_graphs")])
 def test_the_certified_training_tables_regenerate_from_their_json(script, name):
     """docs/results/benchmarks/NAME.md is what the script prints from NAME.json (no hand edits);
     the README quotes those tables."""

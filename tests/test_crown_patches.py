@@ -126,3 +126,27 @@ def test_no_attack_or_random_point_gets_inside_a_patch_certified_radius(norm):
     assert (radius > 0).all()
     assert (radius <= found * (1 + 1e-5)).all(), (radius / found).max()
     assert not _random_inside(net, x, y, radius, norm).any()
+
+
+def test_crown_alone_is_sound_beside_the_intersected_bounds(monkeypatch):
+    """`bounds.INTERSECT_INTERVALS = False` gives CROWN alone (as auto_LiRPA computes it; the
+    comparison in benchmarks/crown_graphs_vs_lirpa.py): other margins than the intersected
+    ones (tighter intermediate bounds change the ReLUs' adaptive slopes, so neither is always
+    above the other), and like them never above a margin the network has in the ball."""
+    net, shape = _net("lenet")
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (4, *shape)).astype("float32")
+    y = np.argmax(ops.convert_to_numpy(net(x)), axis=1)
+    both = certify.lower_margins(net, x, y, eps=0.05, norm="linf")
+    monkeypatch.setattr(bounds, "INTERSECT_INTERVALS", False)
+    certify._PROGRAMS.clear()  # the bound program is traced with the switch
+    alone = certify.lower_margins(net, x, y, eps=0.05, norm="linf")
+    certify._PROGRAMS.clear()
+    finite = np.isfinite(both)
+    assert np.isfinite(alone).sum() == finite.sum()
+    assert np.abs(alone[finite] - both[finite]).max() > 1e-6, "the switch changed nothing"
+    for _ in range(20):
+        point = (x + rng.choice([-0.05, 0.05], size=x.shape)).astype("float32")
+        logits = ops.convert_to_numpy(net(point)).astype(np.float64)
+        met = (logits[np.arange(len(y)), y][:, None] - logits)[finite]
+        assert (alone[finite] <= met + 1e-5).all() and (both[finite] <= met + 1e-5).all()

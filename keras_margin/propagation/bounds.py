@@ -53,6 +53,9 @@ ROW_BUDGET = 2 ** 24  # floats of one chunk of back-substitution rows
 # with neurons x the widths below them); wider convolutional maps go by patches, and any other
 # wider layer takes intervals (`crown_route`).
 CROWN_NEURONS = 2048
+# Each CROWN bound (intermediate and final) is intersected with the interval bound: both are
+# sound. False gives CROWN alone, as auto_LiRPA's method="CROWN" computes it (for comparisons).
+INTERSECT_INTERVALS = True
 
 
 class Region:
@@ -397,7 +400,8 @@ def layer_bounds(operations: list, region: Region, method: str) -> tuple[list, d
             if route in ("dense", "patches"):
                 by = crown_layer_bounds if route == "dense" else crown_patch_bounds
                 crown_low, crown_up = by(operations, index, bounds, relaxations, region)
-                lower, upper = backend.maximum(lower, crown_low), backend.minimum(upper, crown_up)
+                lower, upper = (backend.maximum(lower, crown_low), backend.minimum(
+                    upper, crown_up)) if INTERSECT_INTERVALS else (crown_low, crown_up)
         if isinstance(op, MaxPool) and method != "ibp":
             relaxations[index] = _maxpool_relaxation(
                 op, *input_bounds(operations, index, bounds, region)[0])
@@ -443,7 +447,8 @@ def margin_bounds(operations: list, x0: Any, labels: Any, eps: Any, norm: str, m
         if method != "ibp":  # both bounds are sound: each margin takes the better one, so
             # CROWN's radius is never below the interval bound's on the same layer bounds
             crown, size = crown_of()
-            low = backend.maximum(low, crown - allowance * size)
+            low = backend.maximum(low, crown - allowance * size) if INTERSECT_INTERVALS \
+                else crown - allowance * size
     else:
         low, size = lipschitz_margins(operations, x0, rows, region)
         low = low - allowance * size
