@@ -210,16 +210,9 @@ class Peer:
         return lower
 
 
-def _bisect(certified, n: int) -> np.ndarray:
-    low, high = np.zeros(n), np.ones(n)
-    for _ in range(STEPS):
-        middle = (low + high) / 2
-        ok = certified(middle)
-        low, high = np.where(ok, middle, low), np.where(ok, high, middle)
-    return low
-
-
 def compare(arch: str, net, accuracy: float, x, y, n: int, radius_n: int) -> dict:
+    from certify_bench import _bisect  # the MLP comparison's bisection (beside this script)
+
     x, y = x[:n], y[:n]
     box = dict(clip_min=0.0, clip_max=1.0)
     peer = Peer(net, arch, x, y)
@@ -250,7 +243,7 @@ def compare(arch: str, net, accuracy: float, x, y, n: int, radius_n: int) -> dic
     our_radius_s = time.perf_counter() - start
     peer_r = Peer(net, arch, xr, yr)
     start = time.perf_counter()
-    their_radius = _bisect(lambda e: peer_r.margins(e).min(axis=1) > 0, radius_n)
+    their_radius = _bisect(lambda e: peer_r.margins(e).min(axis=1) > 0, radius_n, STEPS)
     their_radius_s = time.perf_counter() - start
     their_radius[~correct] = 0.0
     print(f"{arch}: radii {our_radius_s:.1f} s (ours), {their_radius_s:.1f} s (auto_LiRPA)",
