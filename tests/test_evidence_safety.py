@@ -253,3 +253,18 @@ def test_a_publish_that_fails_midway_leaves_the_destination_as_it_was(tmp_path, 
     assert sorted(set(os.listdir(os.path.join(dest, L2))) - {"notes.txt"}) == \
         sorted(os.listdir(os.path.join(runs, L2)))
     assert sorted(os.listdir(os.path.dirname(os.path.join(dest, L2)))) == ["seed-0"]
+
+
+def test_publish_skips_a_copy_of_a_runs_numbers_and_leaves_the_publication(tmp_path):
+    """The Table I queue copies a published seed's config.json and metrics.json into its runs
+    folder (so that `reproduce` skips that seed); publishing that folder once replaced the
+    published runs' evidence by those two files."""
+    dest = _runs(tmp_path, L2, name="dest")
+    runs = str(tmp_path / "queue")
+    os.makedirs(os.path.join(runs, L2))
+    for name in ("config.json", "metrics.json"):
+        shutil.copy2(os.path.join(dest, L2, name), os.path.join(runs, L2, name))
+    before = _snapshot(dest)
+    with pytest.warns(UserWarning, match="no environment.json, history.csv, points.npz"):
+        assert files.publish(runs, dest) == []
+    assert _snapshot(dest) == before

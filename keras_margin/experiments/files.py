@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -191,6 +192,21 @@ def _check_publishable(source: str, target: str) -> None:
                          "the run has finished.")
 
 
+RUN_FILES = ("environment.json", "history.csv", "points.npz")  # beside config and metrics
+
+
+def _copied_numbers_only(source: str) -> bool:
+    """A finished-looking folder without a run's own files (a run queue copies a published
+    seed's config.json and metrics.json so that `reproduce` skips it): never published, since
+    it would replace the publication's evidence by those two files; said in a warning."""
+    missing = [f for f in RUN_FILES if not os.path.exists(os.path.join(source, f))]
+    if not os.path.exists(os.path.join(source, "metrics.json")) or not missing:
+        return False
+    warnings.warn(f"publish: {source} has metrics.json but no {', '.join(missing)}: not a run's "
+                  "evidence (a copy of a published run's numbers?); skipped.", stacklevel=3)
+    return True
+
+
 def publish(runs_dir: str, dest: str) -> list[str]:
     """Makes each run folder under `runs_dir` hold, at the same place under `dest`, exactly
     that run's evidence files (checkpoints, `.keras` files, locks and temporary files stay
@@ -198,7 +214,8 @@ def publish(runs_dir: str, dest: str) -> list[str]:
     Each file is copied to a temporary name and renamed. Refused, before anything is copied:
     a `dest` inside `runs_dir` (the publication would be published into itself), and a
     destination folder that holds another run or a finished run where the source has not
-    finished. Returns the run folders copied, relative to `runs_dir`."""
+    finished. Skipped, with a warning: a folder with metrics.json but without the run's own
+    files (`RUN_FILES`). Returns the run folders copied, relative to `runs_dir`."""
     if not os.path.isdir(runs_dir):
         raise FileNotFoundError(f"No folder {runs_dir}.")
     if _inside(dest, runs_dir) or _inside(runs_dir, dest):
@@ -207,6 +224,7 @@ def publish(runs_dir: str, dest: str) -> list[str]:
                          "Publish into a folder outside the runs folder.")
     sources = sorted(os.path.relpath(root, runs_dir) for root, _, files in os.walk(runs_dir)
                      if "config.json" in files)
+    sources = [r for r in sources if not _copied_numbers_only(os.path.join(runs_dir, r))]
     for relative in sources:
         _check_publishable(os.path.join(runs_dir, relative), os.path.join(dest, relative))
     for relative in sources:
