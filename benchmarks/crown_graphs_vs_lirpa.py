@@ -10,7 +10,8 @@ stem, two basic blocks with batch norm, the second striding with a 1x1 projectio
 residual `Add`s). Each is copied into PyTorch (NCHW; batch norm in eval mode; the check below
 asserts the copies' logits), bounded by auto_LiRPA 0.7.1 (its GitHub release, on PYTHONPATH
 with appdirs, pyyaml, tqdm and graphviz; `method="CROWN"`, its patches mode where it runs,
-else its matrix mode, as the output says) and by `certify` (CROWN, every route
+else its matrix mode, as the output says; as a user runs it, and with every neuron bounded
+by CROWN in float64 as `certify` bounds them: see `Peer`) and by `certify` (CROWN, every route
 `certify.crown_plan` gives), at l_inf 0.01 inside [0, 1] on the first `--n` test digits: the
 largest difference of the lower margin bounds, the certified shares, one call's time each;
 then the certified l_inf radii of the first `--radius-n` by the same 20-step bisection on
@@ -160,46 +161,75 @@ def torch_copy(net, arch: str):
 
 
 class Peer:
-    """auto_LiRPA's CROWN lower margins on a torch copy; patches mode where it runs."""
+    """auto_LiRPA's CROWN lower margins on a torch copy; patches mode where it runs.
 
-    def __init__(self, net, arch: str, x: np.ndarray, y: np.ndarray):
+    `like=False` is auto_LiRPA as a user gets it: float32, and its sparse intermediate bounds
+    (a neuron that interval bounds call stable keeps its interval bounds; only the others
+    get CROWN's). `like=True` computes what `certify` computes: CROWN bounds for every neuron
+    (`sparse_intermediate_bounds` off), in float64. The sparse bounds are the same relaxation
+    of every ReLU but looser inputs to a max pooling, and which neurons count as stable is
+    taken over the whole batch: on LeNet-5 they are looser at small batches (up to 2.5 on a
+    margin at 1-10 digits, 3e-5 at 20)."""
+
+    def __init__(self, net, arch: str, x: np.ndarray, y: np.ndarray, like: bool = False):
         import torch
         from auto_LiRPA import BoundedModule
 
-        self.torch, self.x, self.y = torch, torch.tensor(x.transpose(0, 3, 1, 2)), y
-        copy = torch_copy(net, arch)
-        with torch.no_grad():
-            diff = np.abs(copy(self.x).numpy() - keras.ops.convert_to_numpy(net(x))).max()
-        assert diff < 1e-4, f"the PyTorch copy of {arch} computes other logits ({diff:.2e})"
-        self.copy_difference = float(diff)
-        k = 10
-        self.spec = torch.tensor(np.eye(k)[y][:, None, :] - np.eye(k)[None], dtype=torch.float32)
-        self.mode = None
-        for mode in ("patches", "matrix"):
-            try:
-                self.model = BoundedModule(copy, self.x[:1], bound_opts={"conv_mode": mode},
-                                           verbose=0)
-                self.margins(np.full(2, EPS), points=2)
-                self.mode = mode
-                break
-            except Exception as err:  # said in the output: the mode that ran is recorded
-                print(f"auto_LiRPA conv_mode {mode} on {arch}: {type(err).__name__}: "
-                      f"{str(err)[:200]}", file=sys.stderr, flush=True)
+        self.torch, self.y, self.like = torch, y, like
+        self.dtype = torch.float64 if like else torch.float32
+        with self._precision():
+            self.x = torch.tensor(x.transpose(0, 3, 1, 2), dtype=self.dtype)
+            copy = torch_copy(net, arch).to(self.dtype)
+            with torch.no_grad():
+                diff = np.abs(copy(self.x).numpy() - keras.ops.convert_to_numpy(net(x))).max()
+            assert diff < 1e-4, f"the PyTorch copy of {arch} computes other logits ({diff:.2e})"
+            self.copy_difference = float(diff)
+            self.spec = torch.tensor(np.eye(10)[y][:, None, :] - np.eye(10)[None],
+                                     dtype=self.dtype)
+            self.mode = None
+            for mode in ("patches", "matrix"):
+                try:
+                    options = {"conv_mode": mode, "sparse_intermediate_bounds": not like}
+                    self.model = BoundedModule(copy, self.x[:1], bound_opts=options, verbose=0)
+                    self.margins(np.full(2, EPS), points=2)  # also its first call, not timed
+                    self.mode = mode
+                    break
+                except Exception as err:  # said in the output: the mode that ran is recorded
+                    print(f"auto_LiRPA conv_mode {mode} on {arch}: {type(err).__name__}: "
+                          f"{str(err)[:200]}", file=sys.stderr, flush=True)
         assert self.mode, f"auto_LiRPA bounds {arch} in no conv_mode"
 
-    def margins(self, eps: np.ndarray, points: int | None = None, chunk: int = 20) -> np.ndarray:
-        """Lower margins of the first len(eps) (or `points`) digits, `chunk` at a time (200
-        at once took more than this machine's 23 GB)."""
-        n = len(eps) if points is None else points
-        return np.concatenate([self._margins(eps[i:i + chunk], i, min(n, i + chunk))
-                               for i in range(0, n, chunk)])
+    def _precision(self):
+        """torch's default dtype set to the peer's while it runs (auto_LiRPA's max pooling
+        makes its own tensors in the default dtype)."""
+        import contextlib
+
+        torch, dtype = self.torch, self.dtype
+
+        @contextlib.contextmanager
+        def scope():
+            before = torch.get_default_dtype()
+            torch.set_default_dtype(dtype)
+            try:
+                yield
+            finally:
+                torch.set_default_dtype(before)
+        return scope()
+
+    def margins(self, eps: np.ndarray, points: int | None = None) -> np.ndarray:
+        """Lower margins of the first len(eps) (or `points`) digits, 20 at a time (10 in
+        float64; 200 at once took more than this machine's 23 GB)."""
+        n, chunk = len(eps) if points is None else points, 10 if self.like else 20
+        with self._precision():
+            return np.concatenate([self._margins(eps[i:i + chunk], i, min(n, i + chunk))
+                                   for i in range(0, n, chunk)])
 
     def _margins(self, eps: np.ndarray, start: int, stop: int) -> np.ndarray:
         from auto_LiRPA import BoundedTensor, PerturbationLpNorm
 
         torch = self.torch
         x, spec = self.x[start:stop], self.spec[start:stop]
-        e = torch.tensor(eps[:stop - start], dtype=torch.float32).view(-1, 1, 1, 1)
+        e = torch.tensor(eps[:stop - start], dtype=self.dtype).view(-1, 1, 1, 1)
         region = PerturbationLpNorm(norm=np.inf, x_L=torch.clamp(x - e, 0, 1),
                                     x_U=torch.clamp(x + e, 0, 1))
         with torch.no_grad():
@@ -210,21 +240,28 @@ class Peer:
         return lower
 
 
-def compare(arch: str, net, accuracy: float, x, y, n: int, radius_n: int) -> dict:
+def _timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def _radii(net, arch: str, x, y, like: bool) -> tuple:
     from certify_bench import _bisect  # the MLP comparison's bisection (beside this script)
 
+    peer = Peer(net, arch, x, y, like=like)
+    return _timed(lambda: _bisect(lambda e: peer.margins(e).min(axis=1) > 0, len(x), STEPS))
+
+
+def compare(arch: str, net, accuracy: float, x, y, n: int, radius_n: int) -> dict:
     x, y = x[:n], y[:n]
     box = dict(clip_min=0.0, clip_max=1.0)
-    peer = Peer(net, arch, x, y)
     routes = certify.crown_plan(net)
     certify.lower_margins(net, x, y, EPS, **box)  # compiled for these shapes
-    start = time.perf_counter()
-    ours = certify.lower_margins(net, x, y, EPS, **box)
-    ours_s = time.perf_counter() - start
-    peer.margins(np.full(n, EPS))  # their first call, as ours: not timed
-    start = time.perf_counter()
-    theirs = peer.margins(np.full(n, EPS))
-    theirs_s = time.perf_counter() - start
+    ours, ours_s = _timed(lambda: certify.lower_margins(net, x, y, EPS, **box))
+    peer, like = Peer(net, arch, x, y), Peer(net, arch, x, y, like=True)
+    theirs, theirs_s = _timed(lambda: peer.margins(np.full(n, EPS)))
+    same, same_s = _timed(lambda: like.margins(np.full(n, EPS)))
     finite = np.isfinite(ours) & np.isfinite(theirs)
     bounds.INTERSECT_INTERVALS = False  # CROWN alone, as auto_LiRPA computes it
     certify._PROGRAMS.clear()
@@ -232,49 +269,60 @@ def compare(arch: str, net, accuracy: float, x, y, n: int, radius_n: int) -> dic
     bounds.INTERSECT_INTERVALS = True
     certify._PROGRAMS.clear()
     certify.lower_margins(net, x, y, EPS, **box)  # compiled again
-    print(f"{arch}: bounds {ours_s:.1f} s (ours), {theirs_s:.1f} s (auto_LiRPA)",
-          file=sys.stderr, flush=True)
+    print(f"{arch}: bounds {ours_s:.1f} s (ours), {theirs_s:.1f} s (auto_LiRPA), {same_s:.1f} s "
+          "(auto_LiRPA, every neuron, float64)", file=sys.stderr, flush=True)
 
     xr, yr = x[:radius_n], y[:radius_n]
     correct = np.argmax(keras.ops.convert_to_numpy(net(xr)), axis=1) == yr
-    start = time.perf_counter()
-    our_radius = certify.certified_radius(net, xr, yr, steps=STEPS, upper=np.ones(radius_n),
-                                          **box)
-    our_radius_s = time.perf_counter() - start
-    peer_r = Peer(net, arch, xr, yr)
-    start = time.perf_counter()
-    their_radius = _bisect(lambda e: peer_r.margins(e).min(axis=1) > 0, radius_n, STEPS)
-    their_radius_s = time.perf_counter() - start
-    their_radius[~correct] = 0.0
-    print(f"{arch}: radii {our_radius_s:.1f} s (ours), {their_radius_s:.1f} s (auto_LiRPA)",
-          file=sys.stderr, flush=True)
+    our_radius, our_radius_s = _timed(lambda: certify.certified_radius(
+        net, xr, yr, steps=STEPS, upper=np.ones(radius_n), **box))
+    their_radius, their_radius_s = _radii(net, arch, xr, yr, like=False)
+    same_radius, same_radius_s = _radii(net, arch, xr, yr, like=True)
+    their_radius[~correct] = same_radius[~correct] = 0.0
+    print(f"{arch}: radii {our_radius_s:.1f} s (ours), {their_radius_s:.1f} s (auto_LiRPA), "
+          f"{same_radius_s:.1f} s (every neuron, float64)", file=sys.stderr, flush=True)
     attacked = attacks.fmn(net, xr, yr, norm="linf", steps=1000, **box).distances("linf")
-    both = (our_radius > 0) & (their_radius > 0)
-    ratio = our_radius[both] / their_radius[both]
     usable = correct & np.isfinite(attacked) & (attacked > 0)
+
+    def ratios(other):
+        both = (our_radius > 0) & (other > 0)
+        ratio = our_radius[both] / other[both]
+        return {"both_certified_somewhere": int(both.sum()),
+                "median": float(np.median(ratio)) if both.any() else None,
+                "min": float(ratio.min()) if both.any() else None,
+                "max": float(ratio.max()) if both.any() else None,
+                "median_radius": float(np.median(other[correct])),
+                "tightness": float(np.median(other[usable] / attacked[usable])),
+                "violations": int((other > attacked)[usable].sum())}
+
     return {
         "model": arch, "test_accuracy": accuracy, "points": n, "radius_points": radius_n,
         "auto_lirpa_conv_mode": peer.mode, "torch_copy_max_logit_difference":
             peer.copy_difference, "routes": [list(r) for r in routes],
         "bound_max_abs_difference": float(np.abs(ours[finite] - theirs[finite]).max()),
-        "bound_median_difference": float(np.median((ours - theirs)[finite])),
+        "bound_median_difference": float(np.median(ours[finite] - theirs[finite])),
         "crown_alone_max_abs_difference": float(np.abs(alone[finite] - theirs[finite]).max()),
+        "every_neuron_max_abs_difference": float(np.abs(alone[finite] - same[finite]).max()),
+        "every_neuron_median_difference": float(np.median(alone[finite] - same[finite])),
         "certified_share_crown_alone": float((alone.min(axis=1) > 0).mean()),
         "certified_share_ours": float((ours.min(axis=1) > 0).mean()),
         "certified_share_theirs": float((theirs.min(axis=1) > 0).mean()),
-        "ours_bounds_s": ours_s, "theirs_bounds_s": theirs_s,
-        "both_certified_somewhere": int(both.sum()),
-        "radius_ratio_median": float(np.median(ratio)) if both.any() else None,
-        "radius_ratio_min": float(ratio.min()) if both.any() else None,
-        "radius_ratio_max": float(ratio.max()) if both.any() else None,
+        "certified_share_every_neuron": float((same.min(axis=1) > 0).mean()),
+        "ours_bounds_s": ours_s, "theirs_bounds_s": theirs_s, "every_neuron_bounds_s": same_s,
+        "radius_vs_theirs": ratios(their_radius), "radius_vs_every_neuron": ratios(same_radius),
         "median_radius_ours": float(np.median(our_radius[correct])),
-        "median_radius_theirs": float(np.median(their_radius[correct])),
         "median_attacked": float(np.median(attacked[usable])),
         "tightness_ours": float(np.median(our_radius[usable] / attacked[usable])),
-        "tightness_theirs": float(np.median(their_radius[usable] / attacked[usable])),
-        "violations": int(((our_radius > attacked) | (their_radius > attacked))[usable].sum()),
+        "violations_ours": int((our_radius > attacked)[usable].sum()),
         "ours_radii_s": our_radius_s, "theirs_radii_s": their_radius_s,
+        "every_neuron_radii_s": same_radius_s,
     }
+
+
+def _ratio(r: dict) -> str:
+    if r["median"] is None:
+        return "n/a"
+    return f"{r['median']:.5f} ({r['min']:.5f}-{r['max']:.5f})"
 
 
 def markdown(result: dict) -> str:
@@ -285,40 +333,53 @@ def markdown(result: dict) -> str:
            f"({result['backend']}, torch {result['torch']}, auto_LiRPA {result['auto_lirpa']}, "
            f"{result['cpu']}, {result['cores']} cores) -->", "",
            f"CROWN's lower margin bounds at l_inf {result['eps']} in [0, 1], ours against "
-           "auto_LiRPA's on the same weights (each network trained one epoch). Ours intersects "
-           "every CROWN bound with the interval bound; \"CROWN alone\" turns that off.", "",
-           "| network | test acc. | auto_LiRPA mode | points | largest bound difference "
-           "(CROWN alone) | median (ours - theirs) | certified (ours / theirs) | one call "
-           "(ours / theirs, s) | time ratio |", "|---|---|---|---|---|---|---|---|---|"]
+           "auto_LiRPA's on the same weights (each network trained one epoch), auto_LiRPA run "
+           "two ways: \"every neuron\" computes what `certify` computes (CROWN bounds for every "
+           "hidden neuron, `sparse_intermediate_bounds` off, float64); \"defaults\" is what a "
+           "user gets (float32; its sparse intermediate bounds keep the interval bounds of the "
+           "neurons that intervals call stable, which loosens what a max pooling sees). Ours "
+           "intersects every CROWN bound with the interval bound; \"CROWN alone\" turns that "
+           "off. One call each, after a first call on two digits.", "",
+           "| network | test acc. | auto_LiRPA mode | points | largest difference, CROWN alone "
+           "vs every neuron | median | largest difference vs defaults (CROWN alone) | certified "
+           "(ours / every neuron / defaults) | one call, s (ours / every neuron / defaults) | "
+           "time ratio (vs every neuron, vs defaults) |", "|---" * 10 + "|"]
     for r in models:
         out.append(
             f"| {r['model']} | {100 * r['test_accuracy']:.1f} % | {r['auto_lirpa_conv_mode']} | "
-            f"{r['points']} | {r['bound_max_abs_difference']:.2e} "
-            f"({r['crown_alone_max_abs_difference']:.2e}) | {r['bound_median_difference']:.2e} | "
-            f"{100 * r['certified_share_ours']:.1f} / {100 * r['certified_share_theirs']:.1f} % | "
-            f"{r['ours_bounds_s']:.2f} / {r['theirs_bounds_s']:.2f} | "
+            f"{r['points']} | {r['every_neuron_max_abs_difference']:.2e} | "
+            f"{r['every_neuron_median_difference']:.2e} | {r['bound_max_abs_difference']:.2e} "
+            f"({r['crown_alone_max_abs_difference']:.2e}) | "
+            f"{100 * r['certified_share_ours']:.1f} / "
+            f"{100 * r['certified_share_every_neuron']:.1f} / "
+            f"{100 * r['certified_share_theirs']:.1f} % | {r['ours_bounds_s']:.2f} / "
+            f"{r['every_neuron_bounds_s']:.2f} / {r['theirs_bounds_s']:.2f} | "
+            f"x{r['ours_bounds_s'] / r['every_neuron_bounds_s']:.2f}, "
             f"x{r['ours_bounds_s'] / r['theirs_bounds_s']:.2f} |")
-    out += ["", f"Certified l_inf radii ({STEPS}-step bisection on [0, 1]) and FMN's smallest "
-            "l_inf adversarial (1,000 steps) on the first points:", "",
-            "| network | points | our radius / theirs: median (min-max) | median radius "
-            "(ours / theirs) | median attacked | tightness (ours / theirs) | radii time "
-            "(ours / theirs, s) | time ratio | radius > attack |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    out += ["", f"Certified l_inf radii ({STEPS}-step bisection on [0, 1]; auto_LiRPA bounds the "
+            "points of one radius call together, so its defaults meet the small-batch case) and "
+            "FMN's smallest l_inf adversarial (1,000 steps) on the first points:", "",
+            "| network | points | our radius / every neuron's: median (min-max) | our radius "
+            "/ defaults': median (min-max) | median radius (ours / every neuron / defaults) | "
+            "median attacked | tightness (ours / every neuron / defaults) | radii time, s "
+            "(ours / every neuron / defaults) | time ratio (vs every neuron, vs defaults) | "
+            "radius > attack |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in models:
-        ratio = "n/a" if r["radius_ratio_median"] is None else (
-            f"{r['radius_ratio_median']:.5f} ({r['radius_ratio_min']:.5f}-"
-            f"{r['radius_ratio_max']:.5f})")
+        same, theirs = r["radius_vs_every_neuron"], r["radius_vs_theirs"]
         out.append(
-            f"| {r['model']} | {r['radius_points']} | {ratio} | "
-            f"{r['median_radius_ours']:.5f} / {r['median_radius_theirs']:.5f} | "
-            f"{r['median_attacked']:.4f} | {r['tightness_ours']:.3f} / "
-            f"{r['tightness_theirs']:.3f} | {r['ours_radii_s']:.1f} / "
-            f"{r['theirs_radii_s']:.1f} | x{r['ours_radii_s'] / r['theirs_radii_s']:.2f} | "
-            f"{r['violations']} |")
+            f"| {r['model']} | {r['radius_points']} | {_ratio(same)} | {_ratio(theirs)} | "
+            f"{r['median_radius_ours']:.5f} / {same['median_radius']:.5f} / "
+            f"{theirs['median_radius']:.5f} | {r['median_attacked']:.4f} | "
+            f"{r['tightness_ours']:.3f} / {same['tightness']:.3f} / {theirs['tightness']:.3f} | "
+            f"{r['ours_radii_s']:.1f} / {r['every_neuron_radii_s']:.1f} / "
+            f"{r['theirs_radii_s']:.1f} | x{r['ours_radii_s'] / r['every_neuron_radii_s']:.2f}, "
+            f"x{r['ours_radii_s'] / r['theirs_radii_s']:.2f} | "
+            f"{r['violations_ours'] + same['violations'] + theirs['violations']} |")
     routes = "; ".join(f"{r['model']}: " + (", ".join(
         f"{name} {route}" for name, route in r["routes"] if route != "dense") or "all dense")
         for r in models)
-    out += ["", f"Our routes other than dense rows: {routes}."]
+    out += ["", f"Our routes other than dense rows: {routes}. Peak memory of the whole run "
+            f"(resident): {result['peak_rss_mib']:.0f} MiB."]
     return "\n".join(out)
 
 
