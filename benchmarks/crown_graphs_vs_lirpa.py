@@ -22,9 +22,9 @@ of each. Run it on an idle machine: the time ratios are what it measures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
 from keras_margin import architectures, attacks, certify, datasets  # noqa: E402
+from keras_margin.experiments.environment import machine  # noqa: E402
 from keras_margin.propagation import bounds  # noqa: E402
 
 EPS = 0.01
@@ -67,15 +68,6 @@ def small_resnet() -> keras.Model:
     x = block(block(x, 8, 1, "block1"), 16, 2, "block2")
     outputs = layers.Dense(10, name="logits")(layers.Flatten(name="flatten")(x))
     return keras.Model(inputs, outputs, name="small_resnet")
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def trained(arch: str, data):
@@ -199,22 +191,16 @@ class Peer:
                           f"{str(err)[:200]}", file=sys.stderr, flush=True)
         assert self.mode, f"auto_LiRPA bounds {arch} in no conv_mode"
 
+    @contextlib.contextmanager
     def _precision(self):
         """torch's default dtype set to the peer's while it runs (auto_LiRPA's max pooling
         makes its own tensors in the default dtype)."""
-        import contextlib
-
-        torch, dtype = self.torch, self.dtype
-
-        @contextlib.contextmanager
-        def scope():
-            before = torch.get_default_dtype()
-            torch.set_default_dtype(dtype)
-            try:
-                yield
-            finally:
-                torch.set_default_dtype(before)
-        return scope()
+        before = self.torch.get_default_dtype()
+        self.torch.set_default_dtype(self.dtype)
+        try:
+            yield
+        finally:
+            self.torch.set_default_dtype(before)
 
     def margins(self, eps: np.ndarray, points: int | None = None) -> np.ndarray:
         """Lower margins of the first len(eps) (or `points`) digits, 20 at a time (10 in
@@ -397,9 +383,10 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     (x, y), _, (x_test, y_test) = datasets.load("mnist", validation=0, data_dir=args.data_dir)
+    where = machine()  # as each run's environment.json records the processor
     result = {"keras": keras.__version__, "backend": keras.backend.backend(),
               "torch": torch.__version__, "auto_lirpa": auto_LiRPA.__version__,
-              "cpu": _cpu(), "cores": os.cpu_count(),
+              "cpu": where.get("cpu") or where["platform"], "cores": where["cores"],
               "eps": EPS, "models": []}
     for arch in args.models.split(","):
         net, accuracy = trained(arch, ((x, y), (x_test, y_test)))
