@@ -73,7 +73,6 @@ def test_patch_rows_give_the_dense_rows_bounds(kind, norm, eps):
         if keras.backend.backend() == "jax":
             import jax  # one compiled program: eager JAX compiles each operation apart
 
-
             both = jax.jit(both)
         pairs = both(ops.convert_to_tensor(x))
         for dense, patch in pairs:
@@ -82,6 +81,43 @@ def test_patch_rows_give_the_dense_rows_bounds(kind, norm, eps):
                 assert b.dtype == np.float64
                 np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * np.abs(a).max())
     assert len(pairs) >= 2
+
+
+def test_batch_norm_is_read_in_float64_from_its_float32_weights():
+    """The folded scale gamma / sqrt(var + eps) and shift, in float64 from the float32 weights
+    (epsilon as the layer rounds it), equal NumPy's float64 to its rounding: folded in float32
+    first, they were off by ~1e-7 relative, and two compiled programs rounded them apart."""
+    net, shape = _net("same")
+    norm = next(layer for layer in net.layers if isinstance(layer, layers.BatchNormalization))
+    op = next(op for op in chain(net) if op.name == norm.name)
+    gamma, beta, mean, var = (np.asarray(w, np.float64) for w in norm.get_weights())
+    scale = gamma / np.sqrt(var + np.float64(np.float32(norm.epsilon)))
+    z = np.random.default_rng(2).normal(size=(3,) + op.in_shape)
+    with backend.float64():
+        out = ops.convert_to_numpy(op(ops.convert_to_tensor(z)))
+        back = ops.convert_to_numpy(op.transpose(ops.convert_to_tensor(z)))
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, z * scale + (beta - mean * scale), rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(back, z * scale, rtol=1e-15, atol=0)
+    assert op.l2_norm() >= np.abs(scale).max()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rows_in_order_give_what_a_loop_gives(dtype):
+    """backend.map_in_order (a loop inside the compiled program: one chunk of CROWN rows
+    alive at a time) stacks fn's pairs as a Python loop does, in the input's type."""
+    xs = np.random.default_rng(3).normal(size=(4, 2, 3)).astype(dtype)
+
+    def fn(x):
+        return ops.abs(x) * 2.0, ops.sum(x, axis=-1, keepdims=True) + x
+
+    with backend.float64():
+        a, b = backend.map_in_order(fn, ops.convert_to_tensor(xs), (2, 3))
+        a, b = ops.convert_to_numpy(a), ops.convert_to_numpy(b)
+    assert a.dtype == b.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(a, np.abs(xs) * 2, rtol=1e-6 if dtype == "float32" else 1e-15)
+    np.testing.assert_allclose(b, xs.sum(-1, keepdims=True) + xs,
+                               rtol=1e-6 if dtype == "float32" else 1e-15)
 
 
 def test_each_layer_routes_as_its_shape_allows_and_a_fallback_warns():

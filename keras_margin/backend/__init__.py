@@ -11,6 +11,9 @@ express live here, once per backend (tensorflow.py, jax.py, torch.py):
 * `value_and_weight_grad(fn, variables)`: a scalar function of the weights and its gradient.
 * `is_traced(x)`: True while a compiled program is being built (values unknown), so checks on
   values run only where they can.
+* `map_in_order(fn, xs, shape)`: fn over xs's first axis one element at a time inside a
+  compiled program (certify's chunks of CROWN rows: unrolled, the schedules of TensorFlow and
+  XLA kept every chunk alive at once).
 * `matmul`, `minimum`, `maximum`: `keras.ops`'s, keeping float64 on every backend (certify's
   bounds).
 * `Steps`: a mixin with `RobustModel`'s `train_step` / `test_step` in the signature Keras's
@@ -33,6 +36,7 @@ _seam = importlib.import_module(f"keras_margin.backend.{NAME}")
 Steps = _seam.Steps
 compile_fn = _seam.compile_fn
 is_traced = _seam.is_traced
+map_in_order = _seam.map_in_order
 trainer = _seam.trainer
 value_and_weight_grad = _seam.value_and_weight_grad
 vjp = _seam.vjp
@@ -102,5 +106,5 @@ def float64() -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-__all__ = ["NAME", "Steps", "compile_fn", "float64", "is_traced", "matmul", "maximum",
-           "minimum", "trainer", "value_and_grad", "value_and_weight_grad", "vjp"]
+__all__ = ["NAME", "Steps", "compile_fn", "float64", "is_traced", "map_in_order", "matmul",
+           "maximum", "minimum", "trainer", "value_and_grad", "value_and_weight_grad", "vjp"]

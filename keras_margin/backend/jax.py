@@ -97,6 +97,13 @@ def is_traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer) or type(x).__name__ == "KerasTensor"
 
 
+def map_in_order(fn: Callable, xs: Any, shape: tuple) -> tuple[Any, Any]:
+    """fn over xs's first axis, one element at a time (`lax.map`: a loop in the compiled
+    program), fn returning a pair of tensors of `shape`: the pair stacked."""
+    del shape
+    return jax.lax.map(fn, xs)
+
+
 class trainer:  # noqa: N801 - a namespace, as `keras_margin.backend.trainer`
     """RobustModel's steps on JAX: stateless and jitted by Keras, double backprop by nesting
     jax.vjp inside jax.value_and_grad; an invalid batch leaves weights and optimizer as they

@@ -57,6 +57,13 @@ def is_traced(x: Any) -> bool:
         or type(x).__name__ == "KerasTensor"
 
 
+def map_in_order(fn: Callable, xs: Any, shape: tuple) -> tuple[Any, Any]:
+    """fn over xs's first axis, one element at a time (a while loop, no two iterations in
+    flight), fn returning a pair of tensors of `shape` in xs's dtype: the pair stacked."""
+    spec = tf.TensorSpec(shape, xs.dtype)
+    return tf.map_fn(fn, xs, fn_output_signature=(spec, spec), parallel_iterations=1)
+
+
 class trainer:  # noqa: N801 - a namespace, as `keras_margin.backend.trainer`
     """RobustModel's steps on TensorFlow: nested tapes (double backprop), tf.distribute, XLA."""
 

@@ -48,6 +48,14 @@ def is_traced(x: Any) -> bool:
     return type(x).__name__ == "KerasTensor"
 
 
+def map_in_order(fn: Callable, xs: Any, shape: tuple) -> tuple[Any, Any]:
+    """fn over xs's first axis, one element at a time (PyTorch runs eagerly), fn returning a
+    pair of tensors of `shape`: the pair stacked."""
+    del shape
+    pairs = [fn(x) for x in xs]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
 class trainer:  # noqa: N801 - a namespace, as `keras_margin.backend.trainer`
     """RobustModel's steps on PyTorch: eager autograd; `create_graph=True` in the input
     gradient makes the penalty differentiable; an invalid batch raises before any update."""

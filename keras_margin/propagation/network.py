@@ -54,7 +54,7 @@ class Linear:
     """z -> W z + b on a batch (shapes without the batch axis: `in_shape`, `out_shape`)."""
 
     def __init__(self, name: str, apply: Callable, in_shape: tuple, out_shape: tuple,
-                 bias: Callable[[], Any] | None = None, apply_abs: Callable | None = None,
+                 bias: Callable[[Any], Any] | None = None, apply_abs: Callable | None = None,
                  apply_square: Callable | None = None,
                  transpose: Callable | None = None, reshape: bool = False,
                  l2_norm: Callable[[], float] | None = None, conv: Conv | None = None,
@@ -71,10 +71,12 @@ class Linear:
         self._bias, self._transpose = bias, transpose
 
     def bias(self, dtype: Any = None):
-        """b broadcast to (1, *out_shape) (in `dtype` if given), or None."""
+        """b broadcast to (1, *out_shape) (in `dtype` if given), or None. The layer's callable
+        gets `dtype` too, for a bias computed from several weights (batch normalization's):
+        computed in float64, it is not rounded to float32 first."""
         if self._bias is None:
             return None
-        b = self._bias()
+        b = self._bias(dtype)
         return b if dtype is None else ops.cast(b, dtype)
 
     def __call__(self, z):
@@ -169,7 +171,7 @@ def _dense(layer: Any, in_shape: tuple) -> list:
     if len(in_shape) != 1:
         raise _refuse(layer, f" on inputs of shape {in_shape}: flatten them first")
     out = (layer.units,)
-    bias = (lambda: ops.reshape(layer.bias, (1,) + out)) if layer.use_bias else None
+    bias = (lambda dtype: ops.reshape(layer.bias, (1,) + out)) if layer.use_bias else None
     kernel = layer.kernel
     linear = Linear(layer.name, lambda z: backend.matmul(z, like(kernel, z)), in_shape, out, bias,
                     apply_abs=lambda z: backend.matmul(z, ops.abs(like(kernel, z))),
@@ -188,7 +190,7 @@ def _conv(layer: Any, in_shape: tuple) -> list:
                                   dilation_rate=layer.dilation_rate)
 
     out = tuple(layer.compute_output_shape((None,) + in_shape)[1:])
-    bias = (lambda: ops.reshape(layer.bias, (1, 1, 1, -1))) if layer.use_bias else None
+    bias = (lambda dtype: ops.reshape(layer.bias, (1, 1, 1, -1))) if layer.use_bias else None
     dilated = any(d != 1 for d in np.atleast_1d(layer.dilation_rate))
     size, strides = tuple(layer.kernel_size), tuple(np.broadcast_to(layer.strides, (2,)))
     geometry = None if dilated else Conv(
@@ -240,19 +242,37 @@ def _batch_norm(layer: Any, in_shape: tuple) -> list:
     shape = [1] * (len(in_shape) + 1)
     shape[axis] = in_shape[axis - 1]
 
-    def scale():
-        gamma = layer.gamma if layer.scale else 1.0
-        return ops.reshape(gamma / ops.sqrt(layer.moving_variance + layer.epsilon), shape)
+    def scale(dtype=None):
+        """gamma / sqrt(variance + epsilon), computed in `dtype` (default: the weights' own)
+        from the float32 weights and epsilon as the layer rounds it: certify's float64 bounds
+        see the model's constants exactly, not their quotient rounded to float32."""
+        own = layer.moving_variance.dtype
 
-    def shift():
-        beta = layer.beta if layer.center else 0.0
-        return ops.reshape(beta, shape) - ops.reshape(layer.moving_mean, shape) * scale()
+        def weight(value):
+            value = ops.cast(value, own)
+            return value if dtype is None else ops.cast(value, dtype)
 
-    return [Linear(layer.name, lambda z: z * like(scale(), z), in_shape, in_shape, shift,
-                   apply_abs=lambda z: z * ops.abs(like(scale(), z)),
-                   apply_square=lambda z: z * ops.square(like(scale(), z)),
-                   transpose=lambda lam: lam * like(scale(), lam),
-                   l2_norm=lambda: float(np.abs(_float64(scale())).max()) * (1 + SVD_GUARD),
+        gamma = weight(layer.gamma) if layer.scale else 1.0
+        return ops.reshape(gamma / ops.sqrt(weight(layer.moving_variance)
+                                            + weight(layer.epsilon)), shape)
+
+    def scale_float64():  # in NumPy: JAX outside its x64 mode has no float64
+        own = np.dtype(layer.moving_variance.dtype)
+        gamma = _float64(layer.gamma) if layer.scale else 1.0
+        epsilon = np.float64(np.asarray(layer.epsilon, own))
+        return gamma / np.sqrt(_float64(layer.moving_variance) + epsilon)
+
+    def shift(dtype=None):
+        beta = ops.reshape(ops.cast(layer.beta, dtype or layer.beta.dtype), shape) \
+            if layer.center else 0.0
+        mean = ops.cast(layer.moving_mean, dtype or layer.moving_mean.dtype)
+        return beta - ops.reshape(mean, shape) * scale(dtype)
+
+    return [Linear(layer.name, lambda z: z * scale(z.dtype), in_shape, in_shape, shift,
+                   apply_abs=lambda z: z * ops.abs(scale(z.dtype)),
+                   apply_square=lambda z: z * ops.square(scale(z.dtype)),
+                   transpose=lambda lam: lam * scale(lam.dtype),
+                   l2_norm=lambda: float(np.abs(scale_float64()).max()) * (1 + SVD_GUARD),
                    pointwise=axis == len(in_shape))]
 
 
@@ -294,7 +314,7 @@ def _rescaling(layer: Any, in_shape: tuple) -> list:
     if np.ndim(layer.scale) or np.ndim(layer.offset):
         raise _refuse(layer, ": per-channel scale")
     return [Linear(layer.name, lambda z: z * scale, in_shape, in_shape,
-                   (lambda: ops.full((1,) + in_shape, offset)) if offset else None,
+                   (lambda dtype: ops.full((1,) + in_shape, offset)) if offset else None,
                    apply_abs=lambda z: z * abs(scale),
                    apply_square=lambda z: z * scale ** 2,
                    transpose=lambda lam: lam * scale,
