@@ -641,3 +641,38 @@ def test_the_bound_program_is_built_once_per_model_and_bounds_its_current_weight
         np.float64), y2, 2)
     np.testing.assert_allclose(after, exact, rtol=1e-5)  # the new weights' distance
     assert not np.allclose(after, before, rtol=1e-3)
+
+
+def test_a_step_too_large_for_the_memory_free_is_refused_with_a_batch_size_that_fits(
+        monkeypatch):
+    """A CROWN step that would outgrow the machine raises TooLargeError (a MemoryError) before
+    it runs, naming batch_size and one that fits, instead of an out-of-memory kill; with that
+    batch size the same call runs."""
+    from keras_margin.propagation import memory
+
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((30,)), keras.layers.Dense(8, activation="relu"),
+                            keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+    x = np.random.default_rng(0).uniform(size=(40, 30)).astype("float32")
+    y = np.zeros(40, dtype=int)
+    # the final margins' rows: 40 points x 3 rivals x 30 inputs, float64, COPIES times
+    margins = 40 * 3 * 30 * 8 * memory.COPIES  # the largest step that grows with the batch
+    monkeypatch.setattr(memory, "available_bytes", lambda: margins // 4)
+    with pytest.raises(certify.TooLargeError, match=r"batch_size=40 .* batch_size to 10 or"):
+        certify.lower_margins(net, x, y, 0.01, batch_size=40)
+    assert issubclass(certify.TooLargeError, MemoryError)
+    low = certify.lower_margins(net, x, y, 0.01, batch_size=10)
+    monkeypatch.setattr(memory, "available_bytes", lambda: None)  # nothing to check
+    np.testing.assert_allclose(low, certify.lower_margins(net, x, y, 0.01, batch_size=40),
+                               rtol=1e-6)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 100)
+    with pytest.raises(certify.TooLargeError, match="even one point does not fit"):
+        certify.lower_margins(net, x, y, 0.01, batch_size=40)
+
+
+def test_the_memory_free_is_read_from_this_machine():
+    from keras_margin.propagation import memory
+
+    free = memory.available_bytes()
+    if os.path.exists("/proc/meminfo"):
+        assert free is None or 0 < free < 2 ** 50

@@ -1,6 +1,8 @@
 """CROWN through convolutions by patches (issue 28): the same bounds as dense rows, the route
 each layer takes, and a warning where a layer is left to intervals."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -186,3 +188,21 @@ def test_crown_alone_is_sound_beside_the_intersected_bounds(monkeypatch):
         logits = ops.convert_to_numpy(net(point)).astype(np.float64)
         met = (logits[np.arange(len(y)), y][:, None] - logits)[finite]
         assert (alone[finite] <= met + 1e-5).all() and (both[finite] <= met + 1e-5).all()
+
+
+def test_the_steps_that_grow_with_the_batch_are_found_before_a_run():
+    """bounds.growing_steps: the final margins' rows always (points x rivals x the widest
+    map), and a layer only where one row (dense) or one channel (patches) per point is above
+    the row budget; methods without rows have none."""
+    net = lenet5()
+    operations = chain(net)
+    widest = max(math.prod(op.out_shape) for op in operations)
+    small = bounds.growing_steps(operations, (28, 28, 1), 10, "crown")
+    assert small == [("the margins", 10 * 10 * widest)]
+    large = dict(bounds.growing_steps(operations, (28, 28, 1), 10_000, "crown"))
+    assert large["the margins"] == 10_000 * 10 * widest
+    assert all(floats > bounds.ROW_BUDGET for floats in large.values())
+    assert any("as patches" in what for what in large)
+    assert bounds.growing_steps(operations, (28, 28, 1), 10_000, "crown-ibp") == [
+        ("the margins", 10_000 * 10 * widest)]
+    assert bounds.growing_steps(operations, (28, 28, 1), 10_000, "ibp") == []

@@ -15,7 +15,9 @@ each layer's route and a warning names any layer left to intervals), "crown-ibp"
 for the hidden layers, CROWN for the output: cheaper on convolutional networks), "ibp"
 (intervals) and "lipschitz" (a global Lipschitz bound, for every supported layer). Supported
 layers: see `network.SUPPORTED`; others are refused by name. A misclassified point has radius
-0 and is never certified.
+0 and is never certified. Where one step of CROWN at the chosen `batch_size` would not fit in
+the memory free, `TooLargeError` (a `MemoryError`) says so before it runs, with a batch size
+that fits (`propagation/memory.py`).
 
 Rounding (issue 30): the bounds are computed in float64 and each margin gives up a rounding
 allowance (`bounds.rounding_allowance`), so a radius is a bound for the network in exact
@@ -38,11 +40,12 @@ from keras_margin import inputs as entry
 from keras_margin._validation import check_choice, check_integer, check_non_negative
 from keras_margin.propagation import bounds
 from keras_margin.propagation.bounds import METHODS, NORMS, margin_bounds
+from keras_margin.propagation.memory import TooLargeError, check_fits
 from keras_margin.propagation.network import SUPPORTED, chain, check_chain
 from keras_margin.threat import ThreatModel, resolve
 
-__all__ = ["METHODS", "NORMS", "SUPPORTED", "certified_radius", "certify", "crown_plan",
-           "margin_bounds", "lower_margins"]
+__all__ = ["METHODS", "NORMS", "SUPPORTED", "TooLargeError", "certified_radius", "certify",
+           "crown_plan", "margin_bounds", "lower_margins"]
 
 
 def base_model(model: Callable) -> Callable:
@@ -144,6 +147,11 @@ class _Certifier:
         self.operations, self.program = bound_program(
             model, norm, method, self.box, min(self.batch_size, len(self.inputs.x)))
         check_chain(model, self.operations, self.inputs.x)
+        size = min(self.batch_size, len(self.inputs.x))
+        steps = bounds.growing_steps(self.operations, self.inputs.x.shape[1:], size, method)
+        if steps:  # before anything runs: a clear error, not an out-of-memory kill
+            what, floats = max(steps, key=lambda step: step[1])
+            check_fits(floats, "float64", size, what)
         self.correct = entry.predictions(model, self.inputs.x, batch_size) == self.inputs.labels
         # The bounds are computed in float64 (the model's float32 weights are exact in it),
         # so the rounding allowance (`bounds.ROUNDING_SAFETY`) costs ~1e-11 of a margin.

@@ -319,6 +319,34 @@ def _largest(operations: list, region: Region) -> int:
     return max(sizes)
 
 
+def growing_steps(operations: list, input_shape: tuple, batch: int, method: str
+                  ) -> list[tuple[str, int]]:
+    """(what, floats) of every back-substitution step whose rows grow with the batch: the
+    final margins' (every rival of every point, not chunked) and the layers whose smallest
+    chunk (one row, or one channel of patches, per point) is still above `ROW_BUDGET`. The
+    others stay near the budget whatever the batch. For `memory.check_fits`, before a run."""
+    if method not in ("crown", "crown-ibp"):
+        return []
+    largest = max([math.prod(input_shape)] + [math.prod(op.out_shape) for op in operations])
+    steps = [("the margins", batch * operations[-1].out_shape[-1] * largest)]
+    for index, op in enumerate(operations):
+        if method != "crown" or not _bounded_by_crown(operations, index):
+            continue
+        route, prefix = crown_route(operations, index), operations[:index + 1]
+        if route == "dense":
+            floats = batch * max([math.prod(input_shape)] +
+                                 [math.prod(o.out_shape) for o in prefix])
+        elif route == "patches":
+            ho, wo, _ = op.out_shape
+            floats = batch * ho * wo * int(largest_patch(prefix))
+        else:
+            continue
+        if floats > ROW_BUDGET:
+            steps.append((f"layer {op.name!r}" + (" (as patches)" if route == "patches" else ""),
+                          floats))
+    return steps
+
+
 def crown_layer_bounds(operations: list, index: int, bounds: list, relaxations: dict,
                        region: Region) -> tuple[Any, Any]:
     """The output bounds of operation `index` by back-substitution, its neurons in chunks of

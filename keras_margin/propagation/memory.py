@@ -1,0 +1,88 @@
+"""Whether one step of CROWN's back-substitution fits in memory, checked before it runs.
+
+Rows are chunked (`bounds.ROW_BUDGET`), but a chunk cannot be smaller than one row per point
+(dense) or one channel per point (patches), and the final margins' rows (every rival of every
+point) are not chunked: at a large batch on wide inputs one step outgrows the machine, and the
+operating system kills the process without a word. `certify` checks the largest of those steps
+(`bounds.growing_steps`) before it runs: `check_fits` raises `TooLargeError`, naming a batch
+size that fits (the steps grow linearly with the batch).
+
+Measured (TensorFlow, AMD EPYC): a step's peak memory is 4.2-5.5 times its rows in their float
+type (the rows, their positive and negative parts, the products with the layer below), hence
+`COPIES`. Only host memory is checked: on an accelerator the rows live in its own memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+
+COPIES = 6  # a step's peak memory over its rows' size, rounded up from 4.2-5.5 (measured)
+
+
+class TooLargeError(MemoryError):
+    """One step of CROWN at this batch size needs more memory than the machine has free."""
+
+
+def available_bytes() -> int | None:
+    """Memory free for this process: Linux's MemAvailable, capped by a cgroup v2 limit; None
+    where neither can be read or the backend computes on an accelerator."""
+    if _on_accelerator():
+        return None
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read())
+        if limit != "max" and free is not None:
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def _on_accelerator() -> bool:
+    name = keras.backend.backend()
+    if name == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if name == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU"))
+    return False
+
+
+def check_fits(floats: int, dtype: str, batch: int, what: str) -> None:
+    """Raises `TooLargeError` where `floats` row entries of `dtype` for `batch` points side by
+    side (the smallest chunk `what` can take) would not fit in the memory free now."""
+    free = available_bytes()
+    if free is None:
+        return
+    needed = floats * COPIES * (8 if "64" in str(dtype) else 4)
+    if needed <= free:
+        return
+    fits = math.floor(batch * free / needed)
+    advice = (f"lower certify's batch_size to {fits} or below" if fits >= 1 else
+              "even one point does not fit: use method='ibp' or 'lipschitz' (no rows), or a "
+              "machine with more memory")
+    raise TooLargeError(
+        f"CROWN's rows for {what} at batch_size={batch} need about {needed / 2 ** 30:.1f} GiB, "
+        f"more than the {max(free, 0) / 2 ** 30:.1f} GiB free; {advice}.")
+
+
+__all__ = ["COPIES", "TooLargeError", "available_bytes", "check_fits"]
