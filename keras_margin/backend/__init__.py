@@ -95,6 +95,23 @@ def maximum(a, b):
     return keras.ops.maximum(a, b)
 
 
+def has_accelerator() -> bool:
+    """Whether the backend computes on a GPU (or another accelerator) rather than the CPU."""
+    if NAME == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if NAME == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if NAME == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return False
+
+
 def float64() -> contextlib.AbstractContextManager:
     """A context in which float64 tensors stay float64: JAX turns them into float32 unless its
     x64 mode is on (switched on here for the context only); the other backends always keep
@@ -106,5 +123,6 @@ def float64() -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-__all__ = ["NAME", "Steps", "compile_fn", "float64", "is_traced", "map_in_order", "matmul",
-           "maximum", "minimum", "trainer", "value_and_grad", "value_and_weight_grad", "vjp"]
+__all__ = ["NAME", "Steps", "compile_fn", "float64", "has_accelerator", "is_traced",
+           "map_in_order", "matmul", "maximum", "minimum", "trainer", "value_and_grad",
+           "value_and_weight_grad", "vjp"]

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 import keras_margin
+from keras_margin.backend import has_accelerator  # noqa: F401 - where the runner reads it
 from keras_margin.experiments.files import read_json, write_json
 
 
@@ -34,24 +35,6 @@ def machine() -> dict[str, Any]:
 
         info["devices"] = sorted({d.device_kind for d in jax.devices()})
     return info
-
-
-def has_accelerator() -> bool:
-    """Whether the backend computes on a GPU (or another accelerator) rather than the CPU."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() != "cpu"
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU"))
-    if backend == "torch":
-        import torch
-
-        return bool(torch.cuda.is_available())
-    return False
 
 
 def speed_advice(architecture: str, dtype_policy: str, backend: str, accelerator: bool,

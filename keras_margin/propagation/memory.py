@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-import keras
+from keras_margin import backend
 
 COPIES = 6  # a step's peak memory over its rows' size, rounded up from 4.2-5.5 (measured)
 
@@ -28,7 +28,7 @@ class TooLargeError(MemoryError):
 def available_bytes() -> int | None:
     """Memory free for this process: Linux's MemAvailable, capped by a cgroup v2 limit; None
     where neither can be read or the backend computes on an accelerator."""
-    if _on_accelerator():
+    if backend.has_accelerator():
         return None
     free = None
     try:
@@ -48,23 +48,6 @@ def available_bytes() -> int | None:
     except (OSError, ValueError):
         pass
     return free
-
-
-def _on_accelerator() -> bool:
-    name = keras.backend.backend()
-    if name == "jax":
-        import jax
-
-        return jax.default_backend() != "cpu"
-    if name == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    if name == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_logical_devices("GPU"))
-    return False
 
 
 def check_fits(floats: int, dtype: str, batch: int, what: str) -> None:
