@@ -144,14 +144,13 @@ class _Certifier:
         self.inputs = entry.check_inputs(model, x, y, clip_min, clip_max, where)
         self.norm, self.method = norm, method
         self.box = (self.inputs.clip_min, self.inputs.clip_max)
-        self.operations, self.program = bound_program(
-            model, norm, method, self.box, min(self.batch_size, len(self.inputs.x)))
-        check_chain(model, self.operations, self.inputs.x)
         size = min(self.batch_size, len(self.inputs.x))
+        self.operations, self.program = bound_program(model, norm, method, self.box, size)
+        check_chain(model, self.operations, self.inputs.x)
         steps = bounds.growing_steps(self.operations, self.inputs.x.shape[1:], size, method)
         if steps:  # before anything runs: a clear error, not an out-of-memory kill
             what, floats = max(steps, key=lambda step: step[1])
-            check_fits(floats, "float64", size, what)
+            check_fits(floats, np.float64, size, what)
         self.correct = entry.predictions(model, self.inputs.x, batch_size) == self.inputs.labels
         # The bounds are computed in float64 (the model's float32 weights are exact in it),
         # so the rounding allowance (`bounds.ROUNDING_SAFETY`) costs ~1e-11 of a margin.

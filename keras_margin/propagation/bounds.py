@@ -314,9 +314,16 @@ def back_substitute(operations: list, bounds: list, relaxations: dict, rows: Any
     return low, -region.minimum(-lam_up) + bias_up
 
 
-def _largest(operations: list, region: Region) -> int:
-    sizes = [math.prod(region.x0.shape[1:])] + [math.prod(op.out_shape) for op in operations]
-    return max(sizes)
+def dense_row_floats(operations: list, input_shape: tuple, batch: int) -> int:
+    """Entries of one dense row per point through `operations`: the batch times the widest
+    map (the input's or an operation's output)."""
+    return batch * max([math.prod(input_shape)] + [math.prod(op.out_shape) for op in operations])
+
+
+def patch_channel_floats(operations: list, batch: int) -> int:
+    """Entries of one channel of patch rows per point for the last operation's map."""
+    ho, wo, _ = operations[-1].out_shape
+    return batch * ho * wo * int(largest_patch(operations))
 
 
 def growing_steps(operations: list, input_shape: tuple, batch: int, method: str
@@ -327,18 +334,16 @@ def growing_steps(operations: list, input_shape: tuple, batch: int, method: str
     others stay near the budget whatever the batch. For `memory.check_fits`, before a run."""
     if method not in ("crown", "crown-ibp"):
         return []
-    largest = max([math.prod(input_shape)] + [math.prod(op.out_shape) for op in operations])
-    steps = [("the margins", batch * operations[-1].out_shape[-1] * largest)]
+    rivals = operations[-1].out_shape[-1]
+    steps = [("the margins", rivals * dense_row_floats(operations, input_shape, batch))]
     for index, op in enumerate(operations):
         if method != "crown" or not _bounded_by_crown(operations, index):
             continue
         route, prefix = crown_route(operations, index), operations[:index + 1]
         if route == "dense":
-            floats = batch * max([math.prod(input_shape)] +
-                                 [math.prod(o.out_shape) for o in prefix])
+            floats = dense_row_floats(prefix, input_shape, batch)
         elif route == "patches":
-            ho, wo, _ = op.out_shape
-            floats = batch * ho * wo * int(largest_patch(prefix))
+            floats = patch_channel_floats(prefix, batch)
         else:
             continue
         if floats > ROW_BUDGET:
@@ -355,8 +360,8 @@ def crown_layer_bounds(operations: list, index: int, bounds: list, relaxations: 
     memory in JAX)."""
     shape = operations[index].out_shape
     size, batch = math.prod(shape), region.x0.shape[0]
-    chunk = min(size, max(1, ROW_BUDGET // max(1, batch * _largest(operations[:index + 1],
-                                                                      region))))
+    per_row = dense_row_floats(operations[:index + 1], region.x0.shape[1:], batch)
+    chunk = min(size, max(1, ROW_BUDGET // max(1, per_row)))
     count = -(-size // chunk)
     eye = ops.eye(count * chunk, size, dtype=region.x0.dtype)  # the last chunk padded by zeros
     blocks = ops.reshape(eye, (count, chunk) + shape)
@@ -378,9 +383,8 @@ def crown_patch_bounds(operations: list, index: int, bounds: list, relaxations: 
     """The output bounds of convolutional operation `index` by back-substitution of patches
     (`patches.py`), its channels in chunks."""
     prefix = operations[:index + 1]
-    ho, wo, channels = prefix[-1].out_shape
-    per_channel = region.x0.shape[0] * ho * wo * largest_patch(prefix)
-    chunk = max(1, ROW_BUDGET // max(1, per_channel))
+    channels = prefix[-1].out_shape[-1]
+    chunk = max(1, ROW_BUDGET // max(1, patch_channel_floats(prefix, region.x0.shape[0])))
     lows, ups = [], []
     for start in range(0, channels, chunk):
         low, up = back_substitute_patches(prefix, bounds, relaxations, region,

@@ -15,6 +15,9 @@ type (the rows, their positive and negative parts, the products with the layer b
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import numpy as np
 
 from keras_margin import backend
 
@@ -50,13 +53,13 @@ def available_bytes() -> int | None:
     return free
 
 
-def check_fits(floats: int, dtype: str, batch: int, what: str) -> None:
+def check_fits(floats: int, dtype: Any, batch: int, what: str) -> None:
     """Raises `TooLargeError` where `floats` row entries of `dtype` for `batch` points side by
     side (the smallest chunk `what` can take) would not fit in the memory free now."""
     free = available_bytes()
     if free is None:
         return
-    needed = floats * COPIES * (8 if "64" in str(dtype) else 4)
+    needed = floats * COPIES * np.dtype(dtype).itemsize
     if needed <= free:
         return
     fits = math.floor(batch * free / needed)
