@@ -32,6 +32,8 @@ def _net(kind, seed=0):
             layers.ReLU(), layers.Conv2D(5, 4, strides=2, padding="same", activation="relu"),
             layers.AveragePooling2D(2), layers.Conv2D(3, 2, activation="relu"),
             layers.Flatten(), layers.Dense(3)]
+    elif kind == "residual":
+        return _residual(seed), (15, 15, 2)
     else:
         shape, stack = (12, 12, 1), [
             layers.Rescaling(0.5, offset=0.1), layers.Conv2D(3, 3, strides=2, activation="relu"),
@@ -48,7 +50,28 @@ def _net(kind, seed=0):
     return net, shape
 
 
-@pytest.mark.parametrize("kind", ["lenet", "same", "rescaling"])
+def _residual(seed):
+    """Two residual blocks (an identity skip around a convolution and batch norm; a strided
+    block with a 1 x 1 projection shortcut), a max pooling after a ReLU, then dense."""
+    rng = np.random.default_rng(seed)
+    x = keras.Input((15, 15, 2))
+    h = layers.Conv2D(3, 3, padding="same", activation="relu")(x)
+    branch = layers.BatchNormalization()(layers.Conv2D(3, 3, padding="same")(h))
+    h = layers.ReLU()(layers.Add()([branch, h]))
+    branch = layers.Conv2D(4, 3, padding="same")(
+        layers.Conv2D(4, 3, strides=2, padding="same", activation="relu")(h))
+    h = layers.ReLU()(layers.Add()([branch, layers.Conv2D(4, 1, strides=2)(h)]))
+    h = layers.Conv2D(3, 2, activation="relu")(layers.MaxPooling2D(2)(h))
+    net = keras.Model(x, layers.Dense(3)(layers.Flatten()(h)))
+    for layer in net.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.normal(size=c), rng.normal(size=c) * 0.1,
+                               rng.uniform(-0.5, 0.5, c), rng.uniform(0.5, 1.5, c)])
+    return net
+
+
+@pytest.mark.parametrize("kind", ["lenet", "same", "rescaling", "residual"])
 @pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.5)])
 def test_patch_rows_give_the_dense_rows_bounds(kind, norm, eps):
     """Every convolutional layer's CROWN bounds by patches equal those by dense rows (the
@@ -64,7 +87,8 @@ def test_patch_rows_give_the_dense_rows_bounds(kind, norm, eps):
         layer_bounds, relaxations = bounds.layer_bounds(operations, region, "crown")
         pairs = []
         for index, op in enumerate(operations):
-            if isinstance(op, bounds.Linear) and bounds.patchable(operations[:index + 1]):
+            if isinstance(op, (bounds.Linear, bounds.Add)) and \
+                    bounds.patchable(operations[:index + 1]):
                 pairs.append((bounds.crown_layer_bounds(operations, index, layer_bounds,
                                                         relaxations, region),
                               bounds.crown_patch_bounds(operations, index, layer_bounds,
@@ -82,7 +106,17 @@ def test_patch_rows_give_the_dense_rows_bounds(kind, norm, eps):
                 a, b = ops.convert_to_numpy(a), ops.convert_to_numpy(b)
                 assert b.dtype == np.float64
                 np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * np.abs(a).max())
-    assert len(pairs) >= 2
+    assert len(pairs) >= (7 if kind == "residual" else 2)  # residual: past both Adds
+
+
+def test_a_residual_network_is_crown_at_every_layer_by_patches(monkeypatch):
+    """Residual sums no longer send the layers after them to intervals: patches meet on the
+    union of their windows where the skip joins. (Dense rows refused above 100 neurons, so
+    that every convolutional map here is too wide for them, as ResNet-20's are.)"""
+    monkeypatch.setattr(bounds, "CROWN_NEURONS", 100)
+    plan = certify.crown_plan(_residual(0))
+    assert {route for _, route in plan} == {"exact", "patches"}, plan
+    assert sum(name.startswith("add") for name, _ in plan) == 2
 
 
 def test_batch_norm_is_read_in_float64_from_its_float32_weights():

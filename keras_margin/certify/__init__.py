@@ -97,8 +97,9 @@ def _warn_fallback(operations: list) -> None:
         warnings.warn(
             f"certify: CROWN takes interval bounds for layer(s) {', '.join(fallback)} (more "
             f"than {bounds.CROWN_NEURONS} neurons, and not a convolutional map that CROWN's "
-            "patches pass: they follow a Dense, Flatten or overlapping pooling layer), so the "
-            "radii are looser there; certify.crown_plan(model) shows every layer's route.",
+            "patches pass: they follow a Dense, Flatten or overlapping pooling layer, or "
+            "paths of different strides), so the radii are looser there; "
+            "certify.crown_plan(model) shows every layer's route.",
             stacklevel=5)  # the caller of certify, certified_radius or lower_margins
 
 

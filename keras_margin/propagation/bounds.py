@@ -35,7 +35,7 @@ import numpy as np
 from keras import ops
 
 from keras_margin import backend
-from keras_margin.propagation.network import Add, Linear, MaxPool, ReLU, is_chain, run
+from keras_margin.propagation.network import Add, Linear, MaxPool, ReLU, run
 from keras_margin.propagation.patches import (
     back_substitute_patches,
     dense_cost,
@@ -396,14 +396,15 @@ def crown_patch_bounds(operations: list, index: int, bounds: list, relaxations: 
 
 def crown_route(operations: list, index: int) -> str:
     """How "crown" bounds operation `index`'s outputs: "exact" (a first affine map),
-    "patches" (a convolutional map of a chain: rows as patches, where cheaper than dense rows
-    or the map is too wide for them), "dense" (dense rows, at most `CROWN_NEURONS` neurons) or
-    "interval" (the fallback: a layer too wide for dense rows that patches cannot pass)."""
+    "patches" (a convolutional map, residual sums allowed: rows as patches, where cheaper
+    than dense rows or the map is too wide for them), "dense" (dense rows, at most
+    `CROWN_NEURONS` neurons) or "interval" (the fallback: a layer too wide for dense rows
+    that patches cannot pass)."""
     prefix = operations[:index + 1]
     if isinstance(prefix[-1], Linear) and _reshapes_below(operations, index) is not None:
         return "exact"
     dense_ok = math.prod(prefix[-1].out_shape) <= CROWN_NEURONS
-    if is_chain(prefix) and patchable(prefix) and \
+    if patchable(prefix) and \
             (not dense_ok or patch_cost(prefix) < dense_cost(prefix)):
         return "patches"
     return "dense" if dense_ok else "interval"

@@ -25,26 +25,35 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-from keras_margin.propagation.network import Linear, MaxPool, ReLU, is_chain
+from keras_margin.propagation.network import Add, Linear, MaxPool, ReLU
 from keras_margin.propagation.relaxations import relax_maxpool, relax_relu
 
 
 def patchable(operations: list) -> bool:
     """True where every operation up to the last has a patch transpose and the last one's
-    output is a (H, W, C) map: convolutions (undilated), per-channel maps, ReLU and
-    non-overlapping max pooling, from a (H, W, C) input, one after the other (a chain)."""
-    if not is_chain(operations) or len(operations[0].in_shape) != 3 or \
-            len(operations[-1].out_shape) != 3:
+    output is a (H, W, C) map: convolutions (undilated), per-channel maps, ReLU,
+    non-overlapping max pooling and residual sums (`Add`), from a (H, W, C) input, where
+    every path from the last operation down to a map passes the same strides (so the
+    patches that meet there share one window grid)."""
+    if len(operations[0].in_shape) != 3 or len(operations[-1].out_shape) != 3:
         return False
     for op in operations:
-        if isinstance(op, ReLU):
+        if isinstance(op, (ReLU, Add)):
             continue
         if isinstance(op, MaxPool):
             if not op.non_overlapping:
                 return False
         elif not isinstance(op, Linear) or (op.conv is None and not op.pointwise):
             return False
+    try:
+        geometries(operations)
+    except _StridesDiffer:
+        return False
     return True
+
+
+class _StridesDiffer(ValueError):
+    """Two paths reach one map through different strides."""
 
 
 class _Geometry:
@@ -74,6 +83,40 @@ class _Geometry:
         return self.size[0] * self.size[1] * self.shape[2]
 
 
+def _union(a: _Geometry, b: _Geometry) -> _Geometry:
+    """The smallest geometry whose windows hold both's (one stride): where two paths meet."""
+    if a.stride != b.stride:
+        raise _StridesDiffer(f"strides {a.stride} and {b.stride}")
+    pad = (max(a.pad[0], b.pad[0]), max(a.pad[1], b.pad[1]))
+    end = (max(a.size[0] - a.pad[0], b.size[0] - b.pad[0]),
+           max(a.size[1] - a.pad[1], b.size[1] - b.pad[1]))
+    return _Geometry(a.stride, pad, (pad[0] + end[0], pad[1] + end[1]), a.shape)
+
+
+def _embed(lam: Any, inner: _Geometry, outer: _Geometry) -> Any:
+    """Patches (..., kh, kw, C) of `inner` as patches of `outer` (zeros around them)."""
+    if inner.size == outer.size and inner.pad == outer.pad:
+        return lam
+    top, left = outer.pad[0] - inner.pad[0], outer.pad[1] - inner.pad[1]
+    bottom = outer.size[0] - inner.size[0] - top
+    right = outer.size[1] - inner.size[1] - left
+    return ops.pad(lam, [(0, 0)] * 4 + [(top, bottom), (left, right), (0, 0)])
+
+
+def geometries(operations: list) -> dict:
+    """The last operation's neurons' windows on the output map of every operation it reads,
+    directly or not (key -1: the input): where paths meet, the union of theirs."""
+    last = len(operations) - 1
+    found = {last: _Geometry((1, 1), (0, 0), (1, 1), operations[last].out_shape)}
+    for index in range(last, -1, -1):
+        if index not in found:
+            continue
+        below = found[index].below(operations[index])
+        for j in operations[index].inputs:
+            found[j] = _union(found[j], below) if j in found else below
+    return found
+
+
 def windows(values: Any, geometry: _Geometry, positions: tuple) -> Any:
     """values (b, H, W, C) under every neuron's window -> (b, Ho, Wo, 1, kh, kw, C); zeros
     where a window leaves the map."""
@@ -96,6 +139,10 @@ def _transpose_conv(op: Linear, lam: Any) -> Any:
     lead = tuple(lam.shape[:4])
     flat = ops.reshape(lam, (-1,) + tuple(lam.shape[4:]))
     out = ops.conv_transpose(flat, op.conv.kernel(flat), op.conv.strides, "valid")
+    # (n - 1) s + k entries; Keras's 'valid' transpose gives n s where k < s (a strided 1 x 1
+    # projection shortcut): those last entries are zeros past the window.
+    (kh, kw), (sh, sw) = op.conv.size, op.conv.strides
+    out = out[:, :(flat.shape[1] - 1) * sh + kh, :(flat.shape[2] - 1) * sw + kw]
     return ops.reshape(out, lead + tuple(out.shape[1:]))
 
 
@@ -110,24 +157,43 @@ def _bias_term(op: Linear, lam: Any, geometry: _Geometry, positions: tuple) -> A
 def back_substitute_patches(operations: list, bounds: list, relaxations: dict, region: Any,
                             channels: tuple) -> tuple[Any, Any]:
     """Lower and upper bounds of the neurons of channels [start, stop) of the last
-    operation's (Ho, Wo, C) output over the region: (B, Ho, Wo, stop - start) each."""
+    operation's (Ho, Wo, C) output over the region: (B, Ho, Wo, stop - start) each. The
+    operations are passed from the last down (a graph's in reverse topological order); at an
+    `Add` every input gets the same patches, and where paths meet their patches are summed
+    on the union of their windows (`geometries`)."""
     batch = region.x0.shape[0]
     last = operations[-1]
     ho, wo, _ = last.out_shape
     positions = (ho, wo)
     start, stop = channels
     dtype = region.x0.dtype
-    geometry = _Geometry((1, 1), (0, 0), (1, 1), last.out_shape)
+    grid = geometries(operations)
     # The rows of channels [start, stop): one-hot patches of size 1 x 1.
     eye = ops.eye(last.out_shape[2], dtype=dtype)[start:stop]
     lam = ops.broadcast_to(ops.reshape(eye, (1, 1, 1, stop - start, 1, 1, -1)),
                            (batch, ho, wo, stop - start, 1, 1, last.out_shape[2]))
-    lam_lo = lam_up = lam
+    pending = {len(operations) - 1: (lam, lam, grid[len(operations) - 1])}
     bias_lo = bias_up = ops.zeros((batch, ho, wo, stop - start), dtype)
-    axes = (4, 5, 6)
-    index = len(operations) - 1
-    while index >= 0:
+    readers = _readers(operations)
+
+    def hand(j, lam_lo, lam_up, geometry):
+        if j in pending:
+            lo, up, seen = pending[j]
+            lam_lo = _embed(lam_lo, geometry, grid[j]) + _embed(lo, seen, grid[j])
+            lam_up = _embed(lam_up, geometry, grid[j]) + _embed(up, seen, grid[j])
+            geometry = grid[j]
+        pending[j] = (lam_lo, lam_up, geometry)
+
+    for index in range(len(operations) - 1, -1, -1):
+        if index not in pending:
+            continue
+        lam_lo, lam_up, geometry = pending.pop(index)
         op = operations[index]
+        if isinstance(op, Add):
+            for j in op.inputs:
+                hand(j, lam_lo, lam_up, geometry)
+            continue
+        (j,) = op.inputs
         if isinstance(op, Linear):
             add = _bias_term(op, lam_lo, geometry, positions)
             if add is not None:
@@ -144,44 +210,52 @@ def back_substitute_patches(operations: list, bounds: list, relaxations: dict, r
                     lam_up = _transpose_conv(op, lam_up) * inside
             else:  # per channel: the same transpose on every patch entry
                 lam_lo, lam_up = _transpose_entries(op, lam_lo), _transpose_entries(op, lam_up)
-            geometry = below
-            index -= 1
+            hand(j, lam_lo, lam_up, below)
             continue
-        lower, upper = _input_bounds(bounds, region, index)
+        lower, upper = _input_bounds(bounds, region, j)
         if isinstance(op, ReLU):
             lam_lo, lam_up, add_lo, add_up = relax_relu(
                 lam_lo, lam_up, windows(lower, geometry, positions),
-                windows(upper, geometry, positions), axes)
+                windows(upper, geometry, positions), axes=(4, 5, 6))
             bias_lo, bias_up = bias_lo + add_lo, bias_up + add_up
-            index -= 1
+            hand(j, lam_lo, lam_up, geometry)
             continue
         chosen, decided, pooled_up = relaxations[index]
         lam_lo, lam_up, add_lo, add_up = relax_maxpool(
             lam_lo, lam_up, windows(ops.cast(decided, dtype), geometry, positions) > 0,
-            windows(pooled_up, geometry, positions), axes)
+            windows(pooled_up, geometry, positions), (4, 5, 6))
         bias_lo, bias_up = bias_lo + add_lo, bias_up + add_up
-        if index and isinstance(operations[index - 1], ReLU):
-            # A ReLU under the pooling: each row entry goes to its window's chosen input
-            # only, so the ReLU is relaxed before spreading, with the chosen inputs' bounds
-            # (the same rows, a quarter of the work for 2 x 2 windows).
-            below_lo, below_up = _input_bounds(bounds, region, index - 1)
+        if j >= 0 and isinstance(operations[j], ReLU) and readers[j] == 1:
+            # A ReLU under the pooling, read by it alone: each row entry goes to its window's
+            # chosen input only, so the ReLU is relaxed before spreading, with the chosen
+            # inputs' bounds (the same rows, a quarter of the work for 2 x 2 windows).
+            below_lo, below_up = _input_bounds(bounds, region, operations[j].inputs[0])
             lam_lo, lam_up, add_lo, add_up = relax_relu(
                 lam_lo, lam_up, windows(_pick(below_lo, chosen, op), geometry, positions),
-                windows(_pick(below_up, chosen, op), geometry, positions), axes)
+                windows(_pick(below_up, chosen, op), geometry, positions), (4, 5, 6))
             bias_lo, bias_up = bias_lo + add_lo, bias_up + add_up
-            index -= 1
+            j = operations[j].inputs[0]
         below = geometry.below(op)
         mask = windows(chosen, below, positions)
-        lam_lo, lam_up = spread(lam_lo, mask, op.pool), spread(lam_up, mask, op.pool)
-        geometry = below
-        index -= 1
+        hand(j, spread(lam_lo, mask, op.pool), spread(lam_up, mask, op.pool), below)
+    lam_lo, lam_up, geometry = pending.pop(-1)
     low = _minimum(region, lam_lo, geometry, positions) + bias_lo
     up = -_minimum(region, -lam_up, geometry, positions) + bias_up
     return low, up
 
 
-def _input_bounds(bounds: list, region: Any, index: int) -> tuple:
-    return bounds[index - 1] if index else (region.lower, region.upper)
+def _readers(operations: list) -> dict:
+    """How many operations read each one's output."""
+    count: dict = {}
+    for op in operations:
+        for j in op.inputs:
+            count[j] = count.get(j, 0) + 1
+    return count
+
+
+def _input_bounds(bounds: list, region: Any, j: int) -> tuple:
+    """The bounds of operation j's output (j = -1: the region's box)."""
+    return bounds[j] if j >= 0 else (region.lower, region.upper)
 
 
 def _transpose_entries(op: Linear, lam: Any) -> Any:
@@ -214,12 +288,7 @@ def _minimum(region: Any, lam: Any, geometry: _Geometry, positions: tuple) -> An
 
 def largest_patch(operations: list) -> int:
     """The most entries one neuron's patch reaches on any map below the last operation."""
-    geometry = _Geometry((1, 1), (0, 0), (1, 1), operations[-1].out_shape)
-    largest = geometry.elements
-    for op in reversed(operations):
-        geometry = geometry.below(op)
-        largest = max(largest, geometry.elements)
-    return largest
+    return max(geometry.elements for geometry in geometries(operations).values())
 
 
 def dense_cost(operations: list) -> int:
@@ -229,10 +298,8 @@ def dense_cost(operations: list) -> int:
 
 
 def patch_cost(operations: list) -> int:
-    """Entries of the patch rows of every neuron of the last operation, summed over the maps."""
-    geometry = _Geometry((1, 1), (0, 0), (1, 1), operations[-1].out_shape)
-    neurons, total = math.prod(operations[-1].out_shape), 0
-    for op in reversed(operations):
-        geometry = geometry.below(op)
-        total += neurons * geometry.elements
-    return total
+    """Entries of the patch rows of every neuron of the last operation, summed over the maps
+    each operation it reads passes them to."""
+    neurons, grid = math.prod(operations[-1].out_shape), geometries(operations)
+    return sum(neurons * grid[index].below(operations[index]).elements
+               for index in grid if index >= 0)
