@@ -114,14 +114,14 @@ def peer(net, x, y, n: int = 200) -> dict | None:
     start = time.perf_counter()
     their_bounds = theirs(np.full(n, EPS))
     their_s = time.perf_counter() - start
-    certify.lower_margins(net, x, y, EPS, clip_min=0.0, clip_max=1.0)  # compile
+    certify.lower_margins(net, x, y, EPS, method="crown", clip_min=0.0, clip_max=1.0)  # compile
     start = time.perf_counter()
-    our_bounds = certify.lower_margins(net, x, y, EPS, clip_min=0.0, clip_max=1.0)
+    our_bounds = certify.lower_margins(net, x, y, EPS, method="crown", clip_min=0.0, clip_max=1.0)
     our_s = time.perf_counter() - start
     finite = np.isfinite(our_bounds)
     their_radius = _bisect(lambda e: theirs(e).min(axis=1) > 0, n)
-    our_radius = certify.certified_radius(net, x, y, clip_min=0.0, clip_max=1.0, steps=20,
-                                          upper=np.ones(n))
+    our_radius = certify.certified_radius(net, x, y, method="crown", clip_min=0.0,
+                                          clip_max=1.0, steps=20, upper=np.ones(n))
     both = (their_radius > 0) | (our_radius > 0)
     ratio = our_radius[both] / np.maximum(their_radius[both], 1e-12)
     return {"points": n, "bound_max_abs_difference": float(
@@ -146,7 +146,8 @@ def soundness(net, x, y, n: int = 1000) -> list[dict]:
     x, y = x[:n][keep], y[:n][keep]
     rows = []
     for norm in ("linf", "l2"):
-        radius = certify.certified_radius(net, x, y, norm=norm, clip_min=0.0, clip_max=1.0)
+        radius = certify.certified_radius(net, x, y, norm=norm, method="crown", clip_min=0.0,
+                                          clip_max=1.0)
         found = attacks.fmn(net, x, y, norm=norm, clip_min=0.0, clip_max=1.0).distances(norm)
         budget = np.maximum(radius, 1e-3)
         apgd = attacks.APGD(norm=norm, restarts=3)

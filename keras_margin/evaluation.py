@@ -121,7 +121,7 @@ class EvaluationPlan:
             targeting are the ensemble's.
         clip_min, clip_max: optional input box for every attack; x must lie in it.
         samples: evaluate the first `samples` points only (None: all).
-        certify: a bound method of `keras_margin.certify` ("crown", "crown-ibp", "ibp",
+        certify: a bound method of `keras_margin.certify` ("crown", "auto", "crown-ibp", "ibp",
             "lipschitz") to prove lower bounds under the attacks' upper ones: the certified
             l2 radius per point (rho_certified), and the l_inf one where l_inf budgets are
             given, with certified accuracy at every budget; None (default) proves nothing.
@@ -494,7 +494,7 @@ def certified_measures(model: Callable, inputs: base.Inputs, correct: np.ndarray
     both = np.isfinite(attacked) & (attacked > 0)
     ratio = float(np.median(radii["l2"][correct][both] / attacked[both])) if both.any() \
         else None
-    routes = dict(crown_plan(model)) if plan.certify == "crown" else {}
+    routes = dict(crown_plan(model, plan.certify)) if plan.certify in ("crown", "auto") else {}
     return dict(certify_method=plan.certify, certify_routes=routes, certified_radius=radii,
                 certified_accuracy=accuracy, certified_distances=relative,
                 rho_certified=float(relative[correct].mean()) if correct.any() else math.nan,

@@ -29,7 +29,9 @@ def test_the_gpu_script_runs_on_a_cpu_with_tiny_settings(tmp_path):
 @pytest.mark.parametrize("script,name", [("certified_training_vs_lirpa", "certified_training"),
                                          ("certified_step_cost", "certified_step_cost"),
                                          ("resnet_step_cost", "resnet_step_cost"),
-                                         ("crown_graphs_vs_lirpa", "crown_graphs")])
+                                         ("crown_graphs_vs_lirpa", "crown_graphs"),
+                                         ("crown_auto", "crown_auto"),
+                                         ("certify_memory", "certify_memory")])
 def test_the_certified_training_tables_regenerate_from_their_json(script, name):
     """docs/results/benchmarks/NAME.md is what the script prints from NAME.json (no hand edits);
     the README quotes those tables."""
@@ -72,3 +74,67 @@ def test_the_readme_resnet_figures_are_the_benchmarks():
             " on TensorFlow and ", " and ").replace(" on JAX", ""), mode
     for mode in ("plain", "margin", "margin-hidden", "large-margin", "none"):
         assert f"{rss['tensorflow', mode]} / {rss['jax', mode]} MiB" in paragraph, mode
+
+
+def test_the_readme_auto_figures_are_the_benchmarks():
+    """The README's figures for method="auto" are its benchmark's json: the rate at the default
+    budget, the layers it pays for, full CROWN's cost and the margins' gain over crown-ibp."""
+    import json
+
+    from keras_margin.propagation import bounds
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with open(os.path.join(root, "docs", "results", "benchmarks", "crown_auto.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(root, "README.md")) as f:
+        readme = " ".join(f.read().split())
+    ibp, *autos = report["rows"]
+    (default,) = [r for r in autos if r["budget"] == report["default_budget"]]
+    assert report["default_budget"] == bounds.AUTO_BUDGET == 2 ** 27 and "2^27 per point" in readme
+    rate = default["seconds"] / (report["points"] * default["cost_per_point"] / 1e9)
+    full = report["full_crown_cost_per_point"]
+    gain = ibp["median_smallest_margin"] / default["median_smallest_margin"]
+    for figure in (f"about {rate:.1f} s per 1e9",
+                   f"the first {default['crown_layers']} of {default['layers']} layers",
+                   f"cost {full:.3g} entries per point, {full / bounds.AUTO_BUDGET:.0f} times",
+                   f"are {gain:.0f} times tighter",
+                   f"at {default['seconds'] / ibp['seconds']:.1f} times the time"):
+        assert figure in readme, figure
+    assert all(r["certified_share"] == 0 for r in report["rows"]) and "prove nothing" in readme
+
+
+def test_the_memory_check_covers_the_measured_peaks():
+    """certify's memory estimate (the largest growing step, `memory.COPIES` or
+    `PATCH_COPIES` times its rows, beside the layer bounds held throughout) is at least what
+    each whole call took above the process's memory before it, in certify_memory.json."""
+    import json
+
+    import numpy as np
+
+    from keras_margin import architectures, certify
+    from keras_margin.propagation import bounds, memory
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with open(os.path.join(root, "docs", "results", "benchmarks", "certify_memory.json")) as f:
+        report = json.load(f)
+    assert {(r["model"], r["method"]) for r in report["rows"]} >= {
+        ("lenet5", "auto"), ("resnet20", "auto"), ("resnet20", "crown-ibp")}
+    for row in report["rows"]:
+        net = architectures.lenet5() if row["model"] == "lenet5" else \
+            architectures.resnet20(input_shape=(28, 28, 1))
+        operations = certify.chain_of(net)
+        batch = row["batch_size"]
+        steps = bounds.growing_steps(operations, (28, 28, 1), batch, row["method"])
+        needed = max(memory.needed_bytes(floats, np.float64, layout)
+                     for _, floats, layout in steps) + \
+            bounds.held_floats(operations, (28, 28, 1), batch) * 8
+        measured = (row["peak_mib"] - row["peak_before_mib"]) * 2 ** 20
+        assert needed >= measured, (row["model"], row["method"], needed / 2 ** 20,
+                                    measured / 2 ** 20)
+    with open(os.path.join(root, "README.md")) as f:
+        readme = " ".join(f.read().split())
+    above = {(r["model"], r["method"]): round(r["peak_mib"] - r["peak_before_mib"])
+             for r in report["rows"]}
+    assert (f"peaked {above['lenet5', 'auto']} MiB above the process's start on LeNet-5 and "
+            f"{above['resnet20', 'auto']} MiB on a ResNet-20 (`\"crown-ibp\"`: "
+            f"{above['lenet5', 'crown-ibp']} and {above['resnet20', 'crown-ibp']} MiB") in readme

@@ -109,6 +109,35 @@ def test_patch_rows_give_the_dense_rows_bounds(kind, norm, eps):
     assert len(pairs) >= (7 if kind == "residual" else 2)  # residual: past both Adds
 
 
+def test_channel_chunks_taken_one_at_a_time_give_every_chunking_the_same_bounds(monkeypatch):
+    """A layer's channels by patches in chunks of one, of three (the last chunk padded by a
+    zero selector row) and all at once give the same bounds on the residual net."""
+    net, shape = _net("residual")
+    x = np.random.default_rng(2).uniform(size=(3,) + shape)
+    operations = chain(net)
+    layers_by_patches = [i for i, op in enumerate(operations)
+                         if isinstance(op, (bounds.Linear, bounds.Add)) and
+                         bounds.patchable(operations[:i + 1]) and op.out_shape[-1] > 3]
+    assert layers_by_patches
+
+    def patches(x0, index, budget):
+        monkeypatch.setattr(bounds, "ROW_BUDGET", budget(operations[:index + 1]))
+        region = bounds.Region(x0, ops.full((3,), 0.05, dtype=x0.dtype), "linf", (0.0, 1.0))
+        layer_bounds, relaxations = bounds.layer_bounds(operations, region, "crown-ibp")
+        return bounds.crown_patch_bounds(operations, index, layer_bounds, relaxations, region)
+
+    with backend.float64():
+        x0 = ops.convert_to_tensor(x)
+        for index in layers_by_patches:
+            whole, *chunked = [patches(x0, index, budget) for budget in (
+                lambda _: 2 ** 40, lambda _: 1,
+                lambda prefix: 3 * bounds.patch_channel_floats(prefix, 3))]
+            for other in chunked:
+                for a, b in zip(whole, other):
+                    np.testing.assert_allclose(ops.convert_to_numpy(b), ops.convert_to_numpy(a),
+                                               rtol=0, atol=1e-12)
+
+
 def test_a_residual_network_is_crown_at_every_layer_by_patches(monkeypatch):
     """Residual sums no longer send the layers after them to intervals: patches meet on the
     union of their windows where the skip joins. (Dense rows refused above 100 neurons, so
@@ -232,11 +261,14 @@ def test_the_steps_that_grow_with_the_batch_are_found_before_a_run():
     operations = chain(net)
     widest = max(math.prod(op.out_shape) for op in operations)
     small = bounds.growing_steps(operations, (28, 28, 1), 10, "crown")
-    assert small == [("the margins", 10 * 10 * widest)]
-    large = dict(bounds.growing_steps(operations, (28, 28, 1), 10_000, "crown"))
-    assert large["the margins"] == 10_000 * 10 * widest
-    assert all(floats > bounds.ROW_BUDGET for floats in large.values())
+    assert small == [("the margins", 10 * 10 * widest, "rows")]
+    large = {what: (floats, layout) for what, floats, layout in
+             bounds.growing_steps(operations, (28, 28, 1), 10_000, "crown")}
+    assert large["the margins"] == (10_000 * 10 * widest, "rows")
+    assert all(floats > bounds.ROW_BUDGET for floats, _ in large.values())
+    assert all((layout == "patches") == ("as patches" in what)
+               for what, (_, layout) in large.items())
     assert any("as patches" in what for what in large)
     assert bounds.growing_steps(operations, (28, 28, 1), 10_000, "crown-ibp") == [
-        ("the margins", 10_000 * 10 * widest)]
+        ("the margins", 10_000 * 10 * widest, "rows")]
     assert bounds.growing_steps(operations, (28, 28, 1), 10_000, "ibp") == []

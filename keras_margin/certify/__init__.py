@@ -10,8 +10,10 @@ prediction (within the input box, for l_inf). `certify` answers for one budget.
 
 Methods (`keras_margin.propagation.bounds`): "crown" (linear bound propagation with CROWN's
 back-substitution for every layer, convolutional maps as patches (`propagation/patches.py`);
-the default; `crown_plan` shows
-each layer's route and a warning names any layer left to intervals), "crown-ibp" (intervals
+`crown_plan` shows each layer's route and a warning names any layer left to intervals),
+"auto" (the default: "crown"'s plan while its cost stays within `bounds.AUTO_BUDGET`,
+intervals beyond; the same as "crown" on LeNet-5 and MLPs, the first layers of a ResNet-20,
+whose full CROWN costs about 600 times LeNet-5's), "crown-ibp" (intervals
 for the hidden layers, CROWN for the output: cheaper on convolutional networks), "ibp"
 (intervals) and "lipschitz" (a global Lipschitz bound, for every supported layer). Supported
 layers: see `network.SUPPORTED`; others are refused by name. A misclassified point has radius
@@ -40,7 +42,7 @@ from keras_margin import inputs as entry
 from keras_margin._validation import check_choice, check_integer, check_non_negative
 from keras_margin.propagation import bounds
 from keras_margin.propagation.bounds import METHODS, NORMS, margin_bounds
-from keras_margin.propagation.memory import TooLargeError, check_fits
+from keras_margin.propagation.memory import TooLargeError, check_fits, needed_bytes
 from keras_margin.propagation.network import SUPPORTED, chain, check_chain
 from keras_margin.threat import ThreatModel, resolve
 
@@ -79,16 +81,18 @@ def chain_of(model: keras.Model) -> list:
         return chain(model)
 
 
-def crown_plan(model: Callable) -> list[tuple[str, str]]:
-    """How method "crown" bounds each hidden affine layer (those feeding a ReLU or a max
-    pooling), as (layer name, route): "exact" (the first layer: its exact range), "patches"
-    (a convolutional map, its neurons' rows as patches), "dense" (rows over the whole maps,
-    layers of at most `bounds.CROWN_NEURONS` neurons) or "interval" (the fallback: too wide
-    for dense rows, and not a map the patches pass, e.g. after overlapping max pooling).
+def crown_plan(model: Callable, method: str = "crown") -> list[tuple[str, str]]:
+    """How `method` ("crown" or "auto") bounds each hidden affine layer (those feeding a ReLU
+    or a max pooling), as (layer name, route): "exact" (the first layer: its exact range),
+    "patches" (a convolutional map, its neurons' rows as patches), "dense" (rows over the
+    whole maps, layers of at most `bounds.CROWN_NEURONS` neurons), "interval" (the fallback:
+    too wide for dense rows, and not a map the patches pass, e.g. after overlapping max
+    pooling) or, for "auto", "interval-cost" (CROWN's rows would pass `bounds.AUTO_BUDGET`).
 
         >>> crown_plan(model)  # LeNet-5: conv exact, conv patches, dense dense
     """
-    return bounds.crown_plan(chain_of(base_model(model)))
+    check_choice("method", method, ("crown", "auto"))
+    return bounds.crown_plan(chain_of(base_model(model)), method)
 
 
 def _warn_fallback(operations: list) -> None:
@@ -114,14 +118,14 @@ def bound_program(model: keras.Model, norm: str, method: str,
     callback's epochs, repeated certify calls): the chain reads the weights at each call, so a
     model trained between calls is bounded with its new weights. One program per batch size:
     the bounds are traced with static shapes."""
-    key = (norm, method, box, batch)
+    key = (norm, method, box, batch, bounds.AUTO_BUDGET if method == "auto" else None)
     try:
         cache = _PROGRAMS.setdefault(model, {})
     except TypeError:  # not weak-referenceable: build without caching
         cache = {}
     if key not in cache:
         operations = chain_of(model)
-        if method == "crown":
+        if method in ("crown", "auto"):
             _warn_fallback(operations)
 
         def fn(x0, labels, eps):
@@ -150,8 +154,10 @@ class _Certifier:
         check_chain(model, self.operations, self.inputs.x)
         steps = bounds.growing_steps(self.operations, self.inputs.x.shape[1:], size, method)
         if steps:  # before anything runs: a clear error, not an out-of-memory kill
-            what, floats = max(steps, key=lambda step: step[1])
-            check_fits(floats, np.float64, size, what)
+            what, floats, layout = max(
+                steps, key=lambda step: needed_bytes(step[1], np.float64, step[2]))
+            check_fits(floats, np.float64, size, what, layout,
+                       bounds.held_floats(self.operations, self.inputs.x.shape[1:], size))
         self.correct = entry.predictions(model, self.inputs.x, batch_size) == self.inputs.labels
         # The bounds are computed in float64 (the model's float32 weights are exact in it),
         # so the rounding allowance (`bounds.ROUNDING_SAFETY`) costs ~1e-11 of a margin.
@@ -210,7 +216,7 @@ def _budgets(eps: Any, n: int) -> np.ndarray:
 
 
 def lower_margins(model: Callable, x: Any, y: Any, eps: Any = None, norm: str | None = None,
-                  method: str = "crown", clip_min: float | None = None,
+                  method: str = "auto", clip_min: float | None = None,
                   clip_max: float | None = None, batch_size: int = 100,
                   threat: ThreatModel | None = None) -> np.ndarray:
     """Proven lower bounds of f_y(x') - f_j(x') over ||x' - x||_p <= eps, per point and class j
@@ -222,7 +228,7 @@ def lower_margins(model: Callable, x: Any, y: Any, eps: Any = None, norm: str | 
 
 
 def certify(model: Callable, x: Any, y: Any, eps: Any = None, norm: str | None = None,
-            method: str = "crown", clip_min: float | None = None,
+            method: str = "auto", clip_min: float | None = None,
             clip_max: float | None = None, batch_size: int = 100,
             threat: ThreatModel | None = None) -> np.ndarray:
     """Per point, whether its prediction provably cannot change within the budget.
@@ -233,7 +239,8 @@ def certify(model: Callable, x: Any, y: Any, eps: Any = None, norm: str | None =
         eps: the budget, one for all points or one per point, in the norm `norm`.
         norm: "linf" (default) or "l2" (the threat model's norm; for l2 the input box is not
             used, which keeps the bound sound and at most looser).
-        method: "crown" (default), "crown-ibp", "ibp" or "lipschitz"; see the module doc.
+        method: "auto" (default), "crown", "crown-ibp", "ibp" or "lipschitz"; see the
+            module doc.
         clip_min, clip_max: the input box (l_inf): perturbations stay inside it.
         batch_size: points bounded side by side.
         threat: a `ThreatModel(norm, eps, clip_min, clip_max)` instead of those four.
@@ -251,7 +258,7 @@ def certify(model: Callable, x: Any, y: Any, eps: Any = None, norm: str | None =
 
 
 def certified_radius(model: Callable, x: Any, y: Any, norm: str | None = None,
-                     method: str = "crown", clip_min: float | None = None,
+                     method: str = "auto", clip_min: float | None = None,
                      clip_max: float | None = None, batch_size: int = 100,
                      steps: int = 24, upper: Any = None, verbose: int = 0,
                      threat: ThreatModel | None = None) -> np.ndarray:

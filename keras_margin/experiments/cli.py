@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="MIN,MAX: evaluate inside this input box instead of the run's own")
     ev.add_argument("--tag", default="", help="suffix of the result file, e.g. boxed")
     ev.add_argument("--certify", default=None,
-                    choices=["crown", "crown-ibp", "ibp", "lipschitz"],
+                    choices=["crown", "auto", "crown-ibp", "ibp", "lipschitz"],
                     help="also prove lower bounds: certified radii (l2, and l_inf with "
                          "--linf-eps) and certified accuracy at the budgets")
     ev.add_argument("--autoattack", action="store_true",

@@ -11,7 +11,6 @@ import keras
 import numpy as np
 
 import keras_margin
-from keras_margin.backend import has_accelerator  # noqa: F401 - where the runner reads it
 from keras_margin.experiments.files import read_json, write_json
 
 

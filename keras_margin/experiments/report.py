@@ -276,13 +276,14 @@ def bound_routes(result: dict[str, Any]) -> str:
     evaluations from before the routes were (577c004: before it, convolutions wider than
     2,048 neurons were bounded by intervals, and before 797627f the bounds had no rounding
     allowance)."""
-    if result.get("certify_method") != "crown":
-        return result.get("certify_method", "")
+    method = result.get("certify_method", "")
+    if method not in ("crown", "auto"):
+        return method
     routes = {k[len("certify_route_"):]: v for k, v in result.items()
               if k.startswith("certify_route_")}
     if not routes:
         return "not recorded (before 577c004)"
-    interval = sorted(layer for layer, route in routes.items() if route == "interval")
+    interval = sorted(layer for layer, route in routes.items() if route.startswith("interval"))
     return f"intervals at {', '.join(interval)}" if interval else "CROWN at every layer"
 
 

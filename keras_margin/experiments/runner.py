@@ -31,6 +31,7 @@ import numpy as np
 
 import keras_margin
 from keras_margin import datasets, training  # noqa: F401 - registers the trainers (resume)
+from keras_margin.backend import has_accelerator
 from keras_margin.callbacks import RobustnessCallback
 from keras_margin.evaluation import evaluate_robustness
 from keras_margin.experiments.artifacts import (
@@ -41,12 +42,7 @@ from keras_margin.experiments.artifacts import (
     save_arrays,
 )
 from keras_margin.experiments.data import QUICK, Data, load_data
-from keras_margin.experiments.environment import (
-    code_version,
-    has_accelerator,
-    record_environment,
-    speed_advice,
-)
+from keras_margin.experiments.environment import code_version, record_environment, speed_advice
 from keras_margin.experiments.files import read_json, run_lock, save_model, write_json, write_npz
 from keras_margin.experiments.rows import Row, build_model, compile_row
 

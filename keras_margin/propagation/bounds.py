@@ -15,6 +15,9 @@ bounds of it per sample and rival; a sample is certified at eps when all are > 0
   map's neurons with their rows as patches (`patches.py`), other layers with dense rows where
   they have at most `CROWN_NEURONS` neurons (a first layer's bounds are exact anyway); only a
   wider layer that patches cannot pass takes intervals (`crown_plan`; certify warns).
+  "auto" follows "crown"'s plan layer by layer while the rows' summed entries per point stay
+  within `AUTO_BUDGET`, and takes intervals for the layers beyond it (route "interval-cost"):
+  all of LeNet-5 or an MLP, the first layers of a ResNet-20.
   "crown-ibp" takes intervals for all (cheaper, looser). Each intermediate bound is the
   tighter of CROWN's and the interval's, both sound.
 * "lipschitz": a global bound, the margin over the product of the layers' operator norms
@@ -46,13 +49,19 @@ from keras_margin.propagation.patches import (
 )
 from keras_margin.propagation.relaxations import relax_maxpool, relax_relu
 
-METHODS = ("crown", "crown-ibp", "ibp", "lipschitz")
+METHODS = ("crown", "auto", "crown-ibp", "ibp", "lipschitz")
 NORMS = ("linf", "l2")
 ROW_BUDGET = 2 ** 24  # floats of one chunk of back-substitution rows
 # "crown" back-substitutes dense rows for layers of at most this many neurons (the cost grows
 # with neurons x the widths below them); wider convolutional maps go by patches, and any other
 # wider layer takes intervals (`crown_route`).
 CROWN_NEURONS = 2048
+# method="auto": the most entries of back-substituted rows per point (summed over the layers
+# CROWN bounds, `route_cost`) before the next layers take intervals. The time of CROWN's
+# bounds grows with this sum (measured, `benchmarks/crown_auto.py`); 2^27 holds all of
+# LeNet-5 and the MLPs, and the first four layers of a ResNet-20 on MNIST, whose full CROWN
+# needs 3.5e10.
+AUTO_BUDGET = 2 ** 27
 # Each CROWN bound (intermediate and final) is intersected with the interval bound: both are
 # sound. False gives CROWN alone, as auto_LiRPA's method="CROWN" computes it (for comparisons).
 INTERSECT_INTERVALS = True
@@ -326,29 +335,35 @@ def patch_channel_floats(operations: list, batch: int) -> int:
     return batch * ho * wo * int(largest_patch(operations))
 
 
+def held_floats(operations: list, input_shape: tuple, batch: int) -> int:
+    """Entries held through a whole bound computation: every operation's lower and upper
+    bounds (and the input's) for `batch` points."""
+    return 2 * batch * (math.prod(input_shape) + sum(math.prod(op.out_shape)
+                                                     for op in operations))
+
+
 def growing_steps(operations: list, input_shape: tuple, batch: int, method: str
-                  ) -> list[tuple[str, int]]:
-    """(what, floats) of every back-substitution step whose rows grow with the batch: the
-    final margins' (every rival of every point, not chunked) and the layers whose smallest
-    chunk (one row, or one channel of patches, per point) is still above `ROW_BUDGET`. The
-    others stay near the budget whatever the batch. For `memory.check_fits`, before a run."""
-    if method not in ("crown", "crown-ibp"):
+                  ) -> list[tuple[str, int, str]]:
+    """(what, floats, layout) of every back-substitution step whose rows grow with the batch:
+    the final margins' (every rival of every point, not chunked) and the layers whose smallest
+    chunk (one row, or one channel of patches, per point) is still above `ROW_BUDGET`; layout
+    "rows" or "patches". The others stay near the budget whatever the batch. For
+    `memory.check_fits`, before a run."""
+    if method not in ("crown", "auto", "crown-ibp"):
         return []
     rivals = operations[-1].out_shape[-1]
-    steps = [("the margins", rivals * dense_row_floats(operations, input_shape, batch))]
-    for index, op in enumerate(operations):
-        if method != "crown" or not _bounded_by_crown(operations, index):
-            continue
-        route, prefix = crown_route(operations, index), operations[:index + 1]
+    steps = [("the margins", rivals * dense_row_floats(operations, input_shape, batch), "rows")]
+    for index, route in crown_routes(operations, method).items():
+        prefix = operations[:index + 1]
         if route == "dense":
-            floats = dense_row_floats(prefix, input_shape, batch)
+            floats, layout = dense_row_floats(prefix, input_shape, batch), "rows"
         elif route == "patches":
-            floats = patch_channel_floats(prefix, batch)
+            floats, layout = patch_channel_floats(prefix, batch), "patches"
         else:
             continue
         if floats > ROW_BUDGET:
-            steps.append((f"layer {op.name!r}" + (" (as patches)" if route == "patches" else ""),
-                          floats))
+            steps.append((f"layer {prefix[-1].name!r}" +
+                          (" (as patches)" if route == "patches" else ""), floats, layout))
     return steps
 
 
@@ -381,17 +396,27 @@ def crown_layer_bounds(operations: list, index: int, bounds: list, relaxations: 
 def crown_patch_bounds(operations: list, index: int, bounds: list, relaxations: dict,
                        region: Region) -> tuple[Any, Any]:
     """The output bounds of convolutional operation `index` by back-substitution of patches
-    (`patches.py`), its channels in chunks."""
+    (`patches.py`), its channels in chunks taken one at a time (`backend.map_in_order`, as
+    `crown_layer_bounds`: with the chunks unrolled, certify of a ResNet-20 at 100 points was
+    killed for memory; in order it peaked 8 GiB above the start)."""
     prefix = operations[:index + 1]
-    channels = prefix[-1].out_shape[-1]
-    chunk = max(1, ROW_BUDGET // max(1, patch_channel_floats(prefix, region.x0.shape[0])))
-    lows, ups = [], []
-    for start in range(0, channels, chunk):
-        low, up = back_substitute_patches(prefix, bounds, relaxations, region,
-                                          (start, min(channels, start + chunk)))
-        lows.append(low)
-        ups.append(up)
-    return ops.concatenate(lows, axis=-1), ops.concatenate(ups, axis=-1)
+    ho, wo, channels = prefix[-1].out_shape
+    batch = region.x0.shape[0]
+    chunk = min(channels, max(1, ROW_BUDGET // max(1, patch_channel_floats(prefix, batch))))
+    count = -(-channels // chunk)
+    eye = ops.eye(count * chunk, channels, dtype=region.x0.dtype)  # the last chunk padded
+    blocks = ops.reshape(eye, (count, chunk, channels))
+
+    def bound(block):
+        return back_substitute_patches(prefix, bounds, relaxations, region, block)
+
+    lows, ups = backend.map_in_order(bound, blocks, (batch, ho, wo, chunk))
+
+    def joined(values):  # (count, B, Ho, Wo, chunk) -> (B, Ho, Wo, channels)
+        values = ops.reshape(ops.transpose(values, (1, 2, 3, 0, 4)),
+                             (batch, ho, wo, count * chunk))
+        return values[..., :channels]
+    return joined(lows), joined(ups)
 
 
 def crown_route(operations: list, index: int) -> str:
@@ -410,11 +435,36 @@ def crown_route(operations: list, index: int) -> str:
     return "dense" if dense_ok else "interval"
 
 
-def crown_plan(operations: list) -> list[tuple[str, str]]:
-    """(layer name, route) of every affine map whose bounds "crown" computes (those feeding a
-    ReLU or a max pooling): see `crown_route`."""
-    return [(op.name, crown_route(operations, index)) for index, op in enumerate(operations)
-            if _bounded_by_crown(operations, index)]
+def route_cost(operations: list, route: str) -> int:
+    """Entries per point of the rows that bound the last operation by `route` (0: none)."""
+    return {"dense": dense_cost, "patches": patch_cost}.get(route, lambda _: 0)(operations)
+
+
+def crown_routes(operations: list, method: str) -> dict[int, str]:
+    """{index: route} of every affine map whose bounds shape a relaxation (feeding a ReLU or
+    a max pooling): `crown_route` for "crown"; for "auto" the same while the summed
+    `route_cost` stays within `AUTO_BUDGET`, "interval-cost" for a layer beyond it; "interval"
+    for every such map under the other methods."""
+    routes, spent = {}, 0
+    for index in range(len(operations)):
+        if not _bounded_by_crown(operations, index):
+            continue
+        route = crown_route(operations, index) if method in ("crown", "auto") else "interval"
+        if method == "auto":
+            cost = route_cost(operations[:index + 1], route)
+            if spent + cost > AUTO_BUDGET:
+                route = "interval-cost"
+            else:
+                spent += cost
+        routes[index] = route
+    return routes
+
+
+def crown_plan(operations: list, method: str = "crown") -> list[tuple[str, str]]:
+    """(layer name, route) of every affine map whose bounds "crown" (or "auto") computes
+    (those feeding a ReLU or a max pooling): see `crown_route` and `crown_routes`."""
+    return [(operations[index].name, route)
+            for index, route in crown_routes(operations, method).items()]
 
 
 def _bounded_by_crown(operations: list, index: int) -> bool:
@@ -427,6 +477,7 @@ def _bounded_by_crown(operations: list, index: int) -> bool:
 def layer_bounds(operations: list, region: Region, method: str) -> tuple[list, dict]:
     """Every operation's output bounds and the max poolings' relaxations."""
     bounds, relaxations = [], {}
+    routes = crown_routes(operations, method)
     for index, op in enumerate(operations):
         exact = _exact_first(operations, index, region)
         if exact is not None:
@@ -434,8 +485,7 @@ def layer_bounds(operations: list, region: Region, method: str) -> tuple[list, d
         else:
             first, *others = input_bounds(operations, index, bounds, region)
             lower, upper = interval_step(op, *first, *others)
-            route = crown_route(operations, index) if method == "crown" and \
-                _bounded_by_crown(operations, index) else "interval"
+            route = routes.get(index, "interval")
             if route in ("dense", "patches"):
                 by = crown_layer_bounds if route == "dense" else crown_patch_bounds
                 crown_low, crown_up = by(operations, index, bounds, relaxations, region)

@@ -9,7 +9,13 @@ size that fits (the steps grow linearly with the batch).
 
 Measured (TensorFlow, AMD EPYC): a step's peak memory is 4.2-5.5 times its rows in their float
 type (the rows, their positive and negative parts, the products with the layer below), hence
-`COPIES`. Only host memory is checked: on an accelerator the rows live in its own memory.
+`COPIES`; with rows as patches, whole certify calls at 100 points peaked at 8 (LeNet-5) and
+17 (ResNet-20) times one channel's patches above the process's memory before them (the patches
+of the lower and upper bounds, the layer bounds under every window, the sums where residual
+paths meet: `docs/results/benchmarks/certify_memory.md`), hence `PATCH_COPIES`. Every layer's
+bounds are held beside the step (`bounds.held_floats`). tests/test_benchmarks.py checks that
+the estimate covers each measured peak. Only host memory is checked: on an accelerator the
+rows live in its own memory.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 from keras_margin import backend
 
 COPIES = 6  # a step's peak memory over its rows' size, rounded up from 4.2-5.5 (measured)
+PATCH_COPIES = 20  # the same for one channel of patches, above the 8-17 measured
 
 
 class TooLargeError(MemoryError):
@@ -53,13 +60,21 @@ def available_bytes() -> int | None:
     return free
 
 
-def check_fits(floats: int, dtype: Any, batch: int, what: str) -> None:
+def needed_bytes(floats: int, dtype: Any, layout: str) -> int:
+    """The memory a step of `floats` row entries of `dtype` takes, dense rows ("rows") or
+    patches ("patches")."""
+    return floats * (PATCH_COPIES if layout == "patches" else COPIES) * np.dtype(dtype).itemsize
+
+
+def check_fits(floats: int, dtype: Any, batch: int, what: str, layout: str = "rows",
+               held: int = 0) -> None:
     """Raises `TooLargeError` where `floats` row entries of `dtype` for `batch` points side by
-    side (the smallest chunk `what` can take) would not fit in the memory free now."""
+    side (the smallest chunk `what` can take, as `layout`), beside `held` entries kept for the
+    whole computation (the layer bounds), would not fit in the memory free now."""
     free = available_bytes()
     if free is None:
         return
-    needed = floats * COPIES * np.dtype(dtype).itemsize
+    needed = needed_bytes(floats, dtype, layout) + held * np.dtype(dtype).itemsize
     if needed <= free:
         return
     fits = math.floor(batch * free / needed)
@@ -71,4 +86,5 @@ def check_fits(floats: int, dtype: Any, batch: int, what: str) -> None:
         f"more than the {max(free, 0) / 2 ** 30:.1f} GiB free; {advice}.")
 
 
-__all__ = ["COPIES", "TooLargeError", "available_bytes", "check_fits"]
+__all__ = ["COPIES", "PATCH_COPIES", "TooLargeError", "available_bytes", "check_fits",
+           "needed_bytes"]

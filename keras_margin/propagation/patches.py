@@ -155,25 +155,25 @@ def _bias_term(op: Linear, lam: Any, geometry: _Geometry, positions: tuple) -> A
 
 
 def back_substitute_patches(operations: list, bounds: list, relaxations: dict, region: Any,
-                            channels: tuple) -> tuple[Any, Any]:
-    """Lower and upper bounds of the neurons of channels [start, stop) of the last
-    operation's (Ho, Wo, C) output over the region: (B, Ho, Wo, stop - start) each. The
-    operations are passed from the last down (a graph's in reverse topological order); at an
-    `Add` every input gets the same patches, and where paths meet their patches are summed
-    on the union of their windows (`geometries`)."""
+                            selector: Any) -> tuple[Any, Any]:
+    """Lower and upper bounds of m combinations of the last operation's (Ho, Wo, C) output
+    channels over the region, (B, Ho, Wo, m) each: `selector` (m, C) holds their weights (rows
+    of the identity: those channels' neurons; a zero row bounds nothing, 0). The operations
+    are passed from the last down (a graph's in reverse topological order); at an `Add` every
+    input gets the same patches, and where paths meet their patches are summed on the union
+    of their windows (`geometries`)."""
     batch = region.x0.shape[0]
     last = operations[-1]
     ho, wo, _ = last.out_shape
     positions = (ho, wo)
-    start, stop = channels
+    m = selector.shape[0]
     dtype = region.x0.dtype
     grid = geometries(operations)
-    # The rows of channels [start, stop): one-hot patches of size 1 x 1.
-    eye = ops.eye(last.out_shape[2], dtype=dtype)[start:stop]
-    lam = ops.broadcast_to(ops.reshape(eye, (1, 1, 1, stop - start, 1, 1, -1)),
-                           (batch, ho, wo, stop - start, 1, 1, last.out_shape[2]))
+    # The rows: the selector's, as patches of size 1 x 1.
+    lam = ops.broadcast_to(ops.reshape(selector, (1, 1, 1, m, 1, 1, -1)),
+                           (batch, ho, wo, m, 1, 1, last.out_shape[2]))
     pending = {len(operations) - 1: (lam, lam, grid[len(operations) - 1])}
-    bias_lo = bias_up = ops.zeros((batch, ho, wo, stop - start), dtype)
+    bias_lo = bias_up = ops.zeros((batch, ho, wo, m), dtype)
     readers = _readers(operations)
 
     def hand(j, lam_lo, lam_up, geometry):
@@ -203,7 +203,7 @@ def back_substitute_patches(operations: list, bounds: list, relaxations: dict, r
             if op.conv is not None:
                 inside = windows(ops.ones((1,) + op.in_shape, dtype), below, positions)
                 if index == len(operations) - 1:  # the identity's rows: the kernel itself
-                    kernel = ops.transpose(op.conv.kernel(lam)[..., start:stop], (3, 0, 1, 2))
+                    kernel = ops.einsum("hwic,mc->mhwi", op.conv.kernel(lam), selector)
                     lam_lo = lam_up = ops.expand_dims(kernel, (0, 1, 2)) * inside
                 else:
                     lam_lo = _transpose_conv(op, lam_lo) * inside
