@@ -138,6 +138,37 @@ def test_channel_chunks_taken_one_at_a_time_give_every_chunking_the_same_bounds(
                                                rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
+def test_dense_row_chunks_give_every_chunking_the_same_bounds(monkeypatch):
+    """A layer's neurons by dense rows in chunks of one, of three (the last padded by zero
+    rows) and all at once give the same bounds, on the residual net's layers of at most 100
+    neurons (past both Adds; one row at a time is slow on wider ones)."""
+    net, shape = _net("residual")
+    x = np.random.default_rng(3).uniform(size=(2,) + shape)
+    operations = chain(net)
+    layers_by_rows = [i for i, op in enumerate(operations)
+                      if isinstance(op, (bounds.Linear, bounds.Add)) and i > 0 and
+                      math.prod(op.out_shape) <= 100]
+    assert len(layers_by_rows) >= 2
+
+    def rows(x0, index, budget):
+        monkeypatch.setattr(bounds, "ROW_BUDGET", budget(operations[:index + 1]))
+        region = bounds.Region(x0, ops.full((2,), 0.05, dtype=x0.dtype), "linf", (0.0, 1.0))
+        layer_bounds, relaxations = bounds.layer_bounds(operations, region, "crown-ibp")
+        return bounds.crown_layer_bounds(operations, index, layer_bounds, relaxations, region)
+
+    with backend.float64():
+        x0 = ops.convert_to_tensor(x)
+        for index in layers_by_rows:
+            whole, *chunked = [rows(x0, index, budget) for budget in (
+                lambda _: 2 ** 40, lambda _: 1,
+                lambda prefix: 3 * bounds.dense_row_floats(prefix, shape, 2))]
+            for other in chunked:
+                for a, b in zip(whole, other):
+                    np.testing.assert_allclose(ops.convert_to_numpy(b), ops.convert_to_numpy(a),
+                                               rtol=0, atol=1e-12)
+
+
 def test_a_residual_network_is_crown_at_every_layer_by_patches(monkeypatch):
     """Residual sums no longer send the layers after them to intervals: patches meet on the
     union of their windows where the skip joins. (Dense rows refused above 100 neurons, so

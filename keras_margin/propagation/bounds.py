@@ -367,56 +367,55 @@ def growing_steps(operations: list, input_shape: tuple, batch: int, method: str
     return steps
 
 
+def _in_chunks(size: int, chunk: int, dtype: Any, bound: Any, out_shape: tuple
+               ) -> tuple[Any, Any]:
+    """bound(selector) -> (lower, upper) of shape out_shape + (chunk,), over the rows of the
+    (size, size) identity in chunks taken one at a time (`backend.map_in_order`: unrolled,
+    the compiled program kept every chunk alive at once: 11 GB at 100 points on a small
+    ResNet's dense rows in TensorFlow, and certify of a ResNet-20's patches at 100 points was
+    killed for memory). The last chunk is padded by zero rows; the results are joined along
+    the last axis, out_shape + (size,)."""
+    count = -(-size // chunk)
+    blocks = ops.reshape(ops.eye(count * chunk, size, dtype=dtype), (count, chunk, size))
+    lows, ups = backend.map_in_order(bound, blocks, out_shape + (chunk,))
+    order = tuple(range(1, len(out_shape) + 1)) + (0, len(out_shape) + 1)
+
+    def joined(values):  # (count, *out_shape, chunk) -> (*out_shape, size)
+        values = ops.reshape(ops.transpose(values, order), out_shape + (count * chunk,))
+        return values[..., :size]
+    return joined(lows), joined(ups)
+
+
 def crown_layer_bounds(operations: list, index: int, bounds: list, relaxations: dict,
                        region: Region) -> tuple[Any, Any]:
     """The output bounds of operation `index` by back-substitution, its neurons in chunks of
-    rows taken one at a time (`backend.map_in_order`): unrolled, the compiled program kept
-    every chunk alive at once (11 GB at 100 points on a small ResNet in TensorFlow; killed for
-    memory in JAX)."""
+    dense rows (`_in_chunks`)."""
     shape = operations[index].out_shape
     size, batch = math.prod(shape), region.x0.shape[0]
     per_row = dense_row_floats(operations[:index + 1], region.x0.shape[1:], batch)
     chunk = min(size, max(1, ROW_BUDGET // max(1, per_row)))
-    count = -(-size // chunk)
-    eye = ops.eye(count * chunk, size, dtype=region.x0.dtype)  # the last chunk padded by zeros
-    blocks = ops.reshape(eye, (count, chunk) + shape)
 
     def bound(block):
-        rows = ops.broadcast_to(block[None], (batch, chunk) + shape)
+        rows = ops.broadcast_to(ops.reshape(block, (1, chunk) + shape), (batch, chunk) + shape)
         return back_substitute(operations[:index + 1], bounds, relaxations, rows, region)
 
-    lows, ups = backend.map_in_order(bound, blocks, (batch, chunk))  # (count, batch, chunk)
-
-    def joined(values):
-        values = ops.reshape(ops.transpose(values, (1, 0, 2)), (batch, count * chunk))
-        return ops.reshape(values[:, :size], (batch,) + shape)
-    return joined(lows), joined(ups)
+    lows, ups = _in_chunks(size, chunk, region.x0.dtype, bound, (batch,))
+    return ops.reshape(lows, (batch,) + shape), ops.reshape(ups, (batch,) + shape)
 
 
 def crown_patch_bounds(operations: list, index: int, bounds: list, relaxations: dict,
                        region: Region) -> tuple[Any, Any]:
     """The output bounds of convolutional operation `index` by back-substitution of patches
-    (`patches.py`), its channels in chunks taken one at a time (`backend.map_in_order`, as
-    `crown_layer_bounds`: with the chunks unrolled, certify of a ResNet-20 at 100 points was
-    killed for memory; in order it peaked 8 GiB above the start)."""
+    (`patches.py`), its channels in chunks (`_in_chunks`)."""
     prefix = operations[:index + 1]
     ho, wo, channels = prefix[-1].out_shape
     batch = region.x0.shape[0]
     chunk = min(channels, max(1, ROW_BUDGET // max(1, patch_channel_floats(prefix, batch))))
-    count = -(-channels // chunk)
-    eye = ops.eye(count * chunk, channels, dtype=region.x0.dtype)  # the last chunk padded
-    blocks = ops.reshape(eye, (count, chunk, channels))
 
     def bound(block):
         return back_substitute_patches(prefix, bounds, relaxations, region, block)
 
-    lows, ups = backend.map_in_order(bound, blocks, (batch, ho, wo, chunk))
-
-    def joined(values):  # (count, B, Ho, Wo, chunk) -> (B, Ho, Wo, channels)
-        values = ops.reshape(ops.transpose(values, (1, 2, 3, 0, 4)),
-                             (batch, ho, wo, count * chunk))
-        return values[..., :channels]
-    return joined(lows), joined(ups)
+    return _in_chunks(channels, chunk, region.x0.dtype, bound, (batch, ho, wo))
 
 
 def crown_route(operations: list, index: int) -> str:
